@@ -1,0 +1,126 @@
+/* tl_common.h - the one small header every tonio_loop source includes.
+ *
+ * It holds the module state (types and the few stdlib objects cached at
+ * import) and tiny helpers. Each concept (loop, handle, timer, ...) has its
+ * own header; nothing concept-specific belongs here.
+ */
+#ifndef TL_COMMON_H
+#define TL_COMMON_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if PY_VERSION_HEX < 0x030B0000
+#error "tonio_loop needs CPython 3.11 or newer"
+#endif
+
+#define TL_UNUSED(x) ((void)(x))
+#define TL_LIKELY(x) __builtin_expect(!!(x), 1)
+#define TL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Free lists are plain arrays guarded by the GIL; a free-threaded build
+ * relies on mimalloc instead. */
+#ifdef Py_GIL_DISABLED
+#define TL_FREELIST_MAX 0
+#else
+#define TL_FREELIST_MAX 256
+#endif
+
+typedef struct tl_state {
+    /* our types */
+    PyTypeObject *loop_type;
+    PyTypeObject *handle_type;
+    PyTypeObject *timer_handle_type;
+
+    /* stdlib callables, fetched once at import (the C accelerated ones when
+     * asyncio has them) */
+    PyObject *set_running_loop;      /* asyncio.events._set_running_loop */
+    PyObject *get_running_loop;      /* asyncio.events._get_running_loop */
+    PyObject *get_asyncgen_hooks;    /* sys.get_asyncgen_hooks */
+    PyObject *set_asyncgen_hooks;    /* sys.set_asyncgen_hooks */
+    PyObject *format_callback_source; /* asyncio.format_helpers */
+    PyObject *extract_stack;         /* asyncio.format_helpers.extract_stack */
+    PyObject *base_events;           /* module: logger and _format_handle are
+                                        looked up on use, so mocks apply */
+    PyObject *isfuture;              /* asyncio.futures.isfuture */
+    PyObject *ensure_future;         /* asyncio.tasks.ensure_future */
+    PyObject *is_debug_mode;         /* asyncio.coroutines._is_debug_mode */
+    PyObject *set_wakeup_fd;         /* signal.set_wakeup_fd */
+    PyObject *run_until_complete_cb; /* base_events._run_until_complete_cb */
+    PyObject *future_cls;            /* what create_future() makes */
+    PyObject *task_cls;              /* what create_task() makes */
+    PyObject *base_event_loop_cls;   /* asyncio.BaseEventLoop, for borrowing */
+    PyObject *str_call_exception_handler;
+    PyObject *str_add_done_callback;
+    PyObject *str_remove_done_callback;
+    PyObject *str_log_destroy_pending;
+    PyObject *str_asyncgen_firstiter_hook;
+    PyObject *str_asyncgen_finalizer_hook;
+
+    /* free lists (see TL_FREELIST_MAX) */
+    PyObject *handle_free[TL_FREELIST_MAX ? TL_FREELIST_MAX : 1];
+    int handle_nfree;
+    PyObject *timer_free[TL_FREELIST_MAX ? TL_FREELIST_MAX : 1];
+    int timer_nfree;
+} tl_state;
+
+extern PyModuleDef tl_module_def;
+
+static inline tl_state *tl_state_of_module(PyObject *module)
+{
+    return (tl_state *)PyModule_GetState(module);
+}
+
+static inline tl_state *tl_state_of_type(PyTypeObject *tp)
+{
+    PyObject *mod = PyType_GetModuleByDef(tp, &tl_module_def);
+    return mod ? tl_state_of_module(mod) : NULL;
+}
+
+/* Monotonic seconds, the same clock as time.monotonic(). */
+double tl_monotonic(void);
+
+/* The last dotted part of a type's name, as __name__ shows it. */
+static inline const char *tl_type_name(PyTypeObject *tp)
+{
+    const char *dot = strrchr(tp->tp_name, '.');
+    return dot ? dot + 1 : tp->tp_name;
+}
+
+/* 3.12 added the single-object exception API; keep one spelling. */
+#if PY_VERSION_HEX < 0x030C0000
+#include "structmember.h"
+#define Py_T_PYSSIZET T_PYSSIZET
+#define Py_T_DOUBLE T_DOUBLE
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_READONLY READONLY
+static inline PyObject *PyErr_GetRaisedException(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL)
+        return NULL;
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+        Py_DECREF(tb);
+    }
+    Py_DECREF(type);
+    return value;
+}
+
+static inline void PyErr_SetRaisedException(PyObject *exc)
+{
+    if (exc == NULL) {
+        PyErr_Restore(NULL, NULL, NULL);
+        return;
+    }
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
+                  PyException_GetTraceback(exc));
+}
+#endif
+
+#endif

@@ -1,0 +1,64 @@
+/* tl_handle.h - Handle: one scheduled callback with its arguments and context.
+ *
+ * Loop.call_soon() returns one; TimerHandle (tl_timer.h) extends it with a
+ * deadline. Arguments are kept inline for the common short calls, so the
+ * call path allocates nothing but the handle (which comes off a free list).
+ */
+#ifndef TL_HANDLE_H
+#define TL_HANDLE_H
+
+#include "tl_common.h"
+
+struct tl_loop;
+
+#define TL_HANDLE_INLINE_ARGS 3
+
+typedef struct tl_handle {
+    PyObject_HEAD
+    struct tl_loop *loop;       /* strong reference */
+    PyObject *callback;         /* NULL once cancelled or run */
+    PyObject *context;          /* contextvars.Context (or a look-alike) */
+    PyObject *argtuple;         /* arguments when more than the inline ones */
+    Py_ssize_t nargs;
+    /* argv[0] is scratch space so vectorcall may prepend `self` for bound
+     * methods (PY_VECTORCALL_ARGUMENTS_OFFSET) without allocating. */
+    PyObject *argv[1 + TL_HANDLE_INLINE_ARGS];
+    PyObject *source_traceback; /* list of frames, debug mode only */
+    PyObject *repr;             /* frozen repr of a cancelled debug handle */
+    PyObject *weakreflist;
+    char cancelled;
+    char is_timer;
+} tl_handle;
+
+extern PyType_Spec tl_handle_spec;
+
+/* Fill a freshly allocated handle; steals nothing. context may be NULL or
+ * Py_None for "copy the current one". Returns -1 with an exception set. */
+int tl_handle_init(tl_handle *h, struct tl_loop *loop, PyObject *callback,
+                   PyObject *const *args, Py_ssize_t nargs, PyObject *context);
+
+/* A new Handle for call_soon(); NULL on error. */
+tl_handle *tl_handle_new(struct tl_loop *loop, PyObject *callback,
+                         PyObject *const *args, Py_ssize_t nargs,
+                         PyObject *context);
+
+/* Run the callback in its context. Errors go to the loop's exception
+ * handler; only SystemExit and KeyboardInterrupt come back as -1. */
+int tl_handle_run(tl_handle *h);
+
+/* The callback's arguments as a new tuple. */
+PyObject *tl_handle_args(tl_handle *h);
+
+/* Drop callback, arguments and context (after a run or a cancel). */
+void tl_handle_clear_call(tl_handle *h);
+
+/* Shared by Handle and TimerHandle: GC support and the free list. */
+int tl_handle_traverse(tl_handle *h, visitproc visit, void *arg);
+void tl_handle_clear_refs(tl_handle *h);
+PyObject *tl_handle_repr_with(tl_handle *h, PyObject *when);
+
+/* The Python-visible members, shared with TimerHandle. */
+extern PyMethodDef tl_handle_methods[];
+extern PyGetSetDef tl_handle_getset[];
+
+#endif

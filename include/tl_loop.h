@@ -1,0 +1,117 @@
+/* tl_loop.h - the Loop: a ready queue, a timer heap and one libev loop.
+ *
+ * One iteration (tl_loop_run_once) mirrors asyncio's _run_once: poll for I/O
+ * (zero timeout when callbacks are ready, else until the first timer), move
+ * due timers to the ready queue, then run exactly the callbacks that were
+ * ready when the run began.
+ */
+#ifndef TL_LOOP_H
+#define TL_LOOP_H
+
+#include "tl_common.h"
+#include <ev.h>
+
+#include "tl_io.h"
+#include "tl_timer.h"
+
+struct tl_loop;
+
+/* An entry of the ready queue: a C function and the object it runs on. The
+ * queue owns one reference to obj. Python callbacks are Handles run by
+ * tl_handle_ready_fn; internal work (task steps, future callbacks) gets its
+ * own function and needs no Handle. Returning -1 stops the loop with the
+ * exception set (only SystemExit/KeyboardInterrupt should do that). */
+typedef int (*tl_ready_fn)(struct tl_loop *loop, PyObject *obj);
+
+typedef struct {
+    tl_ready_fn fn;
+    PyObject *obj;
+} tl_ready_item;
+
+typedef struct {
+    tl_ready_item *items;
+    size_t head;    /* index of the first item */
+    size_t len;
+    size_t cap;     /* a power of two, or 0 */
+} tl_ready;
+
+typedef struct tl_loop {
+    PyObject_HEAD
+    PyObject *dict;
+    PyObject *weakreflist;
+    tl_state *st;
+
+    struct ev_loop *ev;
+    ev_async wakeup;            /* call_soon_threadsafe from other threads */
+    ev_timer timer;             /* armed for the earliest TimerHandle */
+
+    tl_ready ready;
+    tl_timer_heap timers;
+    tl_io_table io;
+
+    unsigned long thread_id;    /* the running thread, 0 when not running */
+    PyThreadState *tstate;      /* saved while the poll blocks */
+    PyObject *pending_exc;      /* raised inside a libev callback */
+    PyObject *exception_handler;
+    PyObject *task_factory;
+    PyObject *current_handle;   /* debug mode: the handle being run */
+    PyObject *old_agen_hooks;
+    double slow_callback_duration;
+
+    int signal_fds[2];          /* set_wakeup_fd socketpair, -1 when unused */
+    ev_io signal_io;
+    int old_wakeup_fd;          /* restored when run_forever ends */
+
+    char closed;
+    char stopping;
+    char debug;
+    char poll_blocking;         /* the current poll may sleep: drop the GIL */
+    char signal_attached;
+
+#ifdef Py_GIL_DISABLED
+    PyMutex inbox_lock;         /* guards inbox */
+    tl_ready inbox;             /* call_soon_threadsafe from other threads */
+#endif
+} tl_loop;
+
+/* The Loop type's spec, with the method tables of every file joined. */
+PyType_Spec *tl_loop_spec_ready(void);
+
+/* Append to the ready queue; steals the reference to obj (also on error). */
+int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
+
+/* The ready_fn that runs a Handle. */
+int tl_handle_ready_fn(tl_loop *loop, PyObject *obj);
+
+/* Checks with asyncio's messages; -1 with RuntimeError set when they fail. */
+int tl_loop_check_closed(tl_loop *loop);
+int tl_loop_check_thread(tl_loop *loop);
+/* Debug-mode callback check (asyncio's _check_callback). */
+int tl_loop_check_callback(tl_loop *loop, PyObject *callback, const char *method);
+
+/* Remember an exception raised inside a libev callback and stop polling; the
+ * loop raises it once ev_run returns. Call with the exception set. */
+void tl_loop_defer_error(tl_loop *loop);
+
+/* loop.call_exception_handler(context); consumes nothing. Returns -1 only
+ * when the handler itself raised SystemExit or KeyboardInterrupt. */
+int tl_loop_report(tl_loop *loop, PyObject *context);
+
+/* Report the current exception as asyncio does for a failed callback:
+ * {'message': message, 'exception': exc, **extra} (extra may be NULL).
+ * Clears the error; returns -1 (error kept) for SystemExit and
+ * KeyboardInterrupt. */
+int tl_loop_report_exception(tl_loop *loop, PyObject *message, PyObject *extra);
+
+/* Arguments of call_soon-like methods: `first` (or none), callback, *args,
+ * and only the keyword `context` (stored in *context, NULL if absent). */
+int tl_parse_callback_args(const char *fname, const char *first,
+                           PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames, PyObject **context);
+
+double tl_loop_time(tl_loop *loop);
+
+/* Method tables that other files add to the Loop type. */
+extern PyMethodDef tl_loop_core_methods[];
+
+#endif

@@ -1,0 +1,347 @@
+/* io.c - add_reader/add_writer and the loop's fd table.
+ *
+ * As in asyncio's selector loop, a ready fd does not run its callback from
+ * inside the poll: it queues the registered Handle on the ready queue, and
+ * the callback runs with the other ready callbacks of the iteration.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include "tl_io.h"
+#include "tl_loop.h"
+#include "tl_handle.h"
+
+static tl_io_watch *io_lookup(tl_loop *loop, int fd)
+{
+    if (fd < 0 || fd >= loop->io.cap)
+        return NULL;
+    return loop->io.slots[fd];
+}
+
+static void io_cb(struct ev_loop *ev, ev_io *w, int revents);
+
+static tl_io_watch *io_get_or_create(tl_loop *loop, int fd)
+{
+    tl_io_table *t = &loop->io;
+    if (fd >= t->cap) {
+        int cap = t->cap ? t->cap : 64;
+        while (cap <= fd)
+            cap *= 2;
+        tl_io_watch **slots = PyMem_Realloc(t->slots, (size_t)cap * sizeof(*slots));
+        if (slots == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        for (int i = t->cap; i < cap; i++)
+            slots[i] = NULL;
+        t->slots = slots;
+        t->cap = cap;
+    }
+    tl_io_watch *iw = t->slots[fd];
+    if (iw == NULL) {
+        iw = PyMem_Calloc(1, sizeof(*iw));
+        if (iw == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        iw->loop = loop;
+        iw->fd = fd;
+        ev_io_init(&iw->io, io_cb, fd, 0);
+        t->slots[fd] = iw;
+    }
+    return iw;
+}
+
+/* Bring the ev_io in line with the reader/writer registered; free the slot
+ * once nothing uses it. */
+static void io_update(tl_loop *loop, tl_io_watch *iw)
+{
+    int events = (iw->reader ? EV_READ : 0) | (iw->writer ? EV_WRITE : 0);
+    if (loop->ev != NULL && (ev_is_active(&iw->io) || events)) {
+        ev_io_stop(loop->ev, &iw->io);
+        if (events) {
+            /* ev_io_set also makes libev re-register the fd with the kernel,
+             * which matters when the fd number was closed and reused */
+            ev_io_set(&iw->io, iw->fd, events);
+            ev_io_start(loop->ev, &iw->io);
+        }
+    }
+    if (!events && iw->owner == NULL) {
+        loop->io.slots[iw->fd] = NULL;
+        PyMem_Free(iw);
+    }
+}
+
+static void io_cb(struct ev_loop *ev, ev_io *w, int revents)
+{
+    TL_UNUSED(ev);
+    tl_io_watch *iw = (tl_io_watch *)w;
+    tl_loop *loop = iw->loop;
+    int fd = iw->fd;
+    if (revents & EV_ERROR)
+        return;     /* libev stopped the watcher: the fd went bad */
+    if ((revents & EV_READ) && iw->reader != NULL) {
+        tl_handle *h = (tl_handle *)iw->reader;
+        if (h->cancelled) {
+            Py_CLEAR(iw->reader);
+            io_update(loop, iw);
+            iw = io_lookup(loop, fd);
+        } else if (tl_loop_push_ready(loop, tl_handle_ready_fn, Py_NewRef(h)) < 0) {
+            tl_loop_defer_error(loop);
+            return;
+        }
+    }
+    if (iw != NULL && (revents & EV_WRITE) && iw->writer != NULL) {
+        tl_handle *h = (tl_handle *)iw->writer;
+        if (h->cancelled) {
+            Py_CLEAR(iw->writer);
+            io_update(loop, iw);
+        } else if (tl_loop_push_ready(loop, tl_handle_ready_fn, Py_NewRef(h)) < 0) {
+            tl_loop_defer_error(loop);
+        }
+    }
+}
+
+int tl_io_fileobj_to_fd(PyObject *fileobj)
+{
+    long fd;
+    if (PyLong_Check(fileobj)) {
+        fd = PyLong_AsLong(fileobj);
+        if (fd == -1 && PyErr_Occurred())
+            return -1;
+    } else {
+        PyObject *r = PyObject_CallMethod(fileobj, "fileno", NULL);
+        if (r == NULL || !PyLong_Check(r)) {
+            Py_XDECREF(r);
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "Invalid file object: %R", fileobj);
+            return -1;
+        }
+        fd = PyLong_AsLong(r);
+        Py_DECREF(r);
+        if (fd == -1 && PyErr_Occurred())
+            return -1;
+    }
+    if (fd < 0 || fd > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", fd);
+        return -1;
+    }
+    return (int)fd;
+}
+
+/* asyncio._ensure_fd_no_transport */
+static int io_ensure_no_transport(tl_loop *loop, PyObject *fileobj, int fd)
+{
+    tl_io_watch *iw = io_lookup(loop, fd);
+    if (iw == NULL || iw->owner == NULL)
+        return 0;
+    PyObject *closing = PyObject_CallMethod(iw->owner, "is_closing", NULL);
+    int is_closing = closing ? PyObject_IsTrue(closing) : -1;
+    Py_XDECREF(closing);
+    if (is_closing < 0)
+        return -1;
+    if (!is_closing) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "File descriptor %R is used by transport %R", fileobj, iw->owner);
+        return -1;
+    }
+    return 0;
+}
+
+/* epoll refuses what cannot be polled; asyncio's selector raises that
+ * OSError from add_reader, so check before libev quietly copes. */
+static int io_check_pollable(int fd)
+{
+    struct stat sb;
+    if (fstat(fd, &sb) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)) {
+        errno = EPERM;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
+                        const char *name, int writing, int check_transport)
+{
+    if (nargs < 2) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", name,
+                     nargs == 0 ? "fd" : "callback");
+        return NULL;
+    }
+    int fd = tl_io_fileobj_to_fd(args[0]);
+    if (fd < 0)
+        return NULL;
+    if (check_transport && io_ensure_no_transport(loop, args[0], fd) < 0)
+        return NULL;
+    if (tl_loop_check_closed(loop) < 0 || io_check_pollable(fd) < 0)
+        return NULL;
+    tl_handle *h = tl_handle_new(loop, args[1], args + 2, nargs - 2, NULL);
+    if (h == NULL)
+        return NULL;
+    tl_io_watch *iw = io_get_or_create(loop, fd);
+    if (iw == NULL) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    PyObject **slot = writing ? &iw->writer : &iw->reader;
+    PyObject *old = *slot;
+    *slot = Py_NewRef(h);
+    io_update(loop, iw);
+    if (old != NULL) {
+        /* asyncio cancels the handle it replaces */
+        PyObject *r = PyObject_CallMethod(old, "cancel", NULL);
+        Py_DECREF(old);
+        if (r == NULL) {
+            Py_DECREF(h);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    return (PyObject *)h;
+}
+
+static PyObject *io_remove(tl_loop *loop, PyObject *fileobj, int writing, int check_transport)
+{
+    int fd = tl_io_fileobj_to_fd(fileobj);
+    if (fd < 0)
+        return NULL;
+    if (check_transport && io_ensure_no_transport(loop, fileobj, fd) < 0)
+        return NULL;
+    if (loop->closed)
+        Py_RETURN_FALSE;
+    tl_io_watch *iw = io_lookup(loop, fd);
+    if (iw == NULL)
+        Py_RETURN_FALSE;
+    PyObject **slot = writing ? &iw->writer : &iw->reader;
+    PyObject *old = *slot;
+    *slot = NULL;
+    io_update(loop, iw);
+    if (old == NULL)
+        Py_RETURN_FALSE;
+    PyObject *r = PyObject_CallMethod(old, "cancel", NULL);
+    Py_DECREF(old);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *drop_result(PyObject *h)
+{
+    if (h == NULL)
+        return NULL;
+    Py_DECREF(h);
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_add_reader(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    return drop_result(io_add(loop, args, nargs, "add_reader", 0, 1));
+}
+
+static PyObject *loop_add_writer(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    return drop_result(io_add(loop, args, nargs, "add_writer", 1, 1));
+}
+
+static PyObject *loop_add_reader_internal(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    return io_add(loop, args, nargs, "_add_reader", 0, 0);
+}
+
+static PyObject *loop_add_writer_internal(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    return io_add(loop, args, nargs, "_add_writer", 1, 0);
+}
+
+static PyObject *loop_remove_reader(tl_loop *loop, PyObject *fd)
+{
+    return io_remove(loop, fd, 0, 1);
+}
+
+static PyObject *loop_remove_writer(tl_loop *loop, PyObject *fd)
+{
+    return io_remove(loop, fd, 1, 1);
+}
+
+static PyObject *loop_remove_reader_internal(tl_loop *loop, PyObject *fd)
+{
+    return io_remove(loop, fd, 0, 0);
+}
+
+static PyObject *loop_remove_writer_internal(tl_loop *loop, PyObject *fd)
+{
+    return io_remove(loop, fd, 1, 0);
+}
+
+PyMethodDef tl_io_loop_methods[] = {
+    {"add_reader", (PyCFunction)(void (*)(void))loop_add_reader, METH_FASTCALL,
+     "add_reader(fd, callback, *args)\n--\n\n"
+     "Call callback(*args) whenever fd is readable."},
+    {"remove_reader", (PyCFunction)loop_remove_reader, METH_O,
+     "Stop watching fd for reading; True if it was watched."},
+    {"add_writer", (PyCFunction)(void (*)(void))loop_add_writer, METH_FASTCALL,
+     "add_writer(fd, callback, *args)\n--\n\n"
+     "Call callback(*args) whenever fd is writable."},
+    {"remove_writer", (PyCFunction)loop_remove_writer, METH_O,
+     "Stop watching fd for writing; True if it was watched."},
+    {"_add_reader", (PyCFunction)(void (*)(void))loop_add_reader_internal, METH_FASTCALL, NULL},
+    {"_add_writer", (PyCFunction)(void (*)(void))loop_add_writer_internal, METH_FASTCALL, NULL},
+    {"_remove_reader", (PyCFunction)loop_remove_reader_internal, METH_O, NULL},
+    {"_remove_writer", (PyCFunction)loop_remove_writer_internal, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+int tl_io_set_owner(tl_loop *loop, int fd, PyObject *owner)
+{
+    if (owner == NULL) {
+        tl_io_watch *iw = io_lookup(loop, fd);
+        if (iw != NULL) {
+            iw->owner = NULL;
+            io_update(loop, iw);
+        }
+        return 0;
+    }
+    tl_io_watch *iw = io_get_or_create(loop, fd);
+    if (iw == NULL)
+        return -1;
+    iw->owner = owner;
+    return 0;
+}
+
+void tl_io_table_clear(tl_loop *loop)
+{
+    tl_io_table *t = &loop->io;
+    for (int fd = 0; fd < t->cap; fd++) {
+        tl_io_watch *iw = t->slots[fd];
+        if (iw == NULL)
+            continue;
+        t->slots[fd] = NULL;
+        if (loop->ev != NULL)
+            ev_io_stop(loop->ev, &iw->io);
+        Py_CLEAR(iw->reader);
+        Py_CLEAR(iw->writer);
+        PyMem_Free(iw);
+    }
+    PyMem_Free(t->slots);
+    t->slots = NULL;
+    t->cap = 0;
+}
+
+int tl_io_table_traverse(tl_io_table *t, visitproc visit, void *arg)
+{
+    for (int fd = 0; fd < t->cap; fd++) {
+        tl_io_watch *iw = t->slots[fd];
+        if (iw != NULL) {
+            Py_VISIT(iw->reader);
+            Py_VISIT(iw->writer);
+        }
+    }
+    return 0;
+}

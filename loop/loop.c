@@ -1,0 +1,1177 @@
+/* loop.c - the Loop type: ready queue, one iteration, run_forever and the
+ * scheduling entry points (call_soon, call_soon_threadsafe, create_task).
+ *
+ * Everything here follows asyncio.base_events.BaseEventLoop; the cold parts
+ * that asyncio writes in Python (executors, async generator shutdown, the
+ * default exception handler) are borrowed from it by tonio_loop/_loop.py.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <time.h>
+
+#include "tl_loop.h"
+#include "tl_handle.h"
+#include "tl_signal.h"
+
+/* asyncio's MAXIMUM_SELECT_TIMEOUT: never sleep longer than a day at once */
+#define TL_MAX_POLL_TIMEOUT (24.0 * 3600.0)
+
+double tl_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double tl_loop_time(tl_loop *loop)
+{
+    TL_UNUSED(loop);
+    return tl_monotonic();
+}
+
+/* ---- the ready queue: a ring buffer of (fn, obj) ----------------------- */
+
+static int ready_grow(tl_ready *q)
+{
+    size_t cap = q->cap ? q->cap * 2 : 256;
+    tl_ready_item *items = PyMem_Malloc(cap * sizeof(*items));
+    if (items == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < q->len; i++)
+        items[i] = q->items[(q->head + i) & (q->cap - 1)];
+    PyMem_Free(q->items);
+    q->items = items;
+    q->head = 0;
+    q->cap = cap;
+    return 0;
+}
+
+static inline int ready_push(tl_ready *q, tl_ready_fn fn, PyObject *obj)
+{
+    if (TL_UNLIKELY(q->len == q->cap) && ready_grow(q) < 0) {
+        Py_DECREF(obj);
+        return -1;
+    }
+    tl_ready_item *it = &q->items[(q->head + q->len) & (q->cap - 1)];
+    it->fn = fn;
+    it->obj = obj;
+    q->len++;
+    return 0;
+}
+
+static inline tl_ready_item ready_pop(tl_ready *q)
+{
+    tl_ready_item it = q->items[q->head];
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->len--;
+    return it;
+}
+
+static void ready_clear(tl_ready *q)
+{
+    while (q->len) {
+        tl_ready_item it = ready_pop(q);
+        Py_DECREF(it.obj);
+    }
+    PyMem_Free(q->items);
+    q->items = NULL;
+    q->cap = 0;
+    q->head = 0;
+}
+
+int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
+{
+    return ready_push(&loop->ready, fn, obj);
+}
+
+#ifdef Py_GIL_DISABLED
+/* Without the GIL another thread may not touch the ready queue: its calls
+ * wait in the inbox until the loop thread moves them over. */
+static int inbox_drain(tl_loop *loop)
+{
+    PyMutex_Lock(&loop->inbox_lock);
+    int rc = 0;
+    while (loop->inbox.len && rc == 0) {
+        tl_ready_item it = ready_pop(&loop->inbox);
+        rc = ready_push(&loop->ready, it.fn, it.obj);
+    }
+    PyMutex_Unlock(&loop->inbox_lock);
+    return rc;
+}
+#endif
+
+/* ---- checks ------------------------------------------------------------ */
+
+int tl_loop_check_closed(tl_loop *loop)
+{
+    if (TL_UNLIKELY(loop->closed)) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    return 0;
+}
+
+int tl_loop_check_thread(tl_loop *loop)
+{
+    if (loop->thread_id == 0 || loop->thread_id == PyThread_get_thread_ident())
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError,
+                    "Non-thread-safe operation invoked on an event loop other "
+                    "than the current one");
+    return -1;
+}
+
+int tl_loop_check_callback(tl_loop *loop, PyObject *callback, const char *method)
+{
+    PyObject *r = PyObject_CallMethod((PyObject *)loop, "_check_callback", "Os",
+                                      callback, method);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int loop_check_running(tl_loop *loop)
+{
+    if (loop->thread_id != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "This event loop is already running");
+        return -1;
+    }
+    PyObject *running = PyObject_CallNoArgs(loop->st->get_running_loop);
+    if (running == NULL)
+        return -1;
+    int other = running != Py_None;
+    Py_DECREF(running);
+    if (other) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Cannot run the event loop while another loop is running");
+        return -1;
+    }
+    return 0;
+}
+
+int tl_parse_callback_args(const char *fname, const char *first,
+                           PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames, PyObject **context)
+{
+    Py_ssize_t need = first ? 2 : 1;
+    if (nargs < need) {
+        const char *missing = (first && nargs == 0) ? first : "callback";
+        PyErr_Format(PyExc_TypeError,
+                     "%s() missing %zd required positional argument%s: '%s'%s",
+                     fname, need - nargs, need - nargs > 1 ? "s" : "", missing,
+                     need - nargs > 1 ? " and 'callback'" : "");
+        return -1;
+    }
+    *context = NULL;
+    if (kwnames == NULL)
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (!PyUnicode_Check(key) || PyUnicode_CompareWithASCIIString(key, "context") != 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got an unexpected keyword argument '%S'", fname, key);
+            return -1;
+        }
+        *context = args[nargs + i];
+    }
+    return 0;
+}
+
+/* ---- error reporting --------------------------------------------------- */
+
+int tl_loop_report(tl_loop *loop, PyObject *context)
+{
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)loop,
+                                            loop->st->str_call_exception_handler,
+                                            context);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+int tl_loop_report_exception(tl_loop *loop, PyObject *message, PyObject *extra)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+        PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *context = PyDict_New();
+    int rc = -1;
+    if (context == NULL ||
+        PyDict_SetItemString(context, "message", message) < 0 ||
+        PyDict_SetItemString(context, "exception", exc) < 0 ||
+        (extra != NULL && PyDict_Update(context, extra) < 0))
+        goto done;
+    rc = tl_loop_report(loop, context);
+done:
+    Py_XDECREF(context);
+    Py_DECREF(exc);
+    return rc;
+}
+
+void tl_loop_defer_error(tl_loop *loop)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    if (loop->pending_exc == NULL) {
+        loop->pending_exc = exc;
+    } else {
+        /* a second error while the first waits: keep the first, like a
+         * Python `except` clause that raised again would chain it */
+        Py_XDECREF(exc);
+    }
+    if (loop->ev != NULL)
+        ev_break(loop->ev, EVBREAK_ONE);
+}
+
+/* ---- libev glue -------------------------------------------------------- */
+
+/* Drop the GIL only around a poll that may sleep: a zero-timeout poll is
+ * cheaper than the GIL round trip. */
+static void loop_release_cb(struct ev_loop *ev)
+{
+    tl_loop *loop = ev_userdata(ev);
+    if (loop->poll_blocking)
+        loop->tstate = PyEval_SaveThread();
+}
+
+static void loop_acquire_cb(struct ev_loop *ev)
+{
+    tl_loop *loop = ev_userdata(ev);
+    if (loop->tstate != NULL) {
+        PyThreadState *ts = loop->tstate;
+        loop->tstate = NULL;
+        PyEval_RestoreThread(ts);
+    }
+}
+
+static void loop_wakeup_cb(struct ev_loop *ev, ev_async *w, int revents)
+{
+    /* its only job was to end the poll */
+    TL_UNUSED(ev);
+    TL_UNUSED(w);
+    TL_UNUSED(revents);
+}
+
+static void loop_timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
+{
+    TL_UNUSED(ev);
+    TL_UNUSED(w);
+    TL_UNUSED(revents);
+}
+
+/* ---- one iteration ----------------------------------------------------- */
+
+static int loop_poll(tl_loop *loop)
+{
+    int flags = EVRUN_NOWAIT;
+    loop->poll_blocking = 0;
+    if (loop->ready.len == 0 && !loop->stopping) {
+        if (loop->timers.len == 0) {
+            flags = EVRUN_ONCE;
+        } else {
+            double timeout = tl_timer_heap_next(&loop->timers) - tl_monotonic();
+            if (timeout > 0) {
+                if (timeout > TL_MAX_POLL_TIMEOUT)
+                    timeout = TL_MAX_POLL_TIMEOUT;
+                /* libev measures the timer from its cached clock */
+                ev_now_update(loop->ev);
+                ev_timer_stop(loop->ev, &loop->timer);
+                ev_timer_set(&loop->timer, timeout, 0.0);
+                ev_timer_start(loop->ev, &loop->timer);
+                flags = EVRUN_ONCE;
+            }
+        }
+        loop->poll_blocking = flags == EVRUN_ONCE;
+    }
+    ev_run(loop->ev, flags);
+    loop->poll_blocking = 0;
+    if (loop->pending_exc != NULL) {
+        PyObject *exc = loop->pending_exc;
+        loop->pending_exc = NULL;
+        PyErr_SetRaisedException(exc);
+        return -1;
+    }
+    /* a signal that interrupted the poll runs its Python handler now */
+    return PyErr_CheckSignals();
+}
+
+static int loop_run_ready_debug(tl_loop *loop, tl_ready_item it)
+{
+    int is_handle = PyObject_TypeCheck(it.obj, loop->st->handle_type);
+    Py_XSETREF(loop->current_handle, Py_NewRef(is_handle ? it.obj : Py_None));
+    double t0 = tl_monotonic();
+    int rc = it.fn(loop, it.obj);
+    double dt = tl_monotonic() - t0;
+    Py_CLEAR(loop->current_handle);
+    if (rc < 0 || dt < loop->slow_callback_duration)
+        return rc;
+    PyObject *what;
+    if (is_handle) {
+        PyObject *fmt = PyObject_GetAttrString(loop->st->base_events, "_format_handle");
+        what = fmt ? PyObject_CallOneArg(fmt, it.obj) : NULL;
+        Py_XDECREF(fmt);
+    } else {
+        what = PyObject_Repr(it.obj);
+    }
+    PyObject *logger = what ? PyObject_GetAttrString(loop->st->base_events, "logger") : NULL;
+    PyObject *r = logger ? PyObject_CallMethod(logger, "warning", "sOd",
+                                               "Executing %s took %.3f seconds",
+                                               what, dt) : NULL;
+    Py_XDECREF(what);
+    Py_XDECREF(logger);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int loop_run_once(tl_loop *loop)
+{
+    if (loop_poll(loop) < 0)
+        return -1;
+#ifdef Py_GIL_DISABLED
+    if (inbox_drain(loop) < 0)
+        return -1;
+#endif
+    if (loop->timers.len && tl_timer_heap_expire(loop, tl_monotonic()) < 0)
+        return -1;
+    /* Run what is ready now; callbacks scheduled by these wait for the next
+     * iteration, after another poll (asyncio's rule). */
+    size_t ntodo = loop->ready.len;
+    while (ntodo-- && loop->ready.len) {
+        tl_ready_item it = ready_pop(&loop->ready);
+        int rc = TL_UNLIKELY(loop->debug) ? loop_run_ready_debug(loop, it)
+                                          : it.fn(loop, it.obj);
+        Py_DECREF(it.obj);
+        if (TL_UNLIKELY(rc < 0))
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- coroutine origin tracking (debug mode) ---------------------------- */
+
+static int loop_set_origin_tracking(tl_loop *loop, int enabled)
+{
+    PyObject *r = PyObject_CallMethod((PyObject *)loop,
+                                      "_set_coroutine_origin_tracking", "O",
+                                      enabled ? Py_True : Py_False);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* ---- run_forever and friends ------------------------------------------- */
+
+static PyObject *loop_run_forever_setup(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    tl_state *st = loop->st;
+    if (tl_loop_check_closed(loop) < 0 || loop_check_running(loop) < 0)
+        return NULL;
+    if (loop_set_origin_tracking(loop, loop->debug) < 0)
+        return NULL;
+    PyObject *hooks = PyObject_CallNoArgs(st->get_asyncgen_hooks);
+    if (hooks == NULL)
+        return NULL;
+    Py_XSETREF(loop->old_agen_hooks, hooks);
+    loop->thread_id = PyThread_get_thread_ident();
+
+    PyObject *firstiter = PyObject_GetAttr((PyObject *)loop, st->str_asyncgen_firstiter_hook);
+    PyObject *finalizer = firstiter ? PyObject_GetAttr((PyObject *)loop, st->str_asyncgen_finalizer_hook) : NULL;
+    PyObject *kw = finalizer ? Py_BuildValue("{sOsO}", "firstiter", firstiter,
+                                             "finalizer", finalizer) : NULL;
+    PyObject *noargs = kw ? PyTuple_New(0) : NULL;
+    PyObject *r = noargs ? PyObject_Call(st->set_asyncgen_hooks, noargs, kw) : NULL;
+    Py_XDECREF(firstiter);
+    Py_XDECREF(finalizer);
+    Py_XDECREF(kw);
+    Py_XDECREF(noargs);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+
+    r = PyObject_CallOneArg(st->set_running_loop, (PyObject *)loop);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    if (tl_signal_attach(loop) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_run_forever_cleanup(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    tl_state *st = loop->st;
+    /* An exception on its way out of run_forever must survive the cleanup;
+     * a cleanup failure only shows when nothing else is being raised. */
+    PyObject *exc = PyErr_GetRaisedException();
+    int failed = 0;
+    loop->stopping = 0;
+    loop->thread_id = 0;
+    tl_signal_detach(loop);
+    PyObject *r = PyObject_CallOneArg(st->set_running_loop, Py_None);
+    failed |= r == NULL;
+    Py_XDECREF(r);
+    if (failed && exc) PyErr_Clear();
+    failed |= loop_set_origin_tracking(loop, 0) < 0;
+    if (failed && exc) PyErr_Clear();
+    if (loop->old_agen_hooks != NULL) {
+        PyObject *hooks = loop->old_agen_hooks;
+        loop->old_agen_hooks = NULL;
+        r = PyObject_Call(st->set_asyncgen_hooks, hooks, NULL);
+        Py_DECREF(hooks);
+        failed |= r == NULL;
+        Py_XDECREF(r);
+        if (failed && exc) PyErr_Clear();
+    }
+    if (exc != NULL) {
+        PyErr_SetRaisedException(exc);
+        return NULL;
+    }
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_run_once_py(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    if (loop_run_once(loop) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_run_forever(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *r = loop_run_forever_setup(loop, NULL);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    int rc;
+    for (;;) {
+        rc = loop_run_once(loop);
+        if (rc < 0 || loop->stopping)
+            break;
+    }
+    r = loop_run_forever_cleanup(loop, NULL);
+    if (rc < 0) {
+        Py_XDECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
+static PyObject *loop_run_until_complete(tl_loop *loop, PyObject *future)
+{
+    tl_state *st = loop->st;
+    if (tl_loop_check_closed(loop) < 0 || loop_check_running(loop) < 0)
+        return NULL;
+    PyObject *isf = PyObject_CallOneArg(st->isfuture, future);
+    if (isf == NULL)
+        return NULL;
+    int is_future = PyObject_IsTrue(isf);
+    Py_DECREF(isf);
+    if (is_future < 0)
+        return NULL;
+    int new_task = !is_future;
+
+
+    PyObject *kw = Py_BuildValue("{sO}", "loop", (PyObject *)loop);
+    PyObject *argt = kw ? PyTuple_Pack(1, future) : NULL;
+    PyObject *fut = argt ? PyObject_Call(st->ensure_future, argt, kw) : NULL;
+    Py_XDECREF(kw);
+    Py_XDECREF(argt);
+    if (fut == NULL)
+        return NULL;
+    if (new_task && PyObject_SetAttr(fut, st->str_log_destroy_pending, Py_False) < 0)
+        goto fail;
+
+    PyObject *r = PyObject_CallMethodOneArg(fut, st->str_add_done_callback,
+                                            st->run_until_complete_cb);
+    if (r == NULL)
+        goto fail;
+    Py_DECREF(r);
+
+    r = loop_run_forever(loop, NULL);
+    if (r == NULL) {
+        PyObject *exc = PyErr_GetRaisedException();
+        if (new_task) {
+            /* The coroutine raised a BaseException: retrieve it so the task
+             * does not log it, the caller never saw the task. */
+            PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+            int is_done = done ? PyObject_IsTrue(done) : -1;
+            Py_XDECREF(done);
+            PyObject *canc = is_done > 0 ? PyObject_CallMethod(fut, "cancelled", NULL) : NULL;
+            if (canc != NULL && !PyObject_IsTrue(canc)) {
+                PyObject *e = PyObject_CallMethod(fut, "exception", NULL);
+                Py_XDECREF(e);
+            }
+            Py_XDECREF(canc);
+            PyErr_Clear();
+        }
+        r = PyObject_CallMethodOneArg(fut, st->str_remove_done_callback,
+                                      st->run_until_complete_cb);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        PyErr_SetRaisedException(exc);
+        goto fail;
+    }
+    Py_DECREF(r);
+    r = PyObject_CallMethodOneArg(fut, st->str_remove_done_callback,
+                                  st->run_until_complete_cb);
+    if (r == NULL)
+        goto fail;
+    Py_DECREF(r);
+
+    PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+    if (done == NULL)
+        goto fail;
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (is_done < 0)
+        goto fail;
+    if (!is_done) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop stopped before Future completed.");
+        goto fail;
+    }
+    r = PyObject_CallMethod(fut, "result", NULL);
+    Py_DECREF(fut);
+    return r;
+fail:
+    Py_DECREF(fut);
+    return NULL;
+}
+
+static PyObject *loop_stop(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    loop->stopping = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_is_running(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(loop->thread_id != 0);
+}
+
+static PyObject *loop_is_closed(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(loop->closed);
+}
+
+static void loop_free_ev(tl_loop *loop)
+{
+    ready_clear(&loop->ready);
+#ifdef Py_GIL_DISABLED
+    ready_clear(&loop->inbox);
+#endif
+    tl_timer_heap_clear(&loop->timers);
+    tl_io_table_clear(loop);
+    tl_signal_close(loop);
+    if (loop->ev != NULL) {
+        ev_async_stop(loop->ev, &loop->wakeup);
+        ev_timer_stop(loop->ev, &loop->timer);
+        ev_loop_destroy(loop->ev);
+        loop->ev = NULL;
+    }
+}
+
+static int loop_shutdown_executor(tl_loop *loop)
+{
+    /* asyncio: close() shuts the default executor down without waiting */
+    if (PyObject_SetAttrString((PyObject *)loop, "_executor_shutdown_called", Py_True) < 0)
+        return -1;
+    PyObject *executor = PyObject_GetAttrString((PyObject *)loop, "_default_executor");
+    if (executor == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    int rc = 0;
+    if (executor != Py_None) {
+        rc = PyObject_SetAttrString((PyObject *)loop, "_default_executor", Py_None);
+        if (rc == 0) {
+            PyObject *kw = Py_BuildValue("{sO}", "wait", Py_False);
+            PyObject *noargs = kw ? PyTuple_New(0) : NULL;
+            PyObject *shutdown = noargs ? PyObject_GetAttrString(executor, "shutdown") : NULL;
+            PyObject *r = shutdown ? PyObject_Call(shutdown, noargs, kw) : NULL;
+            rc = r ? 0 : -1;
+            Py_XDECREF(r);
+            Py_XDECREF(shutdown);
+            Py_XDECREF(noargs);
+            Py_XDECREF(kw);
+        }
+    }
+    Py_DECREF(executor);
+    return rc;
+}
+
+static PyObject *loop_close(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    if (loop->thread_id != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Cannot close a running event loop");
+        return NULL;
+    }
+    if (loop->closed)
+        Py_RETURN_NONE;
+    if (loop->debug) {
+        PyObject *logger = PyObject_GetAttrString(loop->st->base_events, "logger");
+        PyObject *r = logger ? PyObject_CallMethod(logger, "debug", "sO", "Close %r",
+                                                   (PyObject *)loop) : NULL;
+        Py_XDECREF(logger);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    loop->closed = 1;
+    loop_free_ev(loop);
+    if (loop_shutdown_executor(loop) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_time(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    return PyFloat_FromDouble(tl_loop_time(loop));
+}
+
+static PyObject *loop_get_debug(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(loop->debug);
+}
+
+static PyObject *loop_call_soon_threadsafe_impl(tl_loop *loop, PyObject *callback,
+                                                PyObject *const *args, Py_ssize_t nargs,
+                                                PyObject *context);
+
+static PyObject *loop_set_debug(tl_loop *loop, PyObject *enabled)
+{
+    int on = PyObject_IsTrue(enabled);
+    if (on < 0)
+        return NULL;
+    loop->debug = (char)on;
+    if (loop->thread_id != 0) {
+        PyObject *cb = PyObject_GetAttrString((PyObject *)loop, "_set_coroutine_origin_tracking");
+        if (cb == NULL)
+            return NULL;
+        PyObject *h = loop_call_soon_threadsafe_impl(loop, cb, &enabled, 1, NULL);
+        Py_DECREF(cb);
+        if (h == NULL)
+            return NULL;
+        Py_DECREF(h);
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- scheduling -------------------------------------------------------- */
+
+static PyObject *loop_call_soon(tl_loop *loop, PyObject *const *args,
+                                Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    if (tl_parse_callback_args("call_soon", NULL, args, nargs, kwnames, &context) < 0 ||
+        tl_loop_check_closed(loop) < 0)
+        return NULL;
+    if (TL_UNLIKELY(loop->debug) &&
+        (tl_loop_check_thread(loop) < 0 ||
+         tl_loop_check_callback(loop, args[0], "call_soon") < 0))
+        return NULL;
+    tl_handle *h = tl_handle_new(loop, args[0], args + 1, nargs - 1, context);
+    if (h == NULL)
+        return NULL;
+    if (ready_push(&loop->ready, tl_handle_ready_fn, Py_NewRef(h)) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+static PyObject *loop_call_soon_threadsafe_impl(tl_loop *loop, PyObject *callback,
+                                                PyObject *const *args, Py_ssize_t nargs,
+                                                PyObject *context)
+{
+    if (tl_loop_check_closed(loop) < 0)
+        return NULL;
+    if (TL_UNLIKELY(loop->debug) &&
+        tl_loop_check_callback(loop, callback, "call_soon_threadsafe") < 0)
+        return NULL;
+    tl_handle *h = tl_handle_new(loop, callback, args, nargs, context);
+    if (h == NULL)
+        return NULL;
+    int own_thread = loop->thread_id == PyThread_get_thread_ident();
+    int rc;
+#ifdef Py_GIL_DISABLED
+    if (!own_thread) {
+        PyMutex_Lock(&loop->inbox_lock);
+        rc = ready_push(&loop->inbox, tl_handle_ready_fn, Py_NewRef(h));
+        PyMutex_Unlock(&loop->inbox_lock);
+    } else
+#endif
+    rc = ready_push(&loop->ready, tl_handle_ready_fn, Py_NewRef(h));
+    if (rc < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    /* The loop thread is never asleep while it runs this. libev writes to
+     * its wakeup fd only when the loop is really blocked in the poll. */
+    if (!own_thread && loop->ev != NULL)
+        ev_async_send(loop->ev, &loop->wakeup);
+    return (PyObject *)h;
+}
+
+static PyObject *loop_call_soon_threadsafe(tl_loop *loop, PyObject *const *args,
+                                           Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    if (tl_parse_callback_args("call_soon_threadsafe", NULL, args, nargs, kwnames,
+                               &context) < 0)
+        return NULL;
+    return loop_call_soon_threadsafe_impl(loop, args[0], args + 1, nargs - 1, context);
+}
+
+static PyObject *loop_create_future(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *kw = Py_BuildValue("{sO}", "loop", (PyObject *)loop);
+    if (kw == NULL)
+        return NULL;
+    PyObject *noargs = PyTuple_New(0);
+    PyObject *fut = noargs ? PyObject_Call(loop->st->future_cls, noargs, kw) : NULL;
+    Py_XDECREF(noargs);
+    Py_DECREF(kw);
+    return fut;
+}
+
+static PyObject *loop_create_task(tl_loop *loop, PyObject *const *args,
+                                  Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (tl_loop_check_closed(loop) < 0)
+        return NULL;
+    if (loop->task_factory != NULL) {
+        /* the factory protocol differs between Python versions: let the
+         * running asyncio's own create_task speak it */
+        PyObject *meth = PyObject_GetAttrString(loop->st->base_event_loop_cls, "create_task");
+        if (meth == NULL)
+            return NULL;
+        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+        PyObject **argv = PyMem_Malloc((size_t)(nargs + nkw + 1) * sizeof(PyObject *));
+        if (argv == NULL) {
+            Py_DECREF(meth);
+            return PyErr_NoMemory();
+        }
+        argv[0] = (PyObject *)loop;
+        for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+            argv[1 + i] = args[i];
+        PyObject *r = PyObject_Vectorcall(meth, argv, (size_t)nargs + 1, kwnames);
+        PyMem_Free(argv);
+        Py_DECREF(meth);
+        return r;
+    }
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "create_task() takes 1 positional argument but %zd were given", nargs);
+        return NULL;
+    }
+    /* Task(coro, loop=self, name=..., context=...) with the caller's
+     * keywords passed through: the Task type checks them as asyncio does */
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *kw = PyDict_New();
+    if (kw == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+            Py_DECREF(kw);
+            return NULL;
+        }
+    }
+    if (PyDict_SetItemString(kw, "loop", (PyObject *)loop) < 0) {
+        Py_DECREF(kw);
+        return NULL;
+    }
+    PyObject *argt = PyTuple_Pack(1, args[0]);
+    PyObject *task = argt ? PyObject_Call(loop->st->task_cls, argt, kw) : NULL;
+    Py_XDECREF(argt);
+    Py_DECREF(kw);
+    return task;
+}
+
+static PyObject *loop_set_task_factory(tl_loop *loop, PyObject *factory)
+{
+    if (factory != Py_None && !PyCallable_Check(factory)) {
+        PyErr_SetString(PyExc_TypeError, "task factory must be a callable or None");
+        return NULL;
+    }
+    Py_XSETREF(loop->task_factory, factory == Py_None ? NULL : Py_NewRef(factory));
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_get_task_factory(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(loop->task_factory ? loop->task_factory : Py_None);
+}
+
+static PyObject *loop_set_exception_handler(tl_loop *loop, PyObject *handler)
+{
+    if (handler != Py_None && !PyCallable_Check(handler)) {
+        PyErr_Format(PyExc_TypeError,
+                     "A callable object or None is expected, got %R", handler);
+        return NULL;
+    }
+    Py_XSETREF(loop->exception_handler, handler == Py_None ? NULL : Py_NewRef(handler));
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_get_exception_handler(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(loop->exception_handler ? loop->exception_handler : Py_None);
+}
+
+static PyObject *loop_check_closed_py(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    if (tl_loop_check_closed(loop) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_check_thread_py(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    if (tl_loop_check_thread(loop) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_check_running_py(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    if (loop_check_running(loop) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *loop_repr(tl_loop *loop)
+{
+    return PyUnicode_FromFormat("<%s running=%s closed=%s debug=%s>",
+                                tl_type_name(Py_TYPE(loop)),
+                                loop->thread_id ? "True" : "False",
+                                loop->closed ? "True" : "False",
+                                loop->debug ? "True" : "False");
+}
+
+PyMethodDef tl_loop_core_methods[] = {
+    {"run_forever", (PyCFunction)loop_run_forever, METH_NOARGS,
+     "Run until stop() is called."},
+    {"run_until_complete", (PyCFunction)loop_run_until_complete, METH_O,
+     "Run until the future (or coroutine) is done and return its result."},
+    {"_run_forever_setup", (PyCFunction)loop_run_forever_setup, METH_NOARGS, NULL},
+    {"_run_forever_cleanup", (PyCFunction)loop_run_forever_cleanup, METH_NOARGS, NULL},
+    {"_run_once", (PyCFunction)loop_run_once_py, METH_NOARGS, NULL},
+    {"stop", (PyCFunction)loop_stop, METH_NOARGS,
+     "Stop after the current iteration; scheduled callbacks still run."},
+    {"close", (PyCFunction)loop_close, METH_NOARGS,
+     "Close the loop: drop pending callbacks and release its resources."},
+    {"is_running", (PyCFunction)loop_is_running, METH_NOARGS, NULL},
+    {"is_closed", (PyCFunction)loop_is_closed, METH_NOARGS, NULL},
+    {"time", (PyCFunction)loop_time, METH_NOARGS,
+     "The loop's clock: time.monotonic(), in seconds."},
+    {"get_debug", (PyCFunction)loop_get_debug, METH_NOARGS, NULL},
+    {"set_debug", (PyCFunction)loop_set_debug, METH_O, NULL},
+    {"call_soon", (PyCFunction)(void (*)(void))loop_call_soon,
+     METH_FASTCALL | METH_KEYWORDS,
+     "call_soon(callback, *args, context=None)\n--\n\n"
+     "Arrange for callback(*args) to be called soon, in FIFO order."},
+    {"call_soon_threadsafe", (PyCFunction)(void (*)(void))loop_call_soon_threadsafe,
+     METH_FASTCALL | METH_KEYWORDS,
+     "call_soon_threadsafe(callback, *args, context=None)\n--\n\n"
+     "Like call_soon(), callable from any thread."},
+    {"create_future", (PyCFunction)loop_create_future, METH_NOARGS, NULL},
+    {"create_task", (PyCFunction)(void (*)(void))loop_create_task,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"set_task_factory", (PyCFunction)loop_set_task_factory, METH_O, NULL},
+    {"get_task_factory", (PyCFunction)loop_get_task_factory, METH_NOARGS, NULL},
+    {"set_exception_handler", (PyCFunction)loop_set_exception_handler, METH_O, NULL},
+    {"get_exception_handler", (PyCFunction)loop_get_exception_handler, METH_NOARGS, NULL},
+    {"_check_closed", (PyCFunction)loop_check_closed_py, METH_NOARGS, NULL},
+    {"_check_thread", (PyCFunction)loop_check_thread_py, METH_NOARGS, NULL},
+    {"_check_running", (PyCFunction)loop_check_running_py, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ---- attributes asyncio's borrowed Python code reads ------------------- */
+
+static PyObject *get_debug_attr(tl_loop *loop, void *c)
+{
+    TL_UNUSED(c);
+    return PyBool_FromLong(loop->debug);
+}
+
+static int set_debug_attr(tl_loop *loop, PyObject *v, void *c)
+{
+    TL_UNUSED(c);
+    int on = v ? PyObject_IsTrue(v) : 0;
+    if (on < 0)
+        return -1;
+    loop->debug = (char)on;
+    return 0;
+}
+
+static PyObject *get_stopping(tl_loop *loop, void *c)
+{
+    TL_UNUSED(c);
+    return PyBool_FromLong(loop->stopping);
+}
+
+static int set_stopping(tl_loop *loop, PyObject *v, void *c)
+{
+    TL_UNUSED(c);
+    int on = v ? PyObject_IsTrue(v) : 0;
+    if (on < 0)
+        return -1;
+    loop->stopping = (char)on;
+    return 0;
+}
+
+static PyObject *get_closed(tl_loop *loop, void *c)
+{
+    TL_UNUSED(c);
+    return PyBool_FromLong(loop->closed);
+}
+
+static PyObject *get_thread_id(tl_loop *loop, void *c)
+{
+    TL_UNUSED(c);
+    if (loop->thread_id == 0)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(loop->thread_id);
+}
+
+static PyObject *get_current_handle(tl_loop *loop, void *c)
+{
+    TL_UNUSED(c);
+    return Py_NewRef(loop->current_handle ? loop->current_handle : Py_None);
+}
+
+static int set_current_handle(tl_loop *loop, PyObject *v, void *c)
+{
+    TL_UNUSED(c);
+    Py_XSETREF(loop->current_handle, (v == NULL || v == Py_None) ? NULL : Py_NewRef(v));
+    return 0;
+}
+
+static int set_exception_handler_attr(tl_loop *loop, PyObject *v, void *c)
+{
+    TL_UNUSED(c);
+    Py_XSETREF(loop->exception_handler, (v == NULL || v == Py_None) ? NULL : Py_NewRef(v));
+    return 0;
+}
+
+static int set_task_factory_attr(tl_loop *loop, PyObject *v, void *c)
+{
+    TL_UNUSED(c);
+    Py_XSETREF(loop->task_factory, (v == NULL || v == Py_None) ? NULL : Py_NewRef(v));
+    return 0;
+}
+
+static PyGetSetDef loop_getset[] = {
+    {"_debug", (getter)get_debug_attr, (setter)set_debug_attr, NULL, NULL},
+    {"_stopping", (getter)get_stopping, (setter)set_stopping, NULL, NULL},
+    {"_closed", (getter)get_closed, NULL, NULL, NULL},
+    {"_thread_id", (getter)get_thread_id, NULL, NULL, NULL},
+    {"_current_handle", (getter)get_current_handle, (setter)set_current_handle, NULL, NULL},
+    {"_exception_handler", (getter)loop_get_exception_handler,
+     (setter)set_exception_handler_attr, NULL, NULL},
+    {"_task_factory", (getter)loop_get_task_factory, (setter)set_task_factory_attr, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef loop_members[] = {
+    {"slow_callback_duration", Py_T_DOUBLE, offsetof(tl_loop, slow_callback_duration), 0,
+     "Debug mode logs callbacks that run longer than this many seconds."},
+    {"__dictoffset__", Py_T_PYSSIZET, offsetof(tl_loop, dict), Py_READONLY, NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(tl_loop, weakreflist), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+/* ---- the type ---------------------------------------------------------- */
+
+static int loop_ev_init(tl_loop *loop)
+{
+    /* never the default loop (it owns SIGCHLD); never touch the signal mask */
+    loop->ev = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    if (loop->ev == NULL) {
+        PyErr_SetString(PyExc_OSError, "libev could not create an event loop");
+        return -1;
+    }
+    ev_set_userdata(loop->ev, loop);
+    ev_set_loop_release_cb(loop->ev, loop_release_cb, loop_acquire_cb);
+    ev_async_init(&loop->wakeup, loop_wakeup_cb);
+    ev_async_start(loop->ev, &loop->wakeup);
+    ev_timer_init(&loop->timer, loop_timer_cb, 0.0, 0.0);
+    return 0;
+}
+
+static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
+{
+    TL_UNUSED(args);
+    TL_UNUSED(kwds);
+    tl_state *st = tl_state_of_type(tp);
+    if (st == NULL)
+        return NULL;
+    tl_loop *loop = (tl_loop *)tp->tp_alloc(tp, 0);
+    if (loop == NULL)
+        return NULL;
+    loop->st = st;
+    loop->slow_callback_duration = 0.1;
+    loop->signal_fds[0] = loop->signal_fds[1] = -1;
+    loop->old_wakeup_fd = -1;
+    if (loop_ev_init(loop) < 0) {
+        Py_DECREF(loop);
+        return NULL;
+    }
+    PyObject *dbg = PyObject_CallNoArgs(st->is_debug_mode);
+    int on = dbg ? PyObject_IsTrue(dbg) : -1;
+    Py_XDECREF(dbg);
+    if (on < 0) {
+        Py_DECREF(loop);
+        return NULL;
+    }
+    loop->debug = (char)on;
+    return (PyObject *)loop;
+}
+
+static int loop_init(tl_loop *loop, PyObject *args, PyObject *kwds)
+{
+    TL_UNUSED(loop);
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Loop", kwlist))
+        return -1;
+    return 0;
+}
+
+static int loop_traverse(tl_loop *loop, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(loop));
+    Py_VISIT(loop->dict);
+    Py_VISIT(loop->pending_exc);
+    Py_VISIT(loop->exception_handler);
+    Py_VISIT(loop->task_factory);
+    Py_VISIT(loop->current_handle);
+    Py_VISIT(loop->old_agen_hooks);
+    for (size_t i = 0; i < loop->ready.len; i++)
+        Py_VISIT(loop->ready.items[(loop->ready.head + i) & (loop->ready.cap - 1)].obj);
+    if (tl_timer_heap_traverse(&loop->timers, visit, arg))
+        return -1;
+    return tl_io_table_traverse(&loop->io, visit, arg);
+}
+
+static int loop_clear(tl_loop *loop)
+{
+    Py_CLEAR(loop->dict);
+    Py_CLEAR(loop->pending_exc);
+    Py_CLEAR(loop->exception_handler);
+    Py_CLEAR(loop->task_factory);
+    Py_CLEAR(loop->current_handle);
+    Py_CLEAR(loop->old_agen_hooks);
+    ready_clear(&loop->ready);
+    tl_timer_heap_clear(&loop->timers);
+    tl_io_table_clear(loop);
+    return 0;
+}
+
+static void loop_finalize(tl_loop *loop)
+{
+    if (loop->closed || loop->ev == NULL)
+        return;
+    PyObject *exc = PyErr_GetRaisedException();
+    if (PyErr_ResourceWarning((PyObject *)loop, 1, "unclosed event loop %R",
+                              (PyObject *)loop) < 0)
+        PyErr_WriteUnraisable((PyObject *)loop);
+    if (loop->thread_id == 0) {
+        PyObject *r = PyObject_CallMethod((PyObject *)loop, "close", NULL);
+        if (r == NULL)
+            PyErr_WriteUnraisable((PyObject *)loop);
+        Py_XDECREF(r);
+    }
+    PyErr_SetRaisedException(exc);
+}
+
+static void loop_dealloc(tl_loop *loop)
+{
+    PyTypeObject *tp = Py_TYPE(loop);
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)loop) < 0)
+        return;
+    PyObject_GC_UnTrack(loop);
+    if (loop->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)loop);
+    loop_clear(loop);
+    loop_free_ev(loop);
+    tp->tp_free(loop);
+    Py_DECREF(tp);
+}
+
+/* The Loop's methods come from several files (timers, I/O, ...): join their
+ * tables once per process. */
+static PyMethodDef *loop_all_methods;
+static pthread_once_t loop_methods_once = PTHREAD_ONCE_INIT;
+
+static void loop_join_methods(void)
+{
+    PyMethodDef *tables[] = {tl_loop_core_methods, tl_timer_loop_methods,
+                             tl_io_loop_methods, NULL};
+    size_t n = 0;
+    for (PyMethodDef **t = tables; *t; t++)
+        for (PyMethodDef *m = *t; m->ml_name; m++)
+            n++;
+    PyMethodDef *all = calloc(n + 1, sizeof(PyMethodDef));
+    if (all == NULL)
+        return;
+    n = 0;
+    for (PyMethodDef **t = tables; *t; t++)
+        for (PyMethodDef *m = *t; m->ml_name; m++)
+            all[n++] = *m;
+    loop_all_methods = all;
+}
+
+static PyType_Slot loop_slots[] = {
+    {Py_tp_new, loop_new},
+    {Py_tp_init, loop_init},
+    {Py_tp_dealloc, loop_dealloc},
+    {Py_tp_finalize, loop_finalize},
+    {Py_tp_traverse, loop_traverse},
+    {Py_tp_clear, loop_clear},
+    {Py_tp_repr, loop_repr},
+    {Py_tp_getset, loop_getset},
+    {Py_tp_members, loop_members},
+    {Py_tp_methods, NULL},  /* filled in by tl_loop_spec_ready() */
+    {Py_tp_doc, "The C core of tonio_loop.Loop: an asyncio event loop over libev."},
+    {0, NULL},
+};
+
+static PyType_Spec loop_spec = {
+    .name = "tonio_loop._core.Loop",
+    .basicsize = sizeof(tl_loop),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = loop_slots,
+};
+
+static void loop_spec_fill(void)
+{
+    loop_join_methods();
+    for (PyType_Slot *s = loop_slots; s->slot; s++)
+        if (s->slot == Py_tp_methods)
+            s->pfunc = loop_all_methods;
+}
+
+PyType_Spec *tl_loop_spec_ready(void)
+{
+    pthread_once(&loop_methods_once, loop_spec_fill);
+    if (loop_all_methods == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    return &loop_spec;
+}

@@ -1,0 +1,153 @@
+/* module.c - tonio_loop._core: multi-phase init (PEP 489) with module state,
+ * so each interpreter gets its own types and cached stdlib objects.
+ */
+#include "tl_common.h"
+#include "tl_loop.h"
+#include "tl_handle.h"
+#include "tl_timer.h"
+
+static PyObject *import_attr(const char *module, const char *name)
+{
+    PyObject *mod = PyImport_ImportModule(module);
+    if (mod == NULL)
+        return NULL;
+    PyObject *attr = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    return attr;
+}
+
+static int add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
+                    PyObject *base)
+{
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, base);
+    if (*slot == NULL)
+        return -1;
+    return PyModule_AddType(module, *slot);
+}
+
+static int intern(PyObject **slot, const char *s)
+{
+    *slot = PyUnicode_InternFromString(s);
+    return *slot ? 0 : -1;
+}
+
+static int core_exec(PyObject *module)
+{
+    tl_state *st = tl_state_of_module(module);
+    PyType_Spec *loop_spec = tl_loop_spec_ready();
+    if (loop_spec == NULL ||
+        add_type(module, &st->loop_type, loop_spec, NULL) < 0 ||
+        add_type(module, &st->handle_type, &tl_handle_spec, NULL) < 0 ||
+        add_type(module, &st->timer_handle_type, &tl_timer_handle_spec,
+                 (PyObject *)st->handle_type) < 0)
+        return -1;
+
+    struct { PyObject **slot; const char *module, *name; } imports[] = {
+        {&st->set_running_loop, "asyncio.events", "_set_running_loop"},
+        {&st->get_running_loop, "asyncio.events", "_get_running_loop"},
+        {&st->get_asyncgen_hooks, "sys", "get_asyncgen_hooks"},
+        {&st->set_asyncgen_hooks, "sys", "set_asyncgen_hooks"},
+        {&st->format_callback_source, "asyncio.format_helpers", "_format_callback_source"},
+        {&st->extract_stack, "asyncio.format_helpers", "extract_stack"},
+        {&st->isfuture, "asyncio.futures", "isfuture"},
+        {&st->ensure_future, "asyncio.tasks", "ensure_future"},
+        {&st->is_debug_mode, "asyncio.coroutines", "_is_debug_mode"},
+        {&st->set_wakeup_fd, "signal", "set_wakeup_fd"},
+        {&st->run_until_complete_cb, "asyncio.base_events", "_run_until_complete_cb"},
+        {&st->future_cls, "asyncio.futures", "Future"},
+        {&st->task_cls, "asyncio.tasks", "Task"},
+        {&st->base_event_loop_cls, "asyncio.base_events", "BaseEventLoop"},
+    };
+    for (size_t i = 0; i < sizeof(imports) / sizeof(imports[0]); i++) {
+        *imports[i].slot = import_attr(imports[i].module, imports[i].name);
+        if (*imports[i].slot == NULL)
+            return -1;
+    }
+    st->base_events = PyImport_ImportModule("asyncio.base_events");
+    if (st->base_events == NULL)
+        return -1;
+
+    if (intern(&st->str_call_exception_handler, "call_exception_handler") < 0 ||
+        intern(&st->str_add_done_callback, "add_done_callback") < 0 ||
+        intern(&st->str_remove_done_callback, "remove_done_callback") < 0 ||
+        intern(&st->str_log_destroy_pending, "_log_destroy_pending") < 0 ||
+        intern(&st->str_asyncgen_firstiter_hook, "_asyncgen_firstiter_hook") < 0 ||
+        intern(&st->str_asyncgen_finalizer_hook, "_asyncgen_finalizer_hook") < 0)
+        return -1;
+
+    return PyModule_AddIntConstant(module, "EV_VERSION",
+                                   ev_version_major() * 100 + ev_version_minor());
+}
+
+#define TL_STATE_OBJECTS(X)                                                   \
+    X(loop_type) X(handle_type) X(timer_handle_type)                          \
+    X(set_running_loop) X(get_running_loop) X(get_asyncgen_hooks)              \
+    X(set_asyncgen_hooks) X(format_callback_source) X(extract_stack)           \
+    X(base_events) X(isfuture) X(ensure_future) X(is_debug_mode)               \
+    X(set_wakeup_fd) X(run_until_complete_cb) X(future_cls) X(task_cls)        \
+    X(base_event_loop_cls) X(str_call_exception_handler)                       \
+    X(str_add_done_callback) X(str_remove_done_callback)                       \
+    X(str_log_destroy_pending) X(str_asyncgen_firstiter_hook)                  \
+    X(str_asyncgen_finalizer_hook)
+
+static int core_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    tl_state *st = tl_state_of_module(module);
+    if (st == NULL)
+        return 0;
+#define X(f) Py_VISIT(st->f);
+    TL_STATE_OBJECTS(X)
+#undef X
+    return 0;
+}
+
+static void free_list_drain(PyObject **items, int *n)
+{
+    while (*n > 0)
+        PyObject_GC_Del(items[--*n]);
+}
+
+static int core_clear(PyObject *module)
+{
+    tl_state *st = tl_state_of_module(module);
+    if (st == NULL)
+        return 0;
+    free_list_drain(st->handle_free, &st->handle_nfree);
+    free_list_drain(st->timer_free, &st->timer_nfree);
+#define X(f) Py_CLEAR(st->f);
+    TL_STATE_OBJECTS(X)
+#undef X
+    return 0;
+}
+
+static void core_free(void *module)
+{
+    core_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
+PyModuleDef tl_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "tonio_loop._core",
+    .m_doc = "The C core of tonio_loop: an asyncio event loop over libev.",
+    .m_size = sizeof(tl_state),
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    return PyModuleDef_Init(&tl_module_def);
+}

@@ -1,0 +1,79 @@
+"""Every test runs on both asyncio's own loop and tonio_loop.
+
+Async tests get both through pytest-asyncio's loop-factory hook; synchronous
+tests that need a loop take the ``loop`` (or ``make_loop``) fixture, which is
+parametrized the same way. A difference in behaviour is a failing test.
+"""
+
+import asyncio
+import gc
+import os
+
+import pytest
+
+import tonio_loop
+
+LOOP_FACTORIES = {
+    "asyncio": asyncio.new_event_loop,
+    "tonio": tonio_loop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(config, item):
+    return LOOP_FACTORIES
+
+
+@pytest.fixture(params=list(LOOP_FACTORIES))
+def loop_name(request):
+    return request.param
+
+
+@pytest.fixture
+def make_loop(loop_name):
+    """A factory of loops of the parametrized kind; all closed afterwards."""
+    loops = []
+
+    def make():
+        loop = LOOP_FACTORIES[loop_name]()
+        loops.append(loop)
+        return loop
+
+    yield make
+    for loop in loops:
+        if not loop.is_running() and not loop.is_closed():
+            loop.close()
+
+
+@pytest.fixture
+def loop(make_loop):
+    """A fresh, not running loop of the parametrized kind."""
+    return make_loop()
+
+
+@pytest.fixture
+def is_tonio(loop_name):
+    return loop_name == "tonio"
+
+
+def _open_fds():
+    try:
+        return set(os.listdir("/proc/self/fd"))
+    except OSError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_fd_leak(request):
+    """A test must leave no file descriptor open behind it."""
+    before = _open_fds()
+    yield
+    if request.node.get_closest_marker("allow_fd_leak"):
+        return
+    gc.collect()
+    leaked = _open_fds() - before
+    # the listing itself opens one fd that is gone again by now
+    leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
+    if leaked:
+        targets = sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
+                         if os.path.exists(f"/proc/self/fd/{fd}"))
+        pytest.fail(f"file descriptors leaked: {targets}")
