@@ -60,7 +60,6 @@ typedef struct tl_loop {
 
     int signal_fds[2];          /* set_wakeup_fd socketpair, -1 when unused */
     ev_io signal_io;
-    int old_wakeup_fd;          /* restored when run_forever ends */
 
     char closed;
     char stopping;
@@ -79,6 +78,9 @@ PyType_Spec *tl_loop_spec_ready(void);
 
 /* Append to the ready queue; steals the reference to obj (also on error). */
 int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
+
+/* The same from any thread: wakes the loop when it sleeps in the poll. */
+int tl_loop_push_ready_threadsafe(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 
 /* The ready_fn that runs a Handle. */
 int tl_handle_ready_fn(tl_loop *loop, PyObject *obj);

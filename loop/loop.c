@@ -703,25 +703,32 @@ static PyObject *loop_call_soon_threadsafe_impl(tl_loop *loop, PyObject *callbac
     tl_handle *h = tl_handle_new(loop, callback, args, nargs, context);
     if (h == NULL)
         return NULL;
+    if (tl_loop_push_ready_threadsafe(loop, tl_handle_ready_fn, Py_NewRef(h)) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+int tl_loop_push_ready_threadsafe(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
+{
     int own_thread = loop->thread_id == PyThread_get_thread_ident();
     int rc;
 #ifdef Py_GIL_DISABLED
     if (!own_thread) {
         PyMutex_Lock(&loop->inbox_lock);
-        rc = ready_push(&loop->inbox, tl_handle_ready_fn, Py_NewRef(h));
+        rc = ready_push(&loop->inbox, fn, obj);
         PyMutex_Unlock(&loop->inbox_lock);
     } else
 #endif
-    rc = ready_push(&loop->ready, tl_handle_ready_fn, Py_NewRef(h));
-    if (rc < 0) {
-        Py_DECREF(h);
-        return NULL;
-    }
+    rc = ready_push(&loop->ready, fn, obj);
+    if (rc < 0)
+        return -1;
     /* The loop thread is never asleep while it runs this. libev writes to
      * its wakeup fd only when the loop is really blocked in the poll. */
     if (!own_thread && loop->ev != NULL)
         ev_async_send(loop->ev, &loop->wakeup);
-    return (PyObject *)h;
+    return 0;
 }
 
 static PyObject *loop_call_soon_threadsafe(tl_loop *loop, PyObject *const *args,
@@ -1027,7 +1034,6 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
     loop->st = st;
     loop->slow_callback_duration = 0.1;
     loop->signal_fds[0] = loop->signal_fds[1] = -1;
-    loop->old_wakeup_fd = -1;
     if (loop_ev_init(loop) < 0) {
         Py_DECREF(loop);
         return NULL;
