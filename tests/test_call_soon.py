@@ -132,10 +132,8 @@ def test_explicit_context(loop):
     assert seen == ["in ctx", "unset"]
 
 
-def test_context_already_entered_is_reported(loop):
+def test_context_already_entered_is_reported(loop, caplog):
     ctx = contextvars.copy_context()
-    errors = []
-    loop.set_exception_handler(lambda lp, c: errors.append(c))
 
     def inner():
         pass
@@ -146,10 +144,13 @@ def test_context_already_entered_is_reported(loop):
 
     loop.call_soon(outer, context=ctx)
     loop.call_soon(loop.stop)
-    loop.run_forever()
-    assert len(errors) == 1
-    assert isinstance(errors[0]["exception"], RuntimeError)
-    assert "already entered" in str(errors[0]["exception"])
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.run_forever()
+    assert len(caplog.records) == 1
+    rec = caplog.records[0]
+    assert rec.getMessage().startswith("Exception in callback ")
+    assert isinstance(rec.exc_info[1], RuntimeError)
+    assert "already entered" in str(rec.exc_info[1])
 
 
 def test_exception_in_callback_goes_to_handler_and_loop_continues(loop):
