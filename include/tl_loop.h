@@ -65,6 +65,9 @@ typedef struct tl_loop {
     char stopping;
     char debug;
     char poll_blocking;         /* the current poll may sleep: drop the GIL */
+    char poll_had_events;       /* set by the last poll when watchers fired */
+    char poll_quiet;            /* the last poll found nothing */
+    double last_poll;           /* tl_monotonic() of the last poll */
     char signal_attached;
 
 #ifdef Py_GIL_DISABLED
@@ -81,6 +84,12 @@ int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 
 /* The same from any thread: wakes the loop when it sleeps in the poll. */
 int tl_loop_push_ready_threadsafe(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
+
+/* Drop a queue's reference to obj (see tl_handle_traverse_contents). */
+void tl_loop_unqueue(PyObject *obj);
+
+/* GC traversal of an object a queue holds. */
+int tl_loop_visit_queued(PyObject *obj, visitproc visit, void *arg);
 
 /* The ready_fn that runs a Handle. */
 int tl_handle_ready_fn(tl_loop *loop, PyObject *obj);

@@ -85,7 +85,10 @@ tl_handle *tl_handle_new(tl_loop *loop, PyObject *callback,
         Py_DECREF(h);
         return NULL;
     }
-    PyObject_GC_Track(h);
+    /* not tracked while queued: see tl_handle_traverse_contents */
+#ifdef Py_GIL_DISABLED
+    PyObject_GC_Track(h);   /* reference counts are not exact enough there */
+#endif
     return h;
 }
 
@@ -121,6 +124,11 @@ void tl_handle_clear_refs(tl_handle *h)
 int tl_handle_traverse(tl_handle *h, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(h));
+    return tl_handle_traverse_contents(h, visit, arg);
+}
+
+int tl_handle_traverse_contents(tl_handle *h, visitproc visit, void *arg)
+{
     Py_VISIT(h->loop);
     Py_VISIT(h->callback);
     Py_VISIT(h->context);

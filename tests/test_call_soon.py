@@ -398,3 +398,44 @@ def test_handle_cycle_is_collected(loop):
     del obj
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("how", ["ran", "cancelled", "timer_ran", "timer_cancelled"])
+def test_cycles_through_handles_are_collected(loop, how):
+    class Holder:
+        def cb(self):
+            pass
+
+    obj = Holder()
+    if how.startswith("timer"):
+        obj.handle = loop.call_later(0, obj.cb)
+    else:
+        obj.handle = loop.call_soon(obj.cb)
+    if how.endswith("cancelled"):
+        obj.handle.cancel()
+    ref = weakref.ref(obj)
+    del obj
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert ref() is None
+
+
+def test_unclosed_loop_with_pending_callbacks_is_collected(loop_name):
+    from tests.conftest import LOOP_FACTORIES
+
+    loop = LOOP_FACTORIES[loop_name]()
+
+    class Holder:
+        pass
+
+    obj = Holder()
+    obj.loop = loop
+    loop.call_soon(lambda o=obj: o)
+    loop.call_later(100, lambda o=obj: o)
+    ref = weakref.ref(obj)
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        del loop, obj
+        gc.collect()
+    gc.collect()
+    assert ref() is None
