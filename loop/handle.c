@@ -269,6 +269,21 @@ int tl_handle_ready_fn(tl_loop *loop, PyObject *obj)
     return tl_handle_run(h);
 }
 
+int tl_ready_call_run(tl_loop *loop, PyObject *obj)
+{
+    PyObject *r = PyObject_CallMethod(obj, "_run", NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    PyObject *msg = PyUnicode_FromString("Exception in callback");
+    if (msg == NULL)
+        return -1;
+    int rc = tl_loop_report_exception(loop, msg, NULL);
+    Py_DECREF(msg);
+    return rc;
+}
+
 /* ---- Python API ------------------------------------------------------- */
 
 PyObject *tl_handle_repr_with(tl_handle *h, PyObject *when)

@@ -12,6 +12,7 @@
 #include "tl_loop.h"
 #include "tl_handle.h"
 #include "tl_signal.h"
+#include "tl_fork.h"
 
 /* asyncio's MAXIMUM_SELECT_TIMEOUT: never sleep longer than a day at once */
 #define TL_MAX_POLL_TIMEOUT (24.0 * 3600.0)
@@ -614,6 +615,7 @@ static void loop_free_ev(tl_loop *loop)
     tl_timer_heap_clear(&loop->timers);
     tl_io_table_clear(loop);
     tl_signal_close(loop);
+    tl_fork_unregister(loop);
     if (loop->ev != NULL) {
         ev_async_stop(loop->ev, &loop->wakeup);
         ev_timer_stop(loop->ev, &loop->timer);
@@ -671,6 +673,8 @@ static PyObject *loop_close(tl_loop *loop, PyObject *Py_UNUSED(ignored))
         Py_DECREF(r);
     }
     loop->closed = 1;
+    if (tl_signal_remove_all(loop) < 0)
+        return NULL;
     loop_free_ev(loop);
     if (loop_shutdown_executor(loop) < 0)
         return NULL;
@@ -1035,6 +1039,7 @@ static PyGetSetDef loop_getset[] = {
     {"_exception_handler", (getter)loop_get_exception_handler,
      (setter)set_exception_handler_attr, NULL, NULL},
     {"_task_factory", (getter)loop_get_task_factory, (setter)set_task_factory_attr, NULL, NULL},
+    {"_signal_handlers", (getter)tl_signal_get_handlers, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1062,7 +1067,7 @@ static int loop_ev_init(tl_loop *loop)
     ev_async_init(&loop->wakeup, loop_wakeup_cb);
     ev_async_start(loop->ev, &loop->wakeup);
     ev_timer_init(&loop->timer, loop_timer_cb, 0.0, 0.0);
-    return 0;
+    return tl_fork_register(loop);
 }
 
 static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
@@ -1111,6 +1116,7 @@ static int loop_traverse(tl_loop *loop, visitproc visit, void *arg)
     Py_VISIT(loop->task_factory);
     Py_VISIT(loop->current_handle);
     Py_VISIT(loop->old_agen_hooks);
+    Py_VISIT(loop->signal_handlers);
     for (size_t i = 0; i < loop->ready.len; i++) {
         PyObject *obj = loop->ready.items[(loop->ready.head + i) & (loop->ready.cap - 1)].obj;
         int r = tl_loop_visit_queued(obj, visit, arg);
@@ -1130,6 +1136,7 @@ static int loop_clear(tl_loop *loop)
     Py_CLEAR(loop->task_factory);
     Py_CLEAR(loop->current_handle);
     Py_CLEAR(loop->old_agen_hooks);
+    Py_CLEAR(loop->signal_handlers);
     ready_clear(&loop->ready);
     tl_timer_heap_clear(&loop->timers);
     tl_io_table_clear(loop);
@@ -1175,7 +1182,7 @@ static pthread_once_t loop_methods_once = PTHREAD_ONCE_INIT;
 static void loop_join_methods(void)
 {
     PyMethodDef *tables[] = {tl_loop_core_methods, tl_timer_loop_methods,
-                             tl_io_loop_methods, NULL};
+                             tl_io_loop_methods, tl_signal_loop_methods, NULL};
     size_t n = 0;
     for (PyMethodDef **t = tables; *t; t++)
         for (PyMethodDef *m = *t; m->ml_name; m++)

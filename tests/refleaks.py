@@ -230,6 +230,26 @@ def errors_on_bad_input():
 
 
 @scenario
+def signal_handlers():
+    import signal
+
+    loop = tonio_loop.new_event_loop()
+    got = []
+    loop.add_signal_handler(signal.SIGUSR1, got.append, 1)
+    loop.add_signal_handler(signal.SIGUSR2, got.append, 2)
+    loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    loop.remove_signal_handler(signal.SIGUSR1)
+    for bad in ("x", signal.SIGKILL, -5):
+        try:
+            loop.add_signal_handler(bad, _noop)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    loop.close()           # removes SIGUSR2's
+
+
+@scenario
 def unclosed_loop_finalizer():
     import warnings
 
