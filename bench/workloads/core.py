@@ -1,0 +1,174 @@
+"""The loop core: call_soon, timers, cancel churn, call_soon_threadsafe.
+
+These measure the loop's own overhead, so the callbacks do as little as
+possible: most are `itertools.count().__next__`, a C callable whose final
+value also proves that every callback ran exactly once. Each workload runs a
+short warm-up on the same loop first (free lists, allocator arenas, the
+ready queue's capacity), then the timed part.
+"""
+
+import itertools
+import random
+import threading
+import time
+
+from bench.registry import scale, workload
+
+GROUP = "loop core"
+BATCH = 1000  # callbacks or timers scheduled per loop iteration
+
+
+def _timed_run(loop, start, *args):
+    """Seconds that loop.run_forever() takes after call_soon(start, *args)."""
+    loop.call_soon(start, *args)
+    t0 = time.perf_counter()
+    loop.run_forever()
+    return time.perf_counter() - t0
+
+
+def _check(counter, expected, what):
+    got = next(counter)
+    if got != expected:
+        raise AssertionError(f"{what}: {got} callbacks ran, expected {expected}")
+
+
+@workload("call_soon", group=GROUP, unit="callbacks/s", quick=True)
+def call_soon(new_loop, quick):
+    """call_soon(): 1000 callbacks scheduled per loop iteration, then run"""
+    loop = new_loop()
+    try:
+        schedule = loop.call_soon
+
+        def driver(tick, rounds):
+            for _ in range(BATCH):
+                schedule(tick)
+            if rounds > 1:
+                schedule(driver, tick, rounds - 1)
+            else:
+                schedule(loop.stop)
+
+        rounds = scale(300 if quick else 1000)
+        warm = itertools.count()
+        _timed_run(loop, driver, warm.__next__, max(1, rounds // 10))
+        counter = itertools.count()
+        seconds = _timed_run(loop, driver, counter.__next__, rounds)
+        _check(counter, rounds * BATCH, "call_soon")
+        return {"ops": rounds * BATCH, "seconds": seconds}
+    finally:
+        loop.close()
+
+
+@workload("call_soon_chain", group=GROUP, unit="iterations/s", quick=True)
+def call_soon_chain(new_loop, quick):
+    """one callback that reschedules itself: one loop iteration (with its poll) each"""
+    loop = new_loop()
+    try:
+        schedule = loop.call_soon
+
+        def step(left):
+            if left > 1:
+                schedule(step, left - 1)
+            else:
+                loop.stop()
+
+        n = scale(100_000 if quick else 300_000)
+        _timed_run(loop, step, max(1, n // 10))
+        seconds = _timed_run(loop, step, n)
+        return {"ops": n, "seconds": seconds}
+    finally:
+        loop.close()
+
+
+@workload("timers", group=GROUP, unit="timers/s", quick=True)
+def timers(new_loop, quick):
+    """call_later(): 1000 timers per iteration, deadlines spread over 10 ms, all fired"""
+    loop = new_loop()
+    try:
+        later = loop.call_later
+        rng = random.Random(7)
+        delays = [rng.random() * 0.010 for _ in range(BATCH)]
+
+        def driver(counter, rounds):
+            tick = counter.__next__
+            for d in delays:
+                later(d, tick)
+            if rounds > 1:
+                loop.call_soon(driver, counter, rounds - 1)
+            else:
+                # every timer is due within 10 ms from now
+                later(0.011, loop.stop)
+
+        rounds = scale(200 if quick else 600)
+        warm = itertools.count()
+        _timed_run(loop, driver, warm, max(1, rounds // 10))
+        counter = itertools.count()
+        seconds = _timed_run(loop, driver, counter, rounds)
+        _check(counter, rounds * BATCH, "timers")
+        return {"ops": rounds * BATCH, "seconds": seconds}
+    finally:
+        loop.close()
+
+
+@workload("timer_cancel", group=GROUP, unit="timeouts/s", quick=True)
+def timer_cancel(new_loop, quick):
+    """timeout churn: schedule a 60 s timer and cancel the oldest, 1000 live"""
+    loop = new_loop()
+    try:
+        later = loop.call_later
+
+        def never():
+            raise AssertionError("a 60 s timeout fired")
+
+        live = [later(60.0, never) for _ in range(BATCH)]
+
+        def driver(rounds):
+            # each operation is what a timeout does: arm a timer, and cancel
+            # one that was armed earlier when its operation finished in time
+            for i in range(BATCH):
+                live[i].cancel()
+                live[i] = later(60.0, never)
+            if rounds > 1:
+                loop.call_soon(driver, rounds - 1)
+            else:
+                loop.stop()
+
+        rounds = scale(200 if quick else 600)
+        _timed_run(loop, driver, max(1, rounds // 10))
+        seconds = _timed_run(loop, driver, rounds)
+        for h in live:
+            h.cancel()
+        return {"ops": rounds * BATCH, "seconds": seconds}
+    finally:
+        loop.close()
+
+
+@workload("call_soon_threadsafe", group=GROUP, unit="callbacks/s", quick=True)
+def call_soon_threadsafe(new_loop, quick):
+    """call_soon_threadsafe() from another thread while the loop runs"""
+    loop = new_loop()
+    try:
+
+        def produce(counter, n, ready):
+            post = loop.call_soon_threadsafe
+            tick = counter.__next__
+            ready.wait()
+            for _ in range(n):
+                post(tick)
+            post(loop.stop)
+
+        def run(n):
+            counter = itertools.count()
+            ready = threading.Event()
+            thread = threading.Thread(target=produce, args=(counter, n, ready))
+            thread.start()
+            # the producer starts once the loop runs, so the poll is live
+            seconds = _timed_run(loop, ready.set)
+            thread.join()
+            _check(counter, n, "call_soon_threadsafe")
+            return seconds
+
+        n = scale(100_000 if quick else 300_000)
+        run(max(1, n // 10))
+        return {"ops": n, "seconds": run(n)}
+    finally:
+        loop.close()
