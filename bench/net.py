@@ -88,6 +88,13 @@ def pin_self(cpu):
         os.sched_setaffinity(0, {cpu})
 
 
+def _pinner(cpu):
+    """A preexec_fn that pins a child process to cpu (None: leave it free)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def proc_cpu_seconds(pid):
     """User + system CPU time of another process, from /proc."""
     with open(f"/proc/{pid}/stat") as f:
@@ -317,9 +324,8 @@ def run_wrk(port, *, seconds, conns=CONNS, cpu=None, path="/"):
     """Load with wrk (one thread, keep-alive); returns loadgen-like figures."""
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency",
            f"http://127.0.0.1:{port}{path}"]
-    if cpu is not None:
-        cmd = ["taskset", "-c", str(cpu)] + cmd
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                         preexec_fn=_pinner(cpu)).stdout
     m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
     if m is None:
         raise LoadError(f"unexpected wrk output:\n{out}")
@@ -351,14 +357,13 @@ def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CON
            "--port", str(port), "--loop", loop_import_string(new_loop),
            "--http", "httptools", "--no-access-log", "--log-level", "warning",
            "--lifespan", "off"]
-    preexec = (lambda: os.sched_setaffinity(0, {server_cpu})) if server_cpu is not None else None
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH")) if p))
     # stderr goes to a file: a server that logs an error per request must
     # not block on a full pipe
     with tempfile.TemporaryFile() as log, \
             subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
-                             preexec_fn=preexec, env=env) as proc:
+                             preexec_fn=_pinner(server_cpu), env=env) as proc:
         try:
             if not _wait_listening(proc, port):
                 _server_failure(proc, log, "uvicorn")

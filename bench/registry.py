@@ -43,7 +43,12 @@ More, all optional:
                       (bench.net's plain C epoll server), shown in the
                       table's "C floor" column;
     timeout=SECONDS   limit of one measurement (default 120 s quick, 300 s
-                      full).
+                      full);
+    callgrind=True    a CPU-bound workload whose instruction count per
+                      operation `python -m bench --callgrind` can compare
+                      (it runs it at two scale() factors under valgrind and
+                      takes the difference; return "total_ops" as well when
+                      a warm-up runs operations that "ops" leaves out).
 """
 
 import os
@@ -51,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict
 
 TINY_ENV = "TONIO_BENCH_TINY"
+SCALE_ENV = "TONIO_BENCH_SCALE"  # a factor on every scale() count (--callgrind)
 
 
 @dataclass
@@ -96,7 +102,10 @@ def tiny():
 
 def scale(n):
     """An operation count for this run: n, or a small fraction of it when tiny."""
-    return max(1, n // 500) if tiny() else n
+    if tiny():
+        return max(1, n // 500)
+    factor = float(os.environ.get(SCALE_ENV, "1"))
+    return max(1, round(n * factor))
 
 
 def duration(seconds):

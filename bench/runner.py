@@ -23,6 +23,7 @@ import json
 import os
 import pkgutil
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -135,18 +136,23 @@ def machine_info(impls):
 
 # ---- one measurement --------------------------------------------------------
 
-def measure(wl, impl, *, quick, tiny, timeout):
-    """Run one measurement in a fresh interpreter; returns its result."""
+def measure(wl, impl, *, quick, tiny, timeout, prefix=(), env_extra=None,
+            keep_output=False):
+    """Run one measurement in a fresh interpreter; returns its result.
+
+    prefix goes before the interpreter (valgrind), env_extra into its
+    environment; keep_output keeps what it printed in result["output"]."""
     env = dict(os.environ, PYTHONHASHSEED="0")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    for name in (registry.TINY_ENV, registry.SCALE_ENV):
+        env.pop(name, None)
     if tiny:
         env[registry.TINY_ENV] = "1"
-    else:
-        env.pop(registry.TINY_ENV, None)
+    env.update(env_extra or {})
     with tempfile.TemporaryDirectory(prefix="tonio-bench-") as tmp:
         out = os.path.join(tmp, "result.json")
         log_path = os.path.join(tmp, "log")
-        cmd = [sys.executable, "-m", "bench.worker", wl.module, wl.name, impl, out]
+        cmd = [*prefix, sys.executable, "-m", "bench.worker", wl.module, wl.name, impl, out]
         if quick:
             cmd.append("--quick")
         t0 = time.monotonic()
@@ -174,7 +180,9 @@ def measure(wl, impl, *, quick, tiny, timeout):
                       "reason": f"worker killed by {signal.Signals(-rc).name}"}
         else:
             result = {"status": "error", "reason": f"worker exited with status {rc}"}
-    if result["status"] == "error" and output.strip():
+    if keep_output:
+        result["output"] = output
+    elif result["status"] == "error" and output.strip():
         result["output"] = output[-4000:]
     result["wall_seconds"] = round(wall, 3)
     return result
@@ -186,6 +194,113 @@ def _kill_leftovers(pgid):
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# ---- instruction counts -----------------------------------------------------
+
+CALLGRIND_SCALES = (0.05, 0.15)
+
+
+def callgrind(wl, impl, *, timeout):
+    """Instructions per operation under valgrind's callgrind: two runs at two
+    sizes, whose difference cancels start-up, imports and loop creation. It
+    counts user-space instructions only (a system call costs one), so it
+    complements the wall-clock figures; it does not replace them."""
+    points = []
+    for factor in CALLGRIND_SCALES:
+        r = measure(wl, impl, quick=True, tiny=False, timeout=timeout,
+                    prefix=["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"],
+                    env_extra={registry.SCALE_ENV: str(factor)}, keep_output=True)
+        output = r.pop("output", "")
+        if r["status"] != "ok":
+            if r["status"] == "error":
+                r["output"] = output[-4000:]
+            return r
+        m = re.search(r"Collected\s*:\s*(\d+)", output)
+        if m is None:
+            return {"status": "error", "reason": "no instruction count from valgrind",
+                    "output": output[-4000:]}
+        points.append((r.get("total_ops", r["ops"]), int(m.group(1))))
+    (ops1, ir1), (ops2, ir2) = points
+    if ops2 <= ops1:
+        return {"status": "error", "reason": "the workload does not grow with scale()"}
+    return {"status": "ok", "ir_per_op": (ir2 - ir1) / (ops2 - ops1)}
+
+
+def render_callgrind_table(report):
+    impls = report["implementations"]
+    others = [i for i in impls if i != SUBJECT] if SUBJECT in impls else []
+    head = ["workload"] + impls + [f"vs {o}" for o in others]
+    rows, notes = [], []
+    for e in report["workloads"]:
+        res = e["callgrind"]
+        row = [e["name"]]
+        for impl in impls:
+            r = res.get(impl, {})
+            if r.get("status") == "ok":
+                row.append(f"{r['ir_per_op']:.0f}")
+            else:
+                notes.append(f"{impl}, {e['name']}: {r.get('status')}: {r.get('reason')}")
+                row.append(f"{'n/a' if r.get('status') == 'unavailable' else 'error'} "
+                           f"[{len(notes)}]")
+        mine = res.get(SUBJECT, {})
+        for o in others:
+            r = res.get(o, {})
+            ok = mine.get("status") == "ok" and r.get("status") == "ok"
+            row.append(f"{r['ir_per_op'] / mine['ir_per_op']:.2f}x" if ok else "-")
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    text = "\n".join(lines)
+    if notes:
+        text += "\n\n" + "\n".join(f"[{i + 1}] {n}" for i, n in enumerate(notes))
+    return text
+
+
+def run_callgrind(args, selected, impls, report):
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        print("--callgrind needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    selected = [wl for wl in selected if args.only or wl.options.get("callgrind")]
+    if not selected:
+        print("no workload selected", file=sys.stderr)
+        return 2
+    report["mode"] = "callgrind"
+    print(f"instruction counts under callgrind: {len(selected)} workloads x "
+          f"{len(impls)} loops, two sizes each (slow: valgrind runs ~50x slower)\n",
+          flush=True)
+    steps = [(wl, impl) for wl in selected for impl in impls]
+    for i, (wl, impl) in enumerate(steps, 1):
+        if i == 1 or steps[i - 2][0] is not wl:
+            entry = {"name": wl.name, "group": wl.group, "module": wl.module,
+                     "description": wl.description, "callgrind": {}}
+            report["workloads"].append(entry)
+        print(f"[{i}/{len(steps)}] {wl.name}  {impl:<10} ... ", end="", flush=True)
+        r = callgrind(wl, impl, timeout=args.timeout or 900)
+        entry["callgrind"][impl] = r
+        print(f"{r['ir_per_op']:.0f} instructions/op" if r["status"] == "ok"
+              else f"{r['status']}: {r['reason']}", flush=True)
+    report["machine"]["loadavg_end"] = list(os.getloadavg())
+    table = render_callgrind_table(report)
+    header = (f"tonio_loop instruction counts (callgrind), {report['started']}\n"
+              f"python:  {report['machine']['python']}; "
+              + ", ".join(f"{k} {v}" for k, v in report["machine"]["versions"].items()
+                          if k != "asyncio")
+              + "\nfigures: user-space instructions per operation (lower is better); "
+              "'vs X' is X's count / tonio_loop's (higher is better for tonio_loop).")
+    print("\n" + header + "\n\n" + table)
+    out_dir = args.out or os.path.join(RESULTS, time.strftime("%Y%m%d-%H%M%S") + "-callgrind")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out_dir, "table.txt"), "w") as f:
+        f.write(header + "\n\n" + table + "\n")
+    print(f"\nresults: {out_dir}/results.json, table.txt")
+    return 0
 
 
 # ---- statistics -------------------------------------------------------------
@@ -420,6 +535,9 @@ def parse_args(argv):
                    help="limit of one measurement (default: the workload's, or 120/300 s)")
     p.add_argument("--out", metavar="DIR", help="where results go (default: bench/results/<date>-<mode>)")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    p.add_argument("--callgrind", action="store_true",
+                   help="instead of timing, count instructions per operation under valgrind "
+                        "(the loop-core workloads; noise-free, slow)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = p.parse_args(argv)
     args.mode = args.mode or "quick"
@@ -454,7 +572,8 @@ def main(argv=None):
     quick = args.mode != "full"
     tiny = args.mode == "tiny"
 
-    if any(wl.options.get("floor") or wl.group in ("echo", "http") for wl in selected):
+    if not args.callgrind and any(wl.options.get("floor") or wl.group in ("echo", "http")
+                                  for wl in selected):
         from bench import net
 
         try:
@@ -469,6 +588,8 @@ def main(argv=None):
         "machine": machine_info(impls), "import_errors": import_errors,
         "workloads": [],
     }
+    if args.callgrind:
+        return run_callgrind(args, workloads if not args.only else selected, impls, report)
     steps = plan(selected, impls, repeats)
     print(render_header(report))
     print(f"\n{len(selected)} workloads x {len(impls)} loops x {repeats} runs: "

@@ -32,7 +32,7 @@ def _check(counter, expected, what):
         raise AssertionError(f"{what}: {got} callbacks ran, expected {expected}")
 
 
-@workload("call_soon", group=GROUP, unit="callbacks/s", quick=True)
+@workload("call_soon", group=GROUP, unit="callbacks/s", quick=True, callgrind=True)
 def call_soon(new_loop, quick):
     """call_soon(): 1000 callbacks scheduled per loop iteration, then run"""
     loop = new_loop()
@@ -48,17 +48,19 @@ def call_soon(new_loop, quick):
                 schedule(loop.stop)
 
         rounds = scale(300 if quick else 1000)
+        warm_rounds = max(1, rounds // 10)
         warm = itertools.count()
-        _timed_run(loop, driver, warm.__next__, max(1, rounds // 10))
+        _timed_run(loop, driver, warm.__next__, warm_rounds)
         counter = itertools.count()
         seconds = _timed_run(loop, driver, counter.__next__, rounds)
         _check(counter, rounds * BATCH, "call_soon")
-        return {"ops": rounds * BATCH, "seconds": seconds}
+        return {"ops": rounds * BATCH, "seconds": seconds,
+                "total_ops": (rounds + warm_rounds) * BATCH}
     finally:
         loop.close()
 
 
-@workload("call_soon_chain", group=GROUP, unit="iterations/s", quick=True)
+@workload("call_soon_chain", group=GROUP, unit="iterations/s", quick=True, callgrind=True)
 def call_soon_chain(new_loop, quick):
     """one callback that reschedules itself: one loop iteration (with its poll) each"""
     loop = new_loop()
@@ -72,14 +74,15 @@ def call_soon_chain(new_loop, quick):
                 loop.stop()
 
         n = scale(100_000 if quick else 300_000)
-        _timed_run(loop, step, max(1, n // 10))
+        warm = max(1, n // 10)
+        _timed_run(loop, step, warm)
         seconds = _timed_run(loop, step, n)
-        return {"ops": n, "seconds": seconds}
+        return {"ops": n, "seconds": seconds, "total_ops": n + warm}
     finally:
         loop.close()
 
 
-@workload("timers", group=GROUP, unit="timers/s", quick=True)
+@workload("timers", group=GROUP, unit="timers/s", quick=True, callgrind=True)
 def timers(new_loop, quick):
     """call_later(): 1000 timers per iteration, deadlines spread over 10 ms, all fired"""
     loop = new_loop()
@@ -99,17 +102,18 @@ def timers(new_loop, quick):
                 later(0.011, loop.stop)
 
         rounds = scale(200 if quick else 600)
-        warm = itertools.count()
-        _timed_run(loop, driver, warm, max(1, rounds // 10))
+        warm_rounds = max(1, rounds // 10)
+        _timed_run(loop, driver, itertools.count(), warm_rounds)
         counter = itertools.count()
         seconds = _timed_run(loop, driver, counter, rounds)
         _check(counter, rounds * BATCH, "timers")
-        return {"ops": rounds * BATCH, "seconds": seconds}
+        return {"ops": rounds * BATCH, "seconds": seconds,
+                "total_ops": (rounds + warm_rounds) * BATCH}
     finally:
         loop.close()
 
 
-@workload("timer_cancel", group=GROUP, unit="timeouts/s", quick=True)
+@workload("timer_cancel", group=GROUP, unit="timeouts/s", quick=True, callgrind=True)
 def timer_cancel(new_loop, quick):
     """timeout churn: schedule a 60 s timer and cancel the oldest, 1000 live"""
     loop = new_loop()
@@ -133,16 +137,19 @@ def timer_cancel(new_loop, quick):
                 loop.stop()
 
         rounds = scale(200 if quick else 600)
-        _timed_run(loop, driver, max(1, rounds // 10))
+        warm_rounds = max(1, rounds // 10)
+        _timed_run(loop, driver, warm_rounds)
         seconds = _timed_run(loop, driver, rounds)
         for h in live:
             h.cancel()
-        return {"ops": rounds * BATCH, "seconds": seconds}
+        return {"ops": rounds * BATCH, "seconds": seconds,
+                "total_ops": (rounds + warm_rounds) * BATCH}
     finally:
         loop.close()
 
 
-@workload("call_soon_threadsafe", group=GROUP, unit="callbacks/s", quick=True)
+@workload("call_soon_threadsafe", group=GROUP, unit="callbacks/s", quick=True,
+          callgrind=True)
 def call_soon_threadsafe(new_loop, quick):
     """call_soon_threadsafe() from another thread while the loop runs"""
     loop = new_loop()
@@ -168,7 +175,8 @@ def call_soon_threadsafe(new_loop, quick):
             return seconds
 
         n = scale(100_000 if quick else 300_000)
-        run(max(1, n // 10))
-        return {"ops": n, "seconds": run(n)}
+        warm = max(1, n // 10)
+        run(warm)
+        return {"ops": n, "seconds": run(n), "total_ops": n + warm}
     finally:
         loop.close()
