@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +22,8 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include "pin.h"
 
 #define BUF_SIZE (256 * 1024)
 #define MAX_EVENTS 256
@@ -117,13 +118,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(cpu, &set);
-        if (sched_setaffinity(0, sizeof(set), &set) < 0)
-            perror("sched_setaffinity");
-    }
+    pin_to_cpu(cpu);
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
 

@@ -22,7 +22,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +31,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "pin.h"
 
 #define HIST_US 100000          /* 1 us buckets up to 100 ms, then one more */
 #define RECV_CHUNK (256 * 1024)
@@ -256,13 +257,7 @@ int main(int argc, char **argv)
     }
     if (port <= 0 || nconns <= 0 || size == 0 || duration <= 0)
         goto usage;
-    if (cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(cpu, &set);
-        if (sched_setaffinity(0, sizeof(set), &set) < 0)
-            perror("sched_setaffinity");
-    }
+    pin_to_cpu(cpu);
 
     if (mode == MODE_ECHO) {
         char *msg = malloc(size);

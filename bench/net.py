@@ -20,6 +20,7 @@ implementation, see bench.registry) it measures the C echo server instead.
 """
 
 import fcntl
+import glob
 import json
 import os
 import re
@@ -43,7 +44,7 @@ CONNS = 10
 # ---- the C tools ------------------------------------------------------------
 
 def tool(name):
-    """Path of a C tool, built (again) when missing or older than its source."""
+    """Path of a C tool, built (again) when missing or older than its sources."""
     src = os.path.join(HERE, name + ".c")
     exe = os.path.join(BIN, name)
     if _fresh(exe, src):
@@ -65,7 +66,9 @@ def tool(name):
 
 
 def _fresh(exe, src):
-    return os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(src)
+    sources = [src] + glob.glob(os.path.join(HERE, "*.h"))
+    return os.path.exists(exe) and all(os.path.getmtime(exe) >= os.path.getmtime(s)
+                                       for s in sources)
 
 
 def build_tools():

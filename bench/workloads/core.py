@@ -26,10 +26,19 @@ def _timed_run(loop, start, *args):
     return time.perf_counter() - t0
 
 
-def _check(counter, expected, what):
-    got = next(counter)
-    if got != expected:
-        raise AssertionError(f"{what}: {got} callbacks ran, expected {expected}")
+def _measure(run, n, per=1, what=None):
+    """Warm up with a tenth of n, then time n: run(n, counter) returns the
+    seconds it took. With `what`, the counter must have counted n * per
+    callbacks."""
+    warm = max(1, n // 10)
+    run(warm, itertools.count())
+    counter = itertools.count()
+    seconds = run(n, counter)
+    if what is not None:
+        got = next(counter)
+        if got != n * per:
+            raise AssertionError(f"{what}: {got} callbacks ran, expected {n * per}")
+    return {"ops": n * per, "seconds": seconds, "total_ops": (n + warm) * per}
 
 
 @workload("call_soon", group=GROUP, unit="callbacks/s", quick=True, callgrind=True)
@@ -47,15 +56,8 @@ def call_soon(new_loop, quick):
             else:
                 schedule(loop.stop)
 
-        rounds = scale(300 if quick else 1000)
-        warm_rounds = max(1, rounds // 10)
-        warm = itertools.count()
-        _timed_run(loop, driver, warm.__next__, warm_rounds)
-        counter = itertools.count()
-        seconds = _timed_run(loop, driver, counter.__next__, rounds)
-        _check(counter, rounds * BATCH, "call_soon")
-        return {"ops": rounds * BATCH, "seconds": seconds,
-                "total_ops": (rounds + warm_rounds) * BATCH}
+        return _measure(lambda n, counter: _timed_run(loop, driver, counter.__next__, n),
+                        scale(300 if quick else 1000), BATCH, "call_soon")
     finally:
         loop.close()
 
@@ -73,11 +75,8 @@ def call_soon_chain(new_loop, quick):
             else:
                 loop.stop()
 
-        n = scale(100_000 if quick else 300_000)
-        warm = max(1, n // 10)
-        _timed_run(loop, step, warm)
-        seconds = _timed_run(loop, step, n)
-        return {"ops": n, "seconds": seconds, "total_ops": n + warm}
+        return _measure(lambda n, counter: _timed_run(loop, step, n),
+                        scale(100_000 if quick else 300_000))
     finally:
         loop.close()
 
@@ -101,14 +100,8 @@ def timers(new_loop, quick):
                 # every timer is due within 10 ms from now
                 later(0.011, loop.stop)
 
-        rounds = scale(200 if quick else 600)
-        warm_rounds = max(1, rounds // 10)
-        _timed_run(loop, driver, itertools.count(), warm_rounds)
-        counter = itertools.count()
-        seconds = _timed_run(loop, driver, counter, rounds)
-        _check(counter, rounds * BATCH, "timers")
-        return {"ops": rounds * BATCH, "seconds": seconds,
-                "total_ops": (rounds + warm_rounds) * BATCH}
+        return _measure(lambda n, counter: _timed_run(loop, driver, counter, n),
+                        scale(200 if quick else 600), BATCH, "timers")
     finally:
         loop.close()
 
@@ -136,14 +129,11 @@ def timer_cancel(new_loop, quick):
             else:
                 loop.stop()
 
-        rounds = scale(200 if quick else 600)
-        warm_rounds = max(1, rounds // 10)
-        _timed_run(loop, driver, warm_rounds)
-        seconds = _timed_run(loop, driver, rounds)
+        result = _measure(lambda n, counter: _timed_run(loop, driver, n),
+                          scale(200 if quick else 600), BATCH)
         for h in live:
             h.cancel()
-        return {"ops": rounds * BATCH, "seconds": seconds,
-                "total_ops": (rounds + warm_rounds) * BATCH}
+        return result
     finally:
         loop.close()
 
@@ -163,20 +153,15 @@ def call_soon_threadsafe(new_loop, quick):
                 post(tick)
             post(loop.stop)
 
-        def run(n):
-            counter = itertools.count()
+        def run(n, counter):
             ready = threading.Event()
             thread = threading.Thread(target=produce, args=(counter, n, ready))
             thread.start()
             # the producer starts once the loop runs, so the poll is live
             seconds = _timed_run(loop, ready.set)
             thread.join()
-            _check(counter, n, "call_soon_threadsafe")
             return seconds
 
-        n = scale(100_000 if quick else 300_000)
-        warm = max(1, n // 10)
-        run(warm)
-        return {"ops": n, "seconds": run(n), "total_ops": n + warm}
+        return _measure(run, scale(100_000 if quick else 300_000), 1, "call_soon_threadsafe")
     finally:
         loop.close()
