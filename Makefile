@@ -14,9 +14,11 @@ VENV ?= $(if $(filter python3,$(PY)),.venv,.venv-$(PY))
 VPY := $(VENV)/bin/python
 SOURCES := $(wildcard loop/*.c include/*.h) setup.py
 SYSTEM_DEPS := libev-dev
+# the benchmark's HTTP load (it falls back to its own C client without it)
+BENCH_DEPS := wrk
 PYTEST_ARGS ?=
 
-.PHONY: all build deps test conformance bench bench-full refcheck valgrind clean check-python
+.PHONY: all build deps bench-deps test conformance bench bench-full refcheck valgrind clean check-python
 
 all: build
 
@@ -45,10 +47,13 @@ test: build
 conformance: build
 	$(VPY) -m tests.conformance
 
-bench: build
+bench-deps:
+	-@tools/install-system-deps $(BENCH_DEPS) || echo "could not install $(BENCH_DEPS): HTTP load comes from bench/loadgen.c"
+
+bench: build bench-deps
 	$(VPY) -m bench --quick
 
-bench-full: build
+bench-full: build bench-deps
 	$(VPY) -m bench --full
 
 # Leak checks. refcheck: a debug CPython (Debian's python3.11-dbg) counts

@@ -26,7 +26,7 @@
 #ifdef Py_GIL_DISABLED
 #define TL_FREELIST_MAX 0
 #else
-#define TL_FREELIST_MAX 256
+#define TL_FREELIST_MAX 2048
 #endif
 
 typedef struct tl_state {

@@ -276,9 +276,12 @@ static void timer_dealloc(tl_timer_handle *t)
     PyObject_GC_UnTrack(t);
     if (t->base.weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)t);
+#if TL_FREELIST_MAX
+    /* the loop knows the module state; asking the type costs more */
+    tl_state *st = t->base.loop ? t->base.loop->st : PyType_GetModuleState(tp);
+#endif
     tl_handle_clear_refs(&t->base);
 #if TL_FREELIST_MAX
-    tl_state *st = PyType_GetModuleState(tp);
     if (st != NULL && tp == st->timer_handle_type && st->timer_nfree < TL_FREELIST_MAX) {
         st->timer_free[st->timer_nfree++] = (PyObject *)t;
         Py_DECREF(tp);
