@@ -10,13 +10,15 @@ import asyncio as _asyncio
 import sys as _sys
 import warnings as _warnings
 
-from ._core import Handle, TimerHandle
+from ._core import Future, Handle, Task, TimerHandle
 from ._loop import Loop, new_event_loop
 
 __version__ = "0.1.0"
 
 __all__ = (
     "Loop",
+    "Future",
+    "Task",
     "Handle",
     "TimerHandle",
     "new_event_loop",
