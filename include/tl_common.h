@@ -52,7 +52,8 @@ typedef struct tl_state {
                                         looked up on use, so mocks apply */
     PyObject *isfuture;              /* asyncio.futures.isfuture */
     PyObject *ensure_future;         /* asyncio.tasks.ensure_future */
-    PyObject *is_debug_mode;         /* asyncio.coroutines._is_debug_mode */
+    PyObject *coroutines_module;     /* asyncio.coroutines: _is_debug_mode is
+                                        looked up on use, so mocks apply */
     PyObject *set_wakeup_fd;         /* signal.set_wakeup_fd */
     PyObject *run_until_complete_cb; /* base_events._run_until_complete_cb */
     PyObject *future_cls;            /* what create_future() makes */

@@ -42,16 +42,28 @@ void tl_kwarg_error(const char *fname, PyObject *key)
 
 /* ---- which loops schedule from C --------------------------------------- */
 
+/* An instance whose call_soon was patched (frameworks and tests do) */
+static int call_soon_patched(tl_state *st, tl_loop *loop)
+{
+    if (loop->dict == NULL)
+        return 0;
+    PyObject *v = PyDict_GetItemWithError(loop->dict, st->str_call_soon);
+    if (v == NULL && PyErr_Occurred())
+        PyErr_Clear();
+    return v != NULL;
+}
+
+/* Decided when a future or task is made: a patch applied later is not seen
+ * by the futures that exist by then. */
 tl_loop *tl_loop_if_fast(tl_state *st, PyObject *loop)
 {
     PyTypeObject *tp = Py_TYPE(loop);
     if ((PyObject *)tp == st->fast_loop_type)
-        return (tl_loop *)loop;
+        return call_soon_patched(st, (tl_loop *)loop) ? NULL : (tl_loop *)loop;
     if (!PyObject_TypeCheck(loop, st->loop_type))
         return NULL;
     /* A subclass that overrides call_soon gets every scheduling through it,
-     * as asyncio's Future would do. (Patching call_soon on one instance is
-     * not seen: the C path does not look at the instance dict.) */
+     * as asyncio's Future would do. */
     PyObject *mine = PyObject_GetAttr((PyObject *)st->loop_type, st->str_call_soon);
     PyObject *theirs = mine ? PyObject_GetAttr((PyObject *)tp, st->str_call_soon) : NULL;
     int same = theirs != NULL && mine == theirs;
@@ -62,7 +74,7 @@ tl_loop *tl_loop_if_fast(tl_state *st, PyObject *loop)
     if (!same)
         return NULL;
     Py_XSETREF(st->fast_loop_type, Py_NewRef((PyObject *)tp));
-    return (tl_loop *)loop;
+    return call_soon_patched(st, (tl_loop *)loop) ? NULL : (tl_loop *)loop;
 }
 
 int tl_call_soon(tl_state *st, PyObject *loop, tl_loop *tloop, PyObject *fn,

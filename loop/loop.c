@@ -1039,7 +1039,7 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
         Py_DECREF(loop);
         return NULL;
     }
-    PyObject *dbg = PyObject_CallNoArgs(st->is_debug_mode);
+    PyObject *dbg = PyObject_CallMethod(st->coroutines_module, "_is_debug_mode", NULL);
     int on = dbg ? PyObject_IsTrue(dbg) : -1;
     Py_XDECREF(dbg);
     if (on < 0) {

@@ -93,7 +93,7 @@ static int core_exec(PyObject *module)
         {&st->extract_stack, "asyncio.format_helpers", "extract_stack"},
         {&st->isfuture, "asyncio.futures", "isfuture"},
         {&st->ensure_future, "asyncio.tasks", "ensure_future"},
-        {&st->is_debug_mode, "asyncio.coroutines", "_is_debug_mode"},
+        {&st->coroutines_module, "asyncio", "coroutines"},
         {&st->set_wakeup_fd, "signal", "set_wakeup_fd"},
         {&st->run_until_complete_cb, "asyncio.base_events", "_run_until_complete_cb"},
         {&st->cancelled_error, "asyncio.exceptions", "CancelledError"},
@@ -170,7 +170,7 @@ static int core_exec(PyObject *module)
     X(str_CANCELLED) X(str_FINISHED)                                          \
     X(set_running_loop) X(get_running_loop) X(get_asyncgen_hooks)              \
     X(set_asyncgen_hooks) X(format_callback_source) X(extract_stack)           \
-    X(base_events) X(isfuture) X(ensure_future) X(is_debug_mode)               \
+    X(base_events) X(isfuture) X(ensure_future) X(coroutines_module)           \
     X(set_wakeup_fd) X(run_until_complete_cb) X(future_cls) X(task_cls)        \
     X(base_event_loop_cls) X(str_call_exception_handler)                       \
     X(str_add_done_callback) X(str_remove_done_callback)                       \
