@@ -59,6 +59,14 @@ typedef struct tl_state {
     PyObject *future_cls;            /* what create_future() makes */
     PyObject *task_cls;              /* what create_task() makes */
     PyObject *base_event_loop_cls;   /* asyncio.BaseEventLoop, for borrowing */
+    PyObject *iscoroutine;           /* asyncio.coroutines.iscoroutine */
+    PyObject *iscoroutinefunction;   /* asyncio.coroutines.iscoroutinefunction */
+    PyObject *valid_signals;         /* signal.valid_signals */
+    PyObject *signal_signal;         /* signal.signal */
+    PyObject *signal_siginterrupt;   /* signal.siginterrupt */
+    PyObject *sighandler_noop;       /* asyncio.unix_events._sighandler_noop */
+    PyObject *default_int_handler;   /* signal.default_int_handler */
+    PyObject *sig_dfl;               /* signal.SIG_DFL */
     PyObject *str_call_exception_handler;
     PyObject *str_add_done_callback;
     PyObject *str_remove_done_callback;
@@ -76,7 +84,6 @@ typedef struct tl_state {
     PyObject *task_repr;             /* base_tasks._task_repr */
     PyObject *task_get_stack;        /* base_tasks._task_get_stack */
     PyObject *task_print_stack;      /* base_tasks._task_print_stack */
-    PyObject *iscoroutine;           /* asyncio.coroutines.iscoroutine */
     PyObject *coro_types;            /* set: types iscoroutine() accepted */
     PyObject *enter_task;            /* asyncio.tasks._enter_task (C) */
     PyObject *leave_task;            /* asyncio.tasks._leave_task (C) */
@@ -129,6 +136,10 @@ static inline tl_state *tl_state_of_type(PyTypeObject *tp)
 
 /* Monotonic seconds, the same clock as time.monotonic(). */
 double tl_monotonic(void);
+
+#if PY_VERSION_HEX < 0x030D0000
+#define Py_IsFinalizing() _Py_IsFinalizing()
+#endif
 
 /* The last dotted part of a type's name, as __name__ shows it. */
 static inline const char *tl_type_name(PyTypeObject *tp)

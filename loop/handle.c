@@ -85,7 +85,10 @@ tl_handle *tl_handle_new(tl_loop *loop, PyObject *callback,
         Py_DECREF(h);
         return NULL;
     }
-    PyObject_GC_Track(h);
+    /* not tracked while queued: see tl_handle_traverse_contents */
+#ifdef Py_GIL_DISABLED
+    PyObject_GC_Track(h);   /* reference counts are not exact enough there */
+#endif
     return h;
 }
 
@@ -121,6 +124,11 @@ void tl_handle_clear_refs(tl_handle *h)
 int tl_handle_traverse(tl_handle *h, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(h));
+    return tl_handle_traverse_contents(h, visit, arg);
+}
+
+int tl_handle_traverse_contents(tl_handle *h, visitproc visit, void *arg)
+{
     Py_VISIT(h->loop);
     Py_VISIT(h->callback);
     Py_VISIT(h->context);
@@ -259,6 +267,21 @@ int tl_handle_ready_fn(tl_loop *loop, PyObject *obj)
     if (h->cancelled)
         return 0;
     return tl_handle_run(h);
+}
+
+int tl_ready_call_run(tl_loop *loop, PyObject *obj)
+{
+    PyObject *r = PyObject_CallMethod(obj, "_run", NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    PyObject *msg = PyUnicode_FromString("Exception in callback");
+    if (msg == NULL)
+        return -1;
+    int rc = tl_loop_report_exception(loop, msg, NULL);
+    Py_DECREF(msg);
+    return rc;
 }
 
 /* ---- Python API ------------------------------------------------------- */

@@ -8,6 +8,7 @@
 #include "tl_event.h"
 #include "tl_future.h"
 #include "tl_task.h"
+#include "tl_fork.h"
 
 static PyObject *import_attr(const char *module, const char *name)
 {
@@ -110,11 +111,18 @@ static int core_exec(PyObject *module)
         {&st->task_repr, "asyncio.base_tasks", "_task_repr"},
         {&st->task_get_stack, "asyncio.base_tasks", "_task_get_stack"},
         {&st->task_print_stack, "asyncio.base_tasks", "_task_print_stack"},
-        {&st->iscoroutine, "asyncio.coroutines", "iscoroutine"},
         {&st->enter_task, "asyncio.tasks", "_enter_task"},
         {&st->leave_task, "asyncio.tasks", "_leave_task"},
         {&st->current_tasks, "asyncio.tasks", "_current_tasks"},
         {&st->base_event_loop_cls, "asyncio.base_events", "BaseEventLoop"},
+        {&st->iscoroutine, "asyncio.coroutines", "iscoroutine"},
+        {&st->iscoroutinefunction, "asyncio.coroutines", "iscoroutinefunction"},
+        {&st->valid_signals, "signal", "valid_signals"},
+        {&st->signal_signal, "signal", "signal"},
+        {&st->signal_siginterrupt, "signal", "siginterrupt"},
+        {&st->sighandler_noop, "asyncio.unix_events", "_sighandler_noop"},
+        {&st->default_int_handler, "signal", "default_int_handler"},
+        {&st->sig_dfl, "signal", "SIG_DFL"},
     };
     for (size_t i = 0; i < sizeof(imports) / sizeof(imports[0]); i++) {
         *imports[i].slot = import_attr(imports[i].module, imports[i].name);
@@ -160,7 +168,7 @@ static int core_exec(PyObject *module)
     X(event_type) X(future_type) X(future_iter_type) X(task_type)             \
     X(fast_loop_type) X(cancelled_error) X(invalid_state_error)               \
     X(get_event_loop) X(future_repr) X(task_repr) X(task_get_stack)           \
-    X(task_print_stack) X(iscoroutine) X(coro_types) X(enter_task)            \
+    X(task_print_stack) X(coro_types) X(enter_task)                           \
     X(leave_task) X(swap_current_task) X(register_eager_task)                 \
     X(unregister_eager_task) X(current_tasks) X(all_tasks_data)               \
     X(all_tasks_iterating) X(all_tasks_pending) X(context_kwnames)            \
@@ -172,7 +180,10 @@ static int core_exec(PyObject *module)
     X(set_asyncgen_hooks) X(format_callback_source) X(extract_stack)           \
     X(base_events) X(isfuture) X(ensure_future) X(coroutines_module)           \
     X(set_wakeup_fd) X(run_until_complete_cb) X(future_cls) X(task_cls)        \
-    X(base_event_loop_cls) X(str_call_exception_handler)                       \
+    X(base_event_loop_cls) X(iscoroutine) X(iscoroutinefunction)               \
+    X(valid_signals) X(signal_signal) X(signal_siginterrupt)                   \
+    X(sighandler_noop) X(default_int_handler) X(sig_dfl)                       \
+    X(str_call_exception_handler)                                              \
     X(str_add_done_callback) X(str_remove_done_callback)                       \
     X(str_log_destroy_pending) X(str_asyncgen_firstiter_hook)                  \
     X(str_asyncgen_finalizer_hook)
@@ -215,6 +226,13 @@ static void core_free(void *module)
     core_clear((PyObject *)module);
 }
 
+static PyMethodDef core_functions[] = {
+    {"_after_fork_child", tl_fork_after_child, METH_NOARGS,
+     "Called in a forked child (os.register_at_fork) to release the signal "
+     "wakeup fd inherited from the parent's loops."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyModuleDef_Slot core_slots[] = {
     {Py_mod_exec, core_exec},
 #if PY_VERSION_HEX >= 0x030C0000
@@ -232,6 +250,7 @@ PyModuleDef tl_module_def = {
     .m_doc = "The C core of tonio_loop: an asyncio event loop over libev.",
     .m_size = sizeof(tl_state),
     .m_slots = core_slots,
+    .m_methods = core_functions,
     .m_traverse = core_traverse,
     .m_clear = core_clear,
     .m_free = core_free,

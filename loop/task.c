@@ -484,6 +484,9 @@ static int task_report_error(tl_task *task, PyMethodDef *def, PyObject *arg)
                         : NULL;
     int rc = -1;
     if (h != NULL) {
+        /* never queued, and the exception handler may keep it */
+        if (!PyObject_GC_IsTracked((PyObject *)h))
+            PyObject_GC_Track(h);
         PyErr_SetRaisedException(exc);
         exc = NULL;
         rc = tl_handle_report_error(h, fn, args);

@@ -108,7 +108,7 @@ void tl_timer_heap_clear(tl_timer_heap *heap)
 {
     while (heap->len) {
         tl_timer_handle *t = heap_take(heap, heap->len - 1);
-        Py_DECREF(t);
+        tl_loop_unqueue((PyObject *)t);
     }
     PyMem_Free(heap->items);
     heap->items = NULL;
@@ -117,8 +117,11 @@ void tl_timer_heap_clear(tl_timer_heap *heap)
 
 int tl_timer_heap_traverse(tl_timer_heap *heap, visitproc visit, void *arg)
 {
-    for (Py_ssize_t i = 0; i < heap->len; i++)
-        Py_VISIT(heap->items[i]);
+    for (Py_ssize_t i = 0; i < heap->len; i++) {
+        int r = tl_loop_visit_queued((PyObject *)heap->items[i], visit, arg);
+        if (r)
+            return r;
+    }
     return 0;
 }
 
@@ -127,7 +130,7 @@ void tl_timer_unschedule(tl_timer_handle *t)
     if (t->slot < 0 || t->base.loop == NULL)
         return;
     tl_timer_handle *taken = heap_take(&t->base.loop->timers, t->slot);
-    Py_DECREF(taken);
+    tl_loop_unqueue((PyObject *)taken);
 }
 
 /* ---- TimerHandle ------------------------------------------------------ */
@@ -179,7 +182,10 @@ tl_timer_handle *tl_timer_schedule(tl_loop *loop, double when,
         Py_DECREF(t);
         return NULL;
     }
-    PyObject_GC_Track(t);
+    /* not tracked while in the heap: see tl_handle_traverse_contents */
+#ifdef Py_GIL_DISABLED
+    PyObject_GC_Track(t);   /* reference counts are not exact enough there */
+#endif
     return t;
 }
 

@@ -288,6 +288,12 @@ def _runners_classes(mod):
     return out
 
 
+def _unix_events_classes(mod):
+    return {
+        "TonioSelectorEventLoopSignalTests": _setup_variant(mod.SelectorEventLoopSignalTests),
+    }
+
+
 SUITES = {
     "test_events": _events_classes,
     "test_base_events": _base_events_classes,
@@ -301,6 +307,7 @@ SUITES = {
     "test_context": _module_classes,
     "test_pep492": _pep492_classes,
     "test_runners": _runners_classes,
+    "test_unix_events": _unix_events_classes,
 }
 if V >= (3, 12):
     SUITES["test_eager_task_factory"] = _eager_classes
@@ -315,6 +322,9 @@ _LATER_OS = "UDP, pipes, subprocesses and signal handlers arrive with the OS iss
 _LATER_TLS = "TLS arrives with its own issue"
 _INTERNALS = "inspects asyncio.BaseEventLoop internals that tonio_loop keeps in C"
 _SELECTOR = "drives a mocked asyncio selector; tonio_loop polls with libev"
+_MOCKED_SIGNAL = ("patches asyncio.unix_events.signal, which only asyncio's own loop uses; "
+                  "tonio_loop calls the signal module from C (real-signal parity tests "
+                  "in tests/test_signals.py)")
 _OWN_HANDLES = ("checks isinstance(handle, asyncio.Handle): tonio_loop's Handle and "
                 "TimerHandle are C types of their own with the same API (as uvloop's)")
 
@@ -345,8 +355,6 @@ SKIPS = {
         "TonioEventLoopTests.test_create_unix_server_ssl*": _LATER_TLS,
         # OS surface
         "TonioEventLoopTests.test_create_datagram_endpoint*": _LATER_OS,
-        "TonioEventLoopTests.test_add_signal_handler": _LATER_OS,
-        "TonioEventLoopTests.test_signal_handling_*": _LATER_OS,
         "TonioEventLoopTests.test_read_pipe": _LATER_OS,
         "TonioEventLoopTests.test_write_pipe*": _LATER_OS,
         "TonioEventLoopTests.test_unclosed_pipe_transport": _LATER_OS,
@@ -358,6 +366,15 @@ SKIPS = {
         "TonioEventLoopTests.test_timeout_rounding":
             "counts Python-level _run_once calls and reads loop._selector; "
             "tonio_loop iterates in C",
+    },
+    "test_unix_events": {
+        "TonioSelectorEventLoopSignalTests.test_add_signal_handler": _OWN_HANDLES,
+        "TonioSelectorEventLoopSignalTests.test_add_signal_handler_install_error*": _MOCKED_SIGNAL,
+        "TonioSelectorEventLoopSignalTests.test_add_signal_handler_setup_error": _MOCKED_SIGNAL,
+        "TonioSelectorEventLoopSignalTests.test_remove_signal_handler*": _MOCKED_SIGNAL,
+        "TonioSelectorEventLoopSignalTests.test_close": _MOCKED_SIGNAL,
+        "TonioSelectorEventLoopSignalTests.test_close_on_finalizing":
+            _MOCKED_SIGNAL + " and sys.is_finalizing (tests/test_signals.py covers close())",
     },
     "test_base_events": {
         "TonioBaseEventLoopTests.test__add_callback_*": _INTERNALS + " (_add_callback, _ready)",
