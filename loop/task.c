@@ -63,6 +63,12 @@ static int task_register(tl_task *task)
     PyObject *ref = PyWeakref_NewRef((PyObject *)task, NULL);
     if (ref == NULL)
         return -1;
+    /* Without a callback a weak reference holds no strong reference, so it
+     * can be part of no cycle: the collector need not walk a million of
+     * them (weak references to dying objects are found from the referent's
+     * list, not by tracking the reference). */
+    if (PyObject_GC_IsTracked(ref) && Py_REFCNT(ref) == 1)
+        PyObject_GC_UnTrack(ref);
     if (PySet_Add(task->fut.st->all_tasks_data, ref) < 0) {
         Py_DECREF(ref);
         return -1;
@@ -93,6 +99,47 @@ static void task_unregister(tl_task *task)
     PyErr_SetRaisedException(exc);
 }
 
+/* current_task() bookkeeping around each step. Up to 3.13 it is a dict
+ * {loop: task} (tasks._current_tasks, the one asyncio's C functions use):
+ * updating it here is what _asyncio._enter_task does, without the call and
+ * argument parsing (a sixth of a sleep(0) step otherwise). From 3.14 the
+ * current task lives in the thread state, reachable only through asyncio's
+ * own functions. */
+#if PY_VERSION_HEX < 0x030E0000
+static int enter_task(tl_task *task)
+{
+    tl_state *st = task->fut.st;
+    PyObject *loop = task->fut.loop;
+    PyObject *current = PyDict_GetItemWithError(st->current_tasks, loop);
+    if (current != NULL) {
+        Py_INCREF(current);
+        PyErr_Format(PyExc_RuntimeError,
+                     "Cannot enter into task %R while another task %R is being executed.",
+                     (PyObject *)task, current);
+        Py_DECREF(current);
+        return -1;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    return PyDict_SetItem(st->current_tasks, loop, (PyObject *)task);
+}
+
+static int leave_task(tl_task *task)
+{
+    tl_state *st = task->fut.st;
+    PyObject *loop = task->fut.loop;
+    PyObject *current = PyDict_GetItemWithError(st->current_tasks, loop);
+    if (current != (PyObject *)task) {
+        if (current == NULL && PyErr_Occurred())
+            return -1;
+        PyErr_Format(PyExc_RuntimeError,
+                     "Leaving task %R does not match the current task %R.",
+                     (PyObject *)task, current ? current : Py_None);
+        return -1;
+    }
+    return PyDict_DelItem(st->current_tasks, loop);
+}
+#else
 static int call2(PyObject *fn, PyObject *a, PyObject *b)
 {
     PyObject *args[2] = {a, b};
@@ -112,6 +159,7 @@ static int leave_task(tl_task *task)
 {
     return call2(task->fut.st->leave_task, task->fut.loop, (PyObject *)task);
 }
+#endif
 
 /* ---- scheduling the next step ------------------------------------------ */
 
