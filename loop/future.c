@@ -402,7 +402,7 @@ int tl_future_outcome(tl_future *fut, PyObject **result)
         return *result ? 1 : -1;
     }
     if (state != TL_FUT_FINISHED) {
-        PyErr_SetString(future_state(fut)->invalid_state_error, "Result is not ready.");
+        PyErr_SetString(future_state(fut)->invalid_state_error, "Result is not set.");
         return -1;
     }
     fut->log_tb = 0;
