@@ -8,6 +8,11 @@
  *
  * On one of our loops scheduling is C (a Handle or a task step pushed on the
  * ready queue); on any other loop it goes through loop.call_soon().
+ *
+ * Threads: the done flag and the waiter list are safe from any thread (the
+ * Event). The rest of the Python API is, as asyncio's, meant for the loop's
+ * thread; without the GIL (Py_GIL_DISABLED) it relies on that too, the
+ * waiter tags are atomic and the free lists are off (tl_common.h).
  */
 #ifndef TL_FUTURE_H
 #define TL_FUTURE_H
@@ -33,7 +38,11 @@ typedef struct tl_future {
     PyObject *source_tb;        /* debug mode: where it was created */
     PyObject *dict;
     PyObject *weakreflist;
-    uint32_t cb_seq;            /* tags waiters in the order they came */
+#ifdef Py_GIL_DISABLED
+    _Atomic uint32_t cb_seq;    /* tags waiters in the order they came */
+#else
+    uint32_t cb_seq;
+#endif
     atomic_uchar state;         /* TL_FUT_*, written after the value */
     uint8_t log_tb;             /* log "exception was never retrieved" */
     uint8_t blocking;           /* _asyncio_future_blocking */

@@ -73,7 +73,11 @@ tl_loop *tl_loop_if_fast(tl_state *st, PyObject *loop)
         PyErr_Clear();
     if (!same)
         return NULL;
+#ifndef Py_GIL_DISABLED
+    /* module state is shared by every thread: without the GIL this cache
+     * would race, so there each check looks the method up */
     Py_XSETREF(st->fast_loop_type, Py_NewRef((PyObject *)tp));
+#endif
     return call_soon_patched(st, (tl_loop *)loop) ? NULL : (tl_loop *)loop;
 }
 
@@ -189,6 +193,18 @@ static void dispose_chain(tl_state *st, tl_waiter *w, PyObject *source)
     }
 }
 
+/* Tags waiters in arrival order (remove_done_callback matches on them).
+ * Like asyncio's Future, the Python API is not meant for concurrent use;
+ * without the GIL the tag still must not repeat. */
+static inline uint32_t future_next_seq(tl_future *fut)
+{
+#ifdef Py_GIL_DISABLED
+    return atomic_fetch_add_explicit(&fut->cb_seq, 1, memory_order_relaxed) + 1;
+#else
+    return ++fut->cb_seq;
+#endif
+}
+
 static int future_add_callback(tl_future *fut, PyObject *fn, PyObject *ctx)
 {
     tl_state *st = fut->st;
@@ -208,7 +224,7 @@ static int future_add_callback(tl_future *fut, PyObject *fn, PyObject *ctx)
     Py_XDECREF(own_ctx);
     if (n == NULL)
         return -1;
-    n->w.seq = ++fut->cb_seq;
+    n->w.seq = future_next_seq(fut);
     if (tl_event_add(&fut->ev, &n->w) == 1)
         return callback_wake(&n->w, (PyObject *)fut);
     return 0;
@@ -216,7 +232,7 @@ static int future_add_callback(tl_future *fut, PyObject *fn, PyObject *ctx)
 
 int tl_future_add_task_waiter(tl_future *fut, tl_waiter *w)
 {
-    w->seq = ++fut->cb_seq;
+    w->seq = future_next_seq(fut);
     return tl_event_add(&fut->ev, w);
 }
 
