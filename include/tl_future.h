@@ -102,6 +102,14 @@ int tl_call_soon(tl_state *st, PyObject *loop, struct tl_loop *tloop,
  * the future is done already (not queued). */
 int tl_future_add_task_waiter(tl_future *fut, tl_waiter *w);
 
+/* cancel(msg=None)'s arguments, shared by Future and Task. */
+int tl_parse_cancel_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                         PyObject **msg);
+
+/* The truth of a value assigned to a boolean attribute; deleting one is an
+ * AttributeError, as in asyncio. -1 on error. */
+int tl_attr_truth(PyObject *v);
+
 /* TypeError for an unexpected keyword, worded as the running Python does. */
 void tl_kwarg_error(const char *fname, PyObject *key);
 

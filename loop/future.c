@@ -604,27 +604,33 @@ static PyObject *future_set_exception_py(tl_future *fut, PyObject *exc)
     Py_RETURN_NONE;
 }
 
-static PyObject *future_cancel_py(tl_future *fut, PyObject *const *args,
-                                  Py_ssize_t nargs, PyObject *kwnames)
+int tl_parse_cancel_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                         PyObject **msg)
 {
-    PyObject *msg = Py_None;
+    *msg = Py_None;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs + nkw > 1) {
         PyErr_Format(PyExc_TypeError, "cancel() takes at most 1 argument (%zd given)",
                      nargs + nkw);
-        return NULL;
+        return -1;
     }
-    if (nargs == 1) {
-        msg = args[0];
-    } else if (nkw == 1) {
+    if (nkw == 1) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
         if (!PyUnicode_Check(key) || PyUnicode_CompareWithASCIIString(key, "msg") != 0) {
             tl_kwarg_error("cancel", key);
-            return NULL;
+            return -1;
         }
-        msg = args[0];
     }
-    if (ensure_alive(fut) < 0)
+    if (nargs + nkw == 1)
+        *msg = args[0];
+    return 0;
+}
+
+static PyObject *future_cancel_py(tl_future *fut, PyObject *const *args,
+                                  Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *msg;
+    if (tl_parse_cancel_args(args, nargs, kwnames, &msg) < 0 || ensure_alive(fut) < 0)
         return NULL;
     int r = tl_future_cancel(fut, msg);
     if (r < 0)
@@ -979,14 +985,19 @@ static PyObject *get_blocking(tl_future *fut, void *c)
     return PyBool_FromLong(fut->blocking);
 }
 
-static int set_blocking(tl_future *fut, PyObject *v, void *c)
+int tl_attr_truth(PyObject *v)
 {
-    TL_UNUSED(c);
     if (v == NULL) {
         PyErr_SetString(PyExc_AttributeError, "cannot delete attribute");
         return -1;
     }
-    int on = PyObject_IsTrue(v);
+    return PyObject_IsTrue(v);
+}
+
+static int set_blocking(tl_future *fut, PyObject *v, void *c)
+{
+    TL_UNUSED(c);
+    int on = tl_attr_truth(v);
     if (on < 0)
         return -1;
     fut->blocking = (uint8_t)on;
@@ -1004,11 +1015,7 @@ static PyObject *get_log_traceback(tl_future *fut, void *c)
 static int set_log_traceback(tl_future *fut, PyObject *v, void *c)
 {
     TL_UNUSED(c);
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete attribute");
-        return -1;
-    }
-    int on = PyObject_IsTrue(v);
+    int on = tl_attr_truth(v);
     if (on < 0)
         return -1;
     if (on) {

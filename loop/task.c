@@ -227,6 +227,24 @@ static void task_finished(tl_task *task)
     task_unregister(task);
 }
 
+/* asyncio's checks on a yielded future, in asyncio's order: 0 when the task
+ * may wait on it, 1 when the next step raises instead, -1 on error. */
+static int task_refuse_yield(tl_task *task, PyObject *result, int same_loop, int blocking)
+{
+    int rc;
+    if (!same_loop)
+        rc = task_error_soon(task, "Task %R got Future %R attached to a different loop",
+                             (PyObject *)task, result);
+    else if (!blocking)
+        rc = task_error_soon(task, "yield was used instead of yield from in task %R with %R",
+                             (PyObject *)task, result);
+    else if (result == (PyObject *)task)
+        rc = task_error_soon(task, "Task cannot await on itself: %R", (PyObject *)task);
+    else
+        return 0;
+    return rc < 0 ? -1 : 1;
+}
+
 /* Where the yielded value says to go next (asyncio's
  * task_step_handle_result_impl). Steals `result`. */
 static int task_handle_yield(tl_task *task, PyObject *result)
@@ -237,22 +255,10 @@ static int task_handle_yield(tl_task *task, PyObject *result)
 
     if (tl_future_check_exact(st, result)) {
         tl_future *fut = (tl_future *)result;
-        if (fut->loop != loop) {
-            rc = task_error_soon(task, "Task %R got Future %R attached to a different loop",
-                                 (PyObject *)task, result);
+        rc = task_refuse_yield(task, result, fut->loop == loop, fut->blocking);
+        if (rc != 0) {
             Py_DECREF(result);
-            return rc;
-        }
-        if (!fut->blocking) {
-            rc = task_error_soon(task, "yield was used instead of yield from in task %R with %R",
-                                 (PyObject *)task, result);
-            Py_DECREF(result);
-            return rc;
-        }
-        if (result == (PyObject *)task) {
-            rc = task_error_soon(task, "Task cannot await on itself: %R", (PyObject *)task);
-            Py_DECREF(result);
-            return rc;
+            return rc < 0 ? -1 : 0;
         }
         fut->blocking = 0;
         /* wait as a Waiter of the future: the list owns a reference */
@@ -308,22 +314,10 @@ static int task_handle_yield(tl_task *task, PyObject *result)
             return -1;
         }
         Py_DECREF(oloop);
-        if (oloop != loop) {
-            rc = task_error_soon(task, "Task %R got Future %R attached to a different loop",
-                                 (PyObject *)task, result);
+        rc = task_refuse_yield(task, result, oloop == loop, blocking);
+        if (rc != 0) {
             Py_DECREF(result);
-            return rc;
-        }
-        if (!blocking) {
-            rc = task_error_soon(task, "yield was used instead of yield from in task %R with %R",
-                                 (PyObject *)task, result);
-            Py_DECREF(result);
-            return rc;
-        }
-        if (result == (PyObject *)task) {
-            rc = task_error_soon(task, "Task cannot await on itself: %R", (PyObject *)task);
-            Py_DECREF(result);
-            return rc;
+            return rc < 0 ? -1 : 0;
         }
         if (PyObject_SetAttr(result, st->str_asyncio_future_blocking, Py_False) < 0) {
             Py_DECREF(result);
@@ -892,23 +886,9 @@ static int task_cancel(tl_task *task, PyObject *msg)
 static PyObject *task_cancel_py(tl_task *task, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames)
 {
-    PyObject *msg = Py_None;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs + nkw > 1) {
-        PyErr_Format(PyExc_TypeError, "cancel() takes at most 1 argument (%zd given)",
-                     nargs + nkw);
+    PyObject *msg;
+    if (tl_parse_cancel_args(args, nargs, kwnames, &msg) < 0)
         return NULL;
-    }
-    if (nargs == 1) {
-        msg = args[0];
-    } else if (nkw == 1) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
-        if (!PyUnicode_Check(key) || PyUnicode_CompareWithASCIIString(key, "msg") != 0) {
-            tl_kwarg_error("cancel", key);
-            return NULL;
-        }
-        msg = args[0];
-    }
     int r = task_cancel(task, msg);
     if (r < 0)
         return NULL;
@@ -1089,11 +1069,7 @@ static PyObject *get_log_destroy_pending(tl_task *task, void *c)
 static int set_log_destroy_pending(tl_task *task, PyObject *v, void *c)
 {
     TL_UNUSED(c);
-    if (v == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete attribute");
-        return -1;
-    }
-    int on = PyObject_IsTrue(v);
+    int on = tl_attr_truth(v);
     if (on < 0)
         return -1;
     task->log_destroy_pending = (uint8_t)on;

@@ -528,18 +528,6 @@ def test_reprs(loop):
 
 # ---- foreign loops -----------------------------------------------------------
 
-def test_future_of_another_loop_is_refused(make_loop):
-    loop, other = make_loop(), make_loop()
-    fut = other.create_future()
-
-    async def main():
-        await fut
-
-    with pytest.raises(RuntimeError, match="attached to a different loop"):
-        run(loop, main())
-    fut.cancel()
-
-
 def test_tonio_future_on_asyncio_loop():
     loop = asyncio.new_event_loop()
     try:
