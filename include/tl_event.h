@@ -130,8 +130,9 @@ int tl_event_remove(tl_event *ev, tl_waiter *w);
 tl_waiter *tl_event_reset(tl_event *ev);
 
 /* Block the calling thread (the GIL released) until the event is set or
- * `timeout` seconds pass (timeout < 0: no limit). 1 when set, 0 on timeout.
- * A timed-out waiter leaves the list in O(1). */
+ * `timeout` seconds pass (timeout < 0: no limit). 1 when set, 0 on timeout,
+ * -1 with an exception set when a signal handler raised (Ctrl-C). A waiter
+ * that gives up leaves the list in O(1). */
 int tl_event_wait_thread(tl_event *ev, double timeout);
 
 extern PyType_Spec tl_event_spec;

@@ -143,17 +143,32 @@ static int thread_wake(tl_waiter *w, PyObject *source)
     return 0;
 }
 
-static void deadline_after(struct timespec *ts, double timeout)
+/* Sleep without the GIL until woken or `seconds` pass; 1 when woken. */
+static int thread_waker_sleep(thread_waker *tw, double seconds)
 {
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    double whole = (double)(time_t)timeout;
-    ts->tv_sec += (time_t)whole;
-    ts->tv_nsec += (long)((timeout - whole) * 1e9);
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec += 1;
-        ts->tv_nsec -= 1000000000L;
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    double whole = (double)(time_t)seconds;
+    deadline.tv_sec += (time_t)whole;
+    deadline.tv_nsec += (long)((seconds - whole) * 1e9);
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1000000000L;
     }
+    int woken;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&tw->mutex);
+    while (!tw->woken &&
+           pthread_cond_timedwait(&tw->cond, &tw->mutex, &deadline) != ETIMEDOUT)
+        ;
+    woken = tw->woken;
+    pthread_mutex_unlock(&tw->mutex);
+    Py_END_ALLOW_THREADS
+    return woken;
 }
+
+/* Signal handlers get to run at least this often while a thread waits. */
+#define TL_WAIT_SLICE 0.05
 
 int tl_event_wait_thread(tl_event *ev, double timeout)
 {
@@ -169,36 +184,44 @@ int tl_event_wait_thread(tl_event *ev, double timeout)
     pthread_condattr_destroy(&attr);
     pthread_mutex_init(&tw.mutex, NULL);
 
-    int woken = 1;
+    int rc = 1;
     if (tl_event_add(ev, &tw.w) == 0) {
-        struct timespec deadline;
-        if (timeout >= 0)
-            deadline_after(&deadline, timeout);
-        Py_BEGIN_ALLOW_THREADS
-        pthread_mutex_lock(&tw.mutex);
-        while (!tw.woken) {
-            if (timeout < 0) {
-                pthread_cond_wait(&tw.cond, &tw.mutex);
-            } else if (pthread_cond_timedwait(&tw.cond, &tw.mutex, &deadline) == ETIMEDOUT) {
+        double deadline = timeout >= 0 ? tl_monotonic() + timeout : -1.0;
+        for (;;) {
+            double slice = TL_WAIT_SLICE;
+            if (deadline >= 0) {
+                double left = deadline - tl_monotonic();
+                slice = left < slice ? (left > 0 ? left : 0) : slice;
+            }
+            if (thread_waker_sleep(&tw, slice))
+                break;
+            if (deadline >= 0 && tl_monotonic() >= deadline) {
+                rc = 0;
+                break;
+            }
+            /* Ctrl-C (in the main thread) interrupts a wait, as it does
+             * threading.Event.wait() */
+            if (PyErr_CheckSignals() < 0) {
+                rc = -1;
                 break;
             }
         }
-        woken = tw.woken;
-        pthread_mutex_unlock(&tw.mutex);
-        if (!woken && !tl_event_remove(ev, &tw.w)) {
+        if (rc <= 0 && !tl_event_remove(ev, &tw.w)) {
             /* a setter detached us before we could leave: its wake-up is
              * on the way and must find this frame still here */
+            Py_BEGIN_ALLOW_THREADS
             pthread_mutex_lock(&tw.mutex);
             while (!tw.woken)
                 pthread_cond_wait(&tw.cond, &tw.mutex);
             pthread_mutex_unlock(&tw.mutex);
-            woken = 1;
+            Py_END_ALLOW_THREADS
+            if (rc == 0)
+                rc = 1;
         }
-        Py_END_ALLOW_THREADS
     }
     pthread_mutex_destroy(&tw.mutex);
     pthread_cond_destroy(&tw.cond);
-    return woken;
+    return rc;
 }
 
 /* ---- tonio_loop._core.Event -------------------------------------------- */
@@ -254,7 +277,10 @@ static PyObject *event_wait(event_object *self, PyObject *const *args,
         if (timeout < 0)
             timeout = 0;
     }
-    return PyBool_FromLong(tl_event_wait_thread(&self->ev, timeout));
+    int r = tl_event_wait_thread(&self->ev, timeout);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
 }
 
 static PyObject *event_waiters(event_object *self, PyObject *Py_UNUSED(ignored))

@@ -163,3 +163,19 @@ def test_waiter_removed_while_setter_fires():
         t.join(10)
         assert not t.is_alive()
         assert ev._waiters() == 0
+
+
+def test_ctrl_c_interrupts_a_wait(event_cls):
+    import os
+    import signal
+
+    ev = event_cls()
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        ev.wait(10)
+    timer.join()
+    assert time.monotonic() - t0 < 5
+    if isinstance(ev, _core.Event):
+        assert ev._waiters() == 0
