@@ -11,6 +11,7 @@
 #include <Python.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #if PY_VERSION_HEX < 0x030B0000
@@ -34,6 +35,10 @@ typedef struct tl_state {
     PyTypeObject *loop_type;
     PyTypeObject *handle_type;
     PyTypeObject *timer_handle_type;
+    PyTypeObject *event_type;
+    PyTypeObject *future_type;
+    PyTypeObject *future_iter_type;
+    PyTypeObject *task_type;
 
     /* stdlib callables, fetched once at import (the C accelerated ones when
      * asyncio has them) */
@@ -47,7 +52,8 @@ typedef struct tl_state {
                                         looked up on use, so mocks apply */
     PyObject *isfuture;              /* asyncio.futures.isfuture */
     PyObject *ensure_future;         /* asyncio.tasks.ensure_future */
-    PyObject *is_debug_mode;         /* asyncio.coroutines._is_debug_mode */
+    PyObject *coroutines_module;     /* asyncio.coroutines: _is_debug_mode is
+                                        looked up on use, so mocks apply */
     PyObject *set_wakeup_fd;         /* signal.set_wakeup_fd */
     PyObject *run_until_complete_cb; /* base_events._run_until_complete_cb */
     PyObject *future_cls;            /* what create_future() makes */
@@ -68,11 +74,51 @@ typedef struct tl_state {
     PyObject *str_asyncgen_firstiter_hook;
     PyObject *str_asyncgen_finalizer_hook;
 
+    /* futures and tasks (future.c, task.c) */
+    PyObject *fast_loop_type;        /* last Loop subclass seen to keep our
+                                        call_soon (tl_loop_if_fast) */
+    PyObject *cancelled_error;       /* asyncio.CancelledError */
+    PyObject *invalid_state_error;   /* asyncio.InvalidStateError */
+    PyObject *get_event_loop;        /* what Future() uses without loop= */
+    PyObject *future_repr;           /* base_futures._future_repr */
+    PyObject *task_repr;             /* base_tasks._task_repr */
+    PyObject *task_get_stack;        /* base_tasks._task_get_stack */
+    PyObject *task_print_stack;      /* base_tasks._task_print_stack */
+    PyObject *coro_types;            /* set: types iscoroutine() accepted */
+    PyObject *enter_task;            /* asyncio.tasks._enter_task (C) */
+    PyObject *leave_task;            /* asyncio.tasks._leave_task (C) */
+    PyObject *swap_current_task;     /* 3.12+ asyncio.tasks._swap_current_task */
+    PyObject *register_eager_task;   /* 3.12+ */
+    PyObject *unregister_eager_task; /* 3.12+ */
+    PyObject *current_tasks;         /* asyncio.tasks._current_tasks (dict) */
+    PyObject *all_tasks_data;        /* the .data set of asyncio's WeakSet of
+                                        tasks (_scheduled_tasks / _all_tasks) */
+    PyObject *all_tasks_iterating;   /* its ._iterating set */
+    PyObject *all_tasks_pending;     /* its ._pending_removals list */
+    PyObject *context_kwnames;       /* ("context",) */
+    PyObject *str_call_soon;
+    PyObject *str_cancel;
+    PyObject *str_throw;
+    PyObject *str_result;
+    PyObject *str_get_loop;
+    PyObject *str_get_debug;
+    PyObject *str_is_running;
+    PyObject *str_asyncio_future_blocking;
+    PyObject *str_loop_attr;         /* "_loop" */
+    PyObject *str_PENDING;
+    PyObject *str_CANCELLED;
+    PyObject *str_FINISHED;
+    _Atomic uint64_t task_name_counter;
+
     /* free lists (see TL_FREELIST_MAX) */
     PyObject *handle_free[TL_FREELIST_MAX ? TL_FREELIST_MAX : 1];
     int handle_nfree;
     PyObject *timer_free[TL_FREELIST_MAX ? TL_FREELIST_MAX : 1];
     int timer_nfree;
+    PyObject *future_iter_free[TL_FREELIST_MAX ? TL_FREELIST_MAX : 1];
+    int future_iter_nfree;
+    void *callback_free[TL_FREELIST_MAX ? TL_FREELIST_MAX : 1];
+    int callback_nfree;
 } tl_state;
 
 extern PyModuleDef tl_module_def;

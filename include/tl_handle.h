@@ -46,6 +46,12 @@ tl_handle *tl_handle_new(struct tl_loop *loop, PyObject *callback,
  * handler; only SystemExit and KeyboardInterrupt come back as -1. */
 int tl_handle_run(tl_handle *h);
 
+/* Report the current exception as a failure of this handle's callback
+ * ("Exception in callback ...", with the handle in the context), as the
+ * loop does for a failed Handle. Clears it; -1 (exception kept) for
+ * SystemExit/KeyboardInterrupt or when the report itself failed. */
+int tl_handle_report_error(tl_handle *h, PyObject *callback, PyObject *args);
+
 /* The callback's arguments as a new tuple. */
 PyObject *tl_handle_args(tl_handle *h);
 

@@ -158,7 +158,7 @@ static PyObject *format_callback(tl_loop *loop, PyObject *callback, PyObject *ar
 #endif
 }
 
-static int handle_report_error(tl_handle *h, PyObject *callback, PyObject *args)
+int tl_handle_report_error(tl_handle *h, PyObject *callback, PyObject *args)
 {
     if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
         PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
@@ -254,7 +254,7 @@ int tl_handle_run(tl_handle *h)
             if (argtuple == NULL)
                 for (Py_ssize_t i = 0; i < nargs; i++)
                     PyTuple_SET_ITEM(args, i, Py_NewRef(argv[i]));
-            rc = handle_report_error(h, callback, args);
+            rc = tl_handle_report_error(h, callback, args);
             Py_DECREF(args);
         }
     }

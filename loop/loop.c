@@ -12,6 +12,8 @@
 #include "tl_loop.h"
 #include "tl_handle.h"
 #include "tl_signal.h"
+#include "tl_future.h"
+#include "tl_task.h"
 #include "tl_fork.h"
 
 /* asyncio's MAXIMUM_SELECT_TIMEOUT: never sleep longer than a day at once */
@@ -791,14 +793,7 @@ static PyObject *loop_call_soon_threadsafe(tl_loop *loop, PyObject *const *args,
 
 static PyObject *loop_create_future(tl_loop *loop, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *kw = Py_BuildValue("{sO}", "loop", (PyObject *)loop);
-    if (kw == NULL)
-        return NULL;
-    PyObject *noargs = PyTuple_New(0);
-    PyObject *fut = noargs ? PyObject_Call(loop->st->future_cls, noargs, kw) : NULL;
-    Py_XDECREF(noargs);
-    Py_DECREF(kw);
-    return fut;
+    return tl_future_new(loop);
 }
 
 static PyObject *loop_create_task(tl_loop *loop, PyObject *const *args,
@@ -832,27 +827,33 @@ static PyObject *loop_create_task(tl_loop *loop, PyObject *const *args,
                      "create_task() takes 1 positional argument but %zd were given", nargs);
         return NULL;
     }
-    /* Task(coro, loop=self, name=..., context=...) with the caller's
-     * keywords passed through: the Task type checks them as asyncio does */
+    /* Task(coro, loop=self, name=..., context=...), straight to C; 3.14's
+     * create_task also passes eager_start on to the Task */
+    PyObject *name = NULL, *context = NULL;
+    int eager_start = 0;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *kw = PyDict_New();
-    if (kw == NULL)
-        return NULL;
     for (Py_ssize_t i = 0; i < nkw; i++) {
-        if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
-            Py_DECREF(kw);
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        PyObject *value = args[nargs + i];
+        if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+            name = value;
+        } else if (PyUnicode_Check(key) &&
+                   PyUnicode_CompareWithASCIIString(key, "context") == 0) {
+            context = value;
+#if PY_VERSION_HEX >= 0x030E0000
+        } else if (PyUnicode_Check(key) &&
+                   PyUnicode_CompareWithASCIIString(key, "eager_start") == 0) {
+            eager_start = PyObject_IsTrue(value);
+            if (eager_start < 0)
+                return NULL;
+#endif
+        } else {
+            PyErr_Format(PyExc_TypeError,
+                         "create_task() got an unexpected keyword argument '%S'", key);
             return NULL;
         }
     }
-    if (PyDict_SetItemString(kw, "loop", (PyObject *)loop) < 0) {
-        Py_DECREF(kw);
-        return NULL;
-    }
-    PyObject *argt = PyTuple_Pack(1, args[0]);
-    PyObject *task = argt ? PyObject_Call(loop->st->task_cls, argt, kw) : NULL;
-    Py_XDECREF(argt);
-    Py_DECREF(kw);
-    return task;
+    return tl_task_new(loop, args[0], name, context, eager_start);
 }
 
 static PyObject *loop_set_task_factory(tl_loop *loop, PyObject *factory)
@@ -1087,7 +1088,7 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
         Py_DECREF(loop);
         return NULL;
     }
-    PyObject *dbg = PyObject_CallNoArgs(st->is_debug_mode);
+    PyObject *dbg = PyObject_CallMethod(st->coroutines_module, "_is_debug_mode", NULL);
     int on = dbg ? PyObject_IsTrue(dbg) : -1;
     Py_XDECREF(dbg);
     if (on < 0) {

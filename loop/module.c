@@ -5,6 +5,9 @@
 #include "tl_loop.h"
 #include "tl_handle.h"
 #include "tl_timer.h"
+#include "tl_event.h"
+#include "tl_future.h"
+#include "tl_task.h"
 #include "tl_fork.h"
 
 static PyObject *import_attr(const char *module, const char *name)
@@ -32,6 +35,38 @@ static int intern(PyObject **slot, const char *s)
     return *slot ? 0 : -1;
 }
 
+/* asyncio.all_tasks() iterates a WeakSet (tasks._scheduled_tasks; 3.11:
+ * tasks._all_tasks); our tasks put their entries straight into the set it
+ * iterates (see task_register in task.c). */
+static int init_task_registry(tl_state *st)
+{
+    PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
+    if (tasks == NULL)
+        return -1;
+    PyObject *ws = PyObject_GetAttrString(tasks, "_scheduled_tasks");
+    if (ws == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        ws = PyObject_GetAttrString(tasks, "_all_tasks");
+    }
+    Py_DECREF(tasks);
+    if (ws == NULL)
+        return -1;
+    st->all_tasks_data = PyObject_GetAttrString(ws, "data");
+    st->all_tasks_iterating = PyObject_GetAttrString(ws, "_iterating");
+    st->all_tasks_pending = PyObject_GetAttrString(ws, "_pending_removals");
+    Py_DECREF(ws);
+    if (st->all_tasks_data == NULL || st->all_tasks_iterating == NULL ||
+        st->all_tasks_pending == NULL)
+        return -1;
+    if (!PySet_Check(st->all_tasks_data) || !PySet_Check(st->all_tasks_iterating) ||
+        !PyList_Check(st->all_tasks_pending)) {
+        PyErr_SetString(PyExc_ImportError,
+                        "asyncio's task registry is not the WeakSet tonio_loop knows");
+        return -1;
+    }
+    return 0;
+}
+
 static int core_exec(PyObject *module)
 {
     tl_state *st = tl_state_of_module(module);
@@ -40,8 +75,15 @@ static int core_exec(PyObject *module)
         add_type(module, &st->loop_type, loop_spec, NULL) < 0 ||
         add_type(module, &st->handle_type, &tl_handle_spec, NULL) < 0 ||
         add_type(module, &st->timer_handle_type, &tl_timer_handle_spec,
-                 (PyObject *)st->handle_type) < 0)
+                 (PyObject *)st->handle_type) < 0 ||
+        add_type(module, &st->event_type, &tl_event_spec, NULL) < 0 ||
+        add_type(module, &st->future_type, &tl_future_spec, NULL) < 0 ||
+        add_type(module, &st->future_iter_type, &tl_future_iter_spec, NULL) < 0 ||
+        add_type(module, &st->task_type, &tl_task_spec, (PyObject *)st->future_type) < 0)
         return -1;
+    /* what create_future()/create_task() make: ours */
+    st->future_cls = Py_NewRef((PyObject *)st->future_type);
+    st->task_cls = Py_NewRef((PyObject *)st->task_type);
 
     struct { PyObject **slot; const char *module, *name; } imports[] = {
         {&st->set_running_loop, "asyncio.events", "_set_running_loop"},
@@ -52,11 +94,26 @@ static int core_exec(PyObject *module)
         {&st->extract_stack, "asyncio.format_helpers", "extract_stack"},
         {&st->isfuture, "asyncio.futures", "isfuture"},
         {&st->ensure_future, "asyncio.tasks", "ensure_future"},
-        {&st->is_debug_mode, "asyncio.coroutines", "_is_debug_mode"},
+        {&st->coroutines_module, "asyncio", "coroutines"},
         {&st->set_wakeup_fd, "signal", "set_wakeup_fd"},
         {&st->run_until_complete_cb, "asyncio.base_events", "_run_until_complete_cb"},
-        {&st->future_cls, "asyncio.futures", "Future"},
-        {&st->task_cls, "asyncio.tasks", "Task"},
+        {&st->cancelled_error, "asyncio.exceptions", "CancelledError"},
+        {&st->invalid_state_error, "asyncio.exceptions", "InvalidStateError"},
+#if PY_VERSION_HEX >= 0x030C0000
+        {&st->get_event_loop, "asyncio.events", "get_event_loop"},
+        {&st->swap_current_task, "asyncio.tasks", "_swap_current_task"},
+        {&st->register_eager_task, "asyncio.tasks", "_register_eager_task"},
+        {&st->unregister_eager_task, "asyncio.tasks", "_unregister_eager_task"},
+#else
+        {&st->get_event_loop, "asyncio.events", "_get_event_loop"},
+#endif
+        {&st->future_repr, "asyncio.base_futures", "_future_repr"},
+        {&st->task_repr, "asyncio.base_tasks", "_task_repr"},
+        {&st->task_get_stack, "asyncio.base_tasks", "_task_get_stack"},
+        {&st->task_print_stack, "asyncio.base_tasks", "_task_print_stack"},
+        {&st->enter_task, "asyncio.tasks", "_enter_task"},
+        {&st->leave_task, "asyncio.tasks", "_leave_task"},
+        {&st->current_tasks, "asyncio.tasks", "_current_tasks"},
         {&st->base_event_loop_cls, "asyncio.base_events", "BaseEventLoop"},
         {&st->iscoroutine, "asyncio.coroutines", "iscoroutine"},
         {&st->iscoroutinefunction, "asyncio.coroutines", "iscoroutinefunction"},
@@ -75,13 +132,31 @@ static int core_exec(PyObject *module)
     st->base_events = PyImport_ImportModule("asyncio.base_events");
     if (st->base_events == NULL)
         return -1;
+    if (init_task_registry(st) < 0)
+        return -1;
+    st->coro_types = PySet_New(NULL);
+    st->context_kwnames = Py_BuildValue("(s)", "context");
+    if (st->coro_types == NULL || st->context_kwnames == NULL)
+        return -1;
 
     if (intern(&st->str_call_exception_handler, "call_exception_handler") < 0 ||
         intern(&st->str_add_done_callback, "add_done_callback") < 0 ||
         intern(&st->str_remove_done_callback, "remove_done_callback") < 0 ||
         intern(&st->str_log_destroy_pending, "_log_destroy_pending") < 0 ||
         intern(&st->str_asyncgen_firstiter_hook, "_asyncgen_firstiter_hook") < 0 ||
-        intern(&st->str_asyncgen_finalizer_hook, "_asyncgen_finalizer_hook") < 0)
+        intern(&st->str_asyncgen_finalizer_hook, "_asyncgen_finalizer_hook") < 0 ||
+        intern(&st->str_call_soon, "call_soon") < 0 ||
+        intern(&st->str_cancel, "cancel") < 0 ||
+        intern(&st->str_throw, "throw") < 0 ||
+        intern(&st->str_result, "result") < 0 ||
+        intern(&st->str_get_loop, "get_loop") < 0 ||
+        intern(&st->str_get_debug, "get_debug") < 0 ||
+        intern(&st->str_is_running, "is_running") < 0 ||
+        intern(&st->str_asyncio_future_blocking, "_asyncio_future_blocking") < 0 ||
+        intern(&st->str_loop_attr, "_loop") < 0 ||
+        intern(&st->str_PENDING, "PENDING") < 0 ||
+        intern(&st->str_CANCELLED, "CANCELLED") < 0 ||
+        intern(&st->str_FINISHED, "FINISHED") < 0)
         return -1;
 
     return PyModule_AddIntConstant(module, "EV_VERSION",
@@ -90,9 +165,20 @@ static int core_exec(PyObject *module)
 
 #define TL_STATE_OBJECTS(X)                                                   \
     X(loop_type) X(handle_type) X(timer_handle_type)                          \
+    X(event_type) X(future_type) X(future_iter_type) X(task_type)             \
+    X(fast_loop_type) X(cancelled_error) X(invalid_state_error)               \
+    X(get_event_loop) X(future_repr) X(task_repr) X(task_get_stack)           \
+    X(task_print_stack) X(coro_types) X(enter_task)                           \
+    X(leave_task) X(swap_current_task) X(register_eager_task)                 \
+    X(unregister_eager_task) X(current_tasks) X(all_tasks_data)               \
+    X(all_tasks_iterating) X(all_tasks_pending) X(context_kwnames)            \
+    X(str_call_soon) X(str_cancel) X(str_throw) X(str_result)                 \
+    X(str_get_loop) X(str_get_debug) X(str_is_running)                        \
+    X(str_asyncio_future_blocking) X(str_loop_attr) X(str_PENDING)            \
+    X(str_CANCELLED) X(str_FINISHED)                                          \
     X(set_running_loop) X(get_running_loop) X(get_asyncgen_hooks)              \
     X(set_asyncgen_hooks) X(format_callback_source) X(extract_stack)           \
-    X(base_events) X(isfuture) X(ensure_future) X(is_debug_mode)               \
+    X(base_events) X(isfuture) X(ensure_future) X(coroutines_module)           \
     X(set_wakeup_fd) X(run_until_complete_cb) X(future_cls) X(task_cls)        \
     X(base_event_loop_cls) X(iscoroutine) X(iscoroutinefunction)               \
     X(valid_signals) X(signal_signal) X(signal_siginterrupt)                   \
@@ -126,6 +212,9 @@ static int core_clear(PyObject *module)
         return 0;
     free_list_drain(st->handle_free, &st->handle_nfree);
     free_list_drain(st->timer_free, &st->timer_nfree);
+    free_list_drain(st->future_iter_free, &st->future_iter_nfree);
+    while (st->callback_nfree > 0)
+        PyMem_Free(st->callback_free[--st->callback_nfree]);
 #define X(f) Py_CLEAR(st->f);
     TL_STATE_OBJECTS(X)
 #undef X

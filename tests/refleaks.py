@@ -271,6 +271,137 @@ def loop_reference_cycle():
     gc.collect()
 
 
+@scenario
+def futures_every_path():
+    loop = tonio_loop.new_event_loop()
+    loop.set_exception_handler(_quiet)
+    seen = []
+
+    def cb(f):
+        seen.append(f)
+
+    for i in range(30):
+        f = loop.create_future()
+        f.add_done_callback(cb)
+        f.add_done_callback(cb, context=contextvars.copy_context())
+        f.add_done_callback(_noop)
+        f.remove_done_callback(_noop)
+        repr(f), f._callbacks
+        if i % 3 == 0:
+            f.set_result(("r", i))
+        elif i % 3 == 1:
+            f.set_exception(ValueError(i))
+            f.exception()
+        else:
+            f.cancel(msg="m")
+            f._make_cancelled_error()
+        f.add_done_callback(cb)
+        it = iter(f)
+        it.close()
+    unretrieved = loop.create_future()
+    unretrieved.set_exception(KeyError())
+    del unretrieved
+    for bad in (lambda: f.set_result(1), lambda: f.set_exception(1),
+                lambda: tonio_loop.Future(1)):
+        try:
+            bad()
+        except Exception:
+            pass
+    g = tonio_loop.Future(loop=loop)
+    g.__init__(loop=loop)
+    g.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.close()
+    seen.clear()
+
+
+@scenario
+def tasks_every_path():
+    loop = tonio_loop.new_event_loop()
+    loop.set_exception_handler(_quiet)
+
+    async def leaf(i):
+        await asyncio.sleep(0)
+        if i % 4 == 1:
+            raise ValueError(i)
+        return i
+
+    async def waits_forever():
+        await loop.create_future()
+
+    class Bad:
+        def __await__(self):
+            yield 5
+
+    async def bad_yield():
+        await Bad()
+
+    async def main():
+        tasks = [loop.create_task(leaf(i), name=f"t{i}") for i in range(20)]
+        res = await asyncio.gather(*tasks, return_exceptions=True)
+        t = loop.create_task(waits_forever())
+        await asyncio.sleep(0)
+        t.cancel("bye")
+        await asyncio.gather(t, return_exceptions=True)
+        try:
+            await loop.create_task(bad_yield())
+        except RuntimeError:
+            pass
+        async with asyncio.TaskGroup() as tg:
+            for i in (0, 2):
+                tg.create_task(leaf(i))
+        try:
+            await asyncio.wait_for(waits_forever(), 0.001)
+        except TimeoutError:
+            pass
+        fut = asyncio.Future(loop=loop)      # a foreign future
+        loop.call_soon(fut.set_result, 1)
+        await fut
+        repr(tasks[0]), tasks[0].get_stack(), tasks[1].get_name()
+        return res
+
+    loop.run_until_complete(main())
+    pending = loop.create_task(waits_forever())
+    loop.run_until_complete(asyncio.sleep(0))
+    del pending
+    try:
+        tonio_loop.Task(1, loop=loop)
+    except TypeError:
+        pass
+    loop.close()
+
+
+@scenario
+def task_on_foreign_loop():
+    loop = asyncio.new_event_loop()
+
+    async def body():
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, 1)
+        await fut
+        await asyncio.sleep(0)
+        inner = tonio_loop.Future(loop=loop)
+        loop.call_soon(inner.set_result, 2)
+        return await inner
+
+    for _ in range(10):
+        loop.run_until_complete(tonio_loop.Task(body(), loop=loop))
+    loop.close()
+
+
+@scenario
+def event_core_threads():
+    events = [tonio_loop._core.Event() for _ in range(20)]
+    threads = [threading.Thread(target=ev.wait, args=(0.001,)) for ev in events]
+    for t in threads:
+        t.start()
+    for ev in events[::2]:
+        ev.set()
+    for t in threads:
+        t.join()
+
+
 def measure(fn, warmup=4, runs=6):
     for _ in range(warmup):
         fn()

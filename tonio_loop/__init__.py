@@ -12,7 +12,7 @@ import sys as _sys
 import warnings as _warnings
 
 from . import _core
-from ._core import Handle, TimerHandle
+from ._core import Future, Handle, Task, TimerHandle
 from ._loop import Loop, new_event_loop
 
 __version__ = "0.1.0"
@@ -22,6 +22,8 @@ if hasattr(_os, "register_at_fork"):
 
 __all__ = (
     "Loop",
+    "Future",
+    "Task",
     "Handle",
     "TimerHandle",
     "new_event_loop",

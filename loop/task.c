@@ -1,0 +1,1179 @@
+/* task.c - tonio_loop.Task (see tl_task.h).
+ *
+ * The step logic mirrors asyncio's C Task (_asyncio.Task) of the running
+ * Python: same states, same messages, same order of checks. What differs is
+ * how the next step is reached: on our loops a task waiting on one of our
+ * futures is a Waiter on that future's Event and its wake-up is a C function
+ * on the ready queue; a bare yield puts the next step straight on the ready
+ * queue. Other loops and other futures get asyncio's call_soon /
+ * add_done_callback protocol, so a Task runs on any loop.
+ */
+#include "tl_task.h"
+#include "tl_handle.h"
+#include "tl_loop.h"
+
+static int task_step(tl_task *task, PyObject *exc);
+static int task_step_ready(tl_loop *loop, PyObject *obj);
+static int task_wakeup_ready(tl_loop *loop, PyObject *obj);
+static int task_cancel(tl_task *task, PyObject *msg);
+
+static PyObject *task_wakeup_py(tl_task *task, PyObject *fut);
+static PyObject *task_step_py(tl_task *task, PyObject *const *args, Py_ssize_t nargs);
+
+/* What asyncio shows as the task's callbacks: bound to the task, named as
+ * asyncio's C Task names them (repr: "Task.task_wakeup()"). */
+static PyMethodDef task_wakeup_def = {
+    "task_wakeup", (PyCFunction)task_wakeup_py, METH_O, NULL};
+static PyMethodDef task_step_def = {
+    "task_step", (PyCFunction)(void (*)(void))task_step_py, METH_FASTCALL, NULL};
+
+PyObject *tl_task_wakeup_method(tl_task *task)
+{
+    return PyCFunction_New(&task_wakeup_def, (PyObject *)task);
+}
+
+static int getattr_optional(PyObject *obj, PyObject *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, result);
+#else
+    *result = PyObject_GetAttr(obj, name);
+    if (*result != NULL)
+        return 1;
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+        return -1;
+    PyErr_Clear();
+    return 0;
+#endif
+}
+
+/* ---- asyncio's bookkeeping: all_tasks(), current_task() ---------------- */
+
+/* asyncio.all_tasks() lists the live entries of asyncio's WeakSet of tasks
+ * (tasks._scheduled_tasks, 3.11: tasks._all_tasks). WeakSet.add() runs
+ * Python code and gives each entry a Python callback that runs again when
+ * the task dies; instead the entry goes straight into the set the WeakSet
+ * iterates (its .data), as a plain weak reference, and the task takes it out
+ * itself when it finishes (or dies pending). Same view for all_tasks(), a
+ * fraction of the cost (see bench/workloads/tasks.py). */
+static int task_register(tl_task *task)
+{
+    if (task->registry_ref != NULL)
+        return 0;
+    PyObject *ref = PyWeakref_NewRef((PyObject *)task, NULL);
+    if (ref == NULL)
+        return -1;
+    /* Without a callback a weak reference holds no strong reference, so it
+     * can be part of no cycle: the collector need not walk a million of
+     * them (weak references to dying objects are found from the referent's
+     * list, not by tracking the reference). */
+    if (PyObject_GC_IsTracked(ref) && Py_REFCNT(ref) == 1)
+        PyObject_GC_UnTrack(ref);
+    if (PySet_Add(task->fut.st->all_tasks_data, ref) < 0) {
+        Py_DECREF(ref);
+        return -1;
+    }
+    task->registry_ref = ref;
+    return 0;
+}
+
+static void task_unregister(tl_task *task)
+{
+    PyObject *ref = task->registry_ref;
+    if (ref == NULL)
+        return;
+    task->registry_ref = NULL;
+    tl_state *st = task->fut.st;
+    PyObject *exc = PyErr_GetRaisedException();
+    int rc;
+    if (PySet_GET_SIZE(st->all_tasks_iterating) > 0) {
+        /* someone iterates the WeakSet right now: it drops the entry
+         * afterwards (WeakSet._commit_removals), as for its own entries */
+        rc = PyList_Append(st->all_tasks_pending, ref);
+    } else {
+        rc = PySet_Discard(st->all_tasks_data, ref);
+    }
+    if (rc < 0)
+        PyErr_WriteUnraisable((PyObject *)task);
+    Py_DECREF(ref);
+    PyErr_SetRaisedException(exc);
+}
+
+/* current_task() bookkeeping around each step. Up to 3.13 it is a dict
+ * {loop: task} (tasks._current_tasks, the one asyncio's C functions use):
+ * updating it here is what _asyncio._enter_task does, without the call and
+ * argument parsing (a sixth of a sleep(0) step otherwise). From 3.14 the
+ * current task lives in the thread state, reachable only through asyncio's
+ * own functions. */
+#if PY_VERSION_HEX < 0x030E0000
+static int enter_task(tl_task *task)
+{
+    tl_state *st = task->fut.st;
+    PyObject *loop = task->fut.loop;
+    PyObject *current = PyDict_GetItemWithError(st->current_tasks, loop);
+    if (current != NULL) {
+        Py_INCREF(current);
+        PyErr_Format(PyExc_RuntimeError,
+                     "Cannot enter into task %R while another task %R is being executed.",
+                     (PyObject *)task, current);
+        Py_DECREF(current);
+        return -1;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    return PyDict_SetItem(st->current_tasks, loop, (PyObject *)task);
+}
+
+static int leave_task(tl_task *task)
+{
+    tl_state *st = task->fut.st;
+    PyObject *loop = task->fut.loop;
+    PyObject *current = PyDict_GetItemWithError(st->current_tasks, loop);
+    if (current != (PyObject *)task) {
+        if (current == NULL && PyErr_Occurred())
+            return -1;
+        PyErr_Format(PyExc_RuntimeError,
+                     "Leaving task %R does not match the current task %R.",
+                     (PyObject *)task, current ? current : Py_None);
+        return -1;
+    }
+    return PyDict_DelItem(st->current_tasks, loop);
+}
+#else
+static int call2(PyObject *fn, PyObject *a, PyObject *b)
+{
+    PyObject *args[2] = {a, b};
+    PyObject *r = PyObject_Vectorcall(fn, args, 2, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int enter_task(tl_task *task)
+{
+    return call2(task->fut.st->enter_task, task->fut.loop, (PyObject *)task);
+}
+
+static int leave_task(tl_task *task)
+{
+    return call2(task->fut.st->leave_task, task->fut.loop, (PyObject *)task);
+}
+#endif
+
+/* ---- scheduling the next step ------------------------------------------ */
+
+/* call_soon(step, exc) in the task's context. */
+static int task_schedule_step(tl_task *task, PyObject *exc)
+{
+    tl_future *f = &task->fut;
+    if (f->tloop != NULL) {
+        if (tl_loop_check_closed(f->tloop) < 0)
+            return -1;
+        Py_XSETREF(task->step_exc, Py_XNewRef(exc));
+        return tl_loop_push_ready(f->tloop, task_step_ready, Py_NewRef((PyObject *)task));
+    }
+    PyObject *step = PyCFunction_New(&task_step_def, (PyObject *)task);
+    if (step == NULL)
+        return -1;
+    int rc = tl_call_soon(f->st, f->loop, NULL, step, exc ? &exc : NULL, exc ? 1 : 0,
+                          task->context);
+    Py_DECREF(step);
+    return rc;
+}
+
+/* The step after this one raises RuntimeError(message) in the coroutine. */
+static int task_error_soon(tl_task *task, const char *format, ...)
+{
+    va_list vargs;
+    va_start(vargs, format);
+    PyObject *msg = PyUnicode_FromFormatV(format, vargs);
+    va_end(vargs);
+    if (msg == NULL)
+        return -1;
+    PyObject *exc = PyObject_CallOneArg(PyExc_RuntimeError, msg);
+    Py_DECREF(msg);
+    if (exc == NULL)
+        return -1;
+    int rc = task_schedule_step(task, exc);
+    Py_DECREF(exc);
+    return rc;
+}
+
+int tl_task_waiter_wake(tl_waiter *w, PyObject *source)
+{
+    /* the reference the future's list held now belongs to us */
+    tl_task *task = tl_task_of_waiter(w);
+    tl_future *f = &task->fut;
+    if (f->tloop != NULL) {
+        if (tl_loop_check_closed(f->tloop) < 0) {
+            Py_DECREF(task);
+            return -1;
+        }
+        /* a future may be set from any thread: wake the loop if it sleeps */
+        return tl_loop_push_ready_threadsafe(f->tloop, task_wakeup_ready, (PyObject *)task);
+    }
+    PyObject *wakeup = tl_task_wakeup_method(task);
+    int rc = wakeup ? tl_call_soon(f->st, f->loop, NULL, wakeup, &source, 1, task->context) : -1;
+    Py_XDECREF(wakeup);
+    Py_DECREF(task);
+    return rc;
+}
+
+/* ---- the step ---------------------------------------------------------- */
+
+static void task_finished(tl_task *task)
+{
+    task_unregister(task);
+}
+
+/* asyncio's checks on a yielded future, in asyncio's order: 0 when the task
+ * may wait on it, 1 when the next step raises instead, -1 on error. */
+static int task_refuse_yield(tl_task *task, PyObject *result, int same_loop, int blocking)
+{
+    int rc;
+    if (!same_loop)
+        rc = task_error_soon(task, "Task %R got Future %R attached to a different loop",
+                             (PyObject *)task, result);
+    else if (!blocking)
+        rc = task_error_soon(task, "yield was used instead of yield from in task %R with %R",
+                             (PyObject *)task, result);
+    else if (result == (PyObject *)task)
+        rc = task_error_soon(task, "Task cannot await on itself: %R", (PyObject *)task);
+    else
+        return 0;
+    return rc < 0 ? -1 : 1;
+}
+
+/* Where the yielded value says to go next (asyncio's
+ * task_step_handle_result_impl). Steals `result`. */
+static int task_handle_yield(tl_task *task, PyObject *result)
+{
+    tl_state *st = task->fut.st;
+    PyObject *loop = task->fut.loop;
+    int rc;
+
+    if (tl_future_check_exact(st, result)) {
+        tl_future *fut = (tl_future *)result;
+        rc = task_refuse_yield(task, result, fut->loop == loop, fut->blocking);
+        if (rc != 0) {
+            Py_DECREF(result);
+            return rc < 0 ? -1 : 0;
+        }
+        fut->blocking = 0;
+        /* wait as a Waiter of the future: the list owns a reference */
+        Py_INCREF(task);
+        task->fut_waiter = result;
+        if (tl_future_add_task_waiter(fut, &task->waiter) == 1 &&
+            tl_task_waiter_wake(&task->waiter, result) < 0)
+            return -1;
+        if (task->must_cancel) {
+            int r = Py_IS_TYPE(result, st->task_type)
+                        ? task_cancel((tl_task *)result, task->fut.cancel_msg)
+                        : tl_future_cancel(fut, task->fut.cancel_msg);
+            if (r < 0)
+                return -1;
+            if (r)
+                task->must_cancel = 0;
+        }
+        return 0;
+    }
+
+    if (result == Py_None) {
+        /* a bare yield gives up one loop iteration (asyncio.sleep(0)) */
+        Py_DECREF(result);
+        return task_schedule_step(task, NULL);
+    }
+
+    PyObject *o;
+    if (getattr_optional(result, st->str_asyncio_future_blocking, &o) < 0) {
+        Py_DECREF(result);
+        return -1;
+    }
+    if (o != NULL && o != Py_None) {
+        /* a future of someone else's: asyncio's protocol */
+        int blocking = PyObject_IsTrue(o);
+        Py_DECREF(o);
+        if (blocking < 0) {
+            Py_DECREF(result);
+            return -1;
+        }
+        PyObject *oloop;
+        PyObject *getloop;
+        int has = getattr_optional(result, st->str_get_loop, &getloop);
+        if (has < 0) {
+            oloop = NULL;
+        } else if (has) {
+            oloop = PyObject_CallNoArgs(getloop);
+            Py_DECREF(getloop);
+        } else {
+            oloop = PyObject_GetAttr(result, st->str_loop_attr);
+        }
+        if (oloop == NULL) {
+            Py_DECREF(result);
+            return -1;
+        }
+        Py_DECREF(oloop);
+        rc = task_refuse_yield(task, result, oloop == loop, blocking);
+        if (rc != 0) {
+            Py_DECREF(result);
+            return rc < 0 ? -1 : 0;
+        }
+        if (PyObject_SetAttr(result, st->str_asyncio_future_blocking, Py_False) < 0) {
+            Py_DECREF(result);
+            return -1;
+        }
+        PyObject *wakeup = tl_task_wakeup_method(task);
+        if (wakeup == NULL) {
+            Py_DECREF(result);
+            return -1;
+        }
+        PyObject *argv[3] = {result, wakeup, task->context};
+        PyObject *r = PyObject_VectorcallMethod(st->str_add_done_callback, argv, 2,
+                                                st->context_kwnames);
+        Py_DECREF(wakeup);
+        if (r == NULL) {
+            Py_DECREF(result);
+            return -1;
+        }
+        Py_DECREF(r);
+        task->fut_waiter = result;
+        if (task->must_cancel) {
+            PyObject *msg = task->fut.cancel_msg ? task->fut.cancel_msg : Py_None;
+            Py_INCREF(msg);
+            r = PyObject_CallMethodOneArg(result, st->str_cancel, msg);
+            Py_DECREF(msg);
+            if (r == NULL)
+                return -1;
+            int is_true = PyObject_IsTrue(r);
+            Py_DECREF(r);
+            if (is_true < 0)
+                return -1;
+            if (is_true)
+                task->must_cancel = 0;
+        }
+        return 0;
+    }
+    Py_XDECREF(o);
+
+    if (PyGen_Check(result)) {
+        rc = task_error_soon(task,
+                             "yield was used instead of yield from for generator in task %R with %R",
+                             (PyObject *)task, result);
+    } else {
+        rc = task_error_soon(task, "Task got bad yield: %R", result);
+    }
+    Py_DECREF(result);
+    return rc;
+}
+
+/* One step of the coroutine, without enter/leave (asyncio's
+ * task_step_impl). 0, or -1 with an exception set: an internal error, or a
+ * KeyboardInterrupt/SystemExit from the coroutine (also stored on the task). */
+static int task_step_impl(tl_task *task, PyObject *exc)
+{
+    tl_state *st = task->fut.st;
+    if (tl_future_state(&task->fut) != TL_FUT_PENDING) {
+        PyErr_Format(st->invalid_state_error, "_step(): already done: %R %R",
+                     (PyObject *)task, exc ? exc : Py_None);
+        return -1;
+    }
+    PyObject *own_exc = NULL;
+    if (task->must_cancel) {
+        if (exc != NULL) {
+            int is_cancel = PyObject_IsInstance(exc, st->cancelled_error);
+            if (is_cancel < 0)
+                return -1;
+            if (!is_cancel)
+                exc = NULL;
+        }
+        if (exc == NULL) {
+            exc = own_exc = tl_future_make_cancelled_error(&task->fut);
+            if (exc == NULL)
+                return -1;
+        }
+        task->must_cancel = 0;
+    }
+    Py_CLEAR(task->fut_waiter);
+
+    PyObject *coro = task->coro;
+    if (coro == NULL) {
+        Py_XDECREF(own_exc);
+        PyErr_SetString(PyExc_RuntimeError, "uninitialized Task object");
+        return -1;
+    }
+    Py_INCREF(coro);
+    PyObject *result = NULL;
+    PySendResult status;
+    if (exc == NULL) {
+        status = PyIter_Send(coro, Py_None, &result);
+    } else {
+        result = PyObject_CallMethodOneArg(coro, st->str_throw, exc);
+        if (result != NULL) {
+            status = PYGEN_NEXT;
+        } else if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            PyObject *stop = PyErr_GetRaisedException();
+            PyObject *value = ((PyStopIterationObject *)stop)->value;
+            result = Py_NewRef(value ? value : Py_None);
+            Py_DECREF(stop);
+            status = PYGEN_RETURN;
+        } else {
+            status = PYGEN_ERROR;
+        }
+    }
+    Py_DECREF(coro);
+    Py_XDECREF(own_exc);
+
+    if (status == PYGEN_NEXT)
+        return task_handle_yield(task, result);
+
+    int rc;
+    if (status == PYGEN_RETURN) {
+        if (task->must_cancel) {
+            /* cancelled right before the coroutine returned */
+            task->must_cancel = 0;
+            rc = tl_future_cancel(&task->fut, task->fut.cancel_msg) < 0 ? -1 : 0;
+        } else {
+            rc = tl_future_set_result(&task->fut, result);
+        }
+        Py_DECREF(result);
+        task_finished(task);
+        return rc;
+    }
+
+    if (PyErr_ExceptionMatches(st->cancelled_error)) {
+        /* kept so that result() re-raises this very exception */
+        Py_XSETREF(task->fut.cancelled_exc, PyErr_GetRaisedException());
+        rc = tl_future_cancel(&task->fut, NULL) < 0 ? -1 : 0;
+        task_finished(task);
+        return rc;
+    }
+    PyObject *error = PyErr_GetRaisedException();
+    if (tl_future_set_exception(&task->fut, error) < 0) {
+        Py_DECREF(error);
+        task_finished(task);
+        return -1;
+    }
+    task_finished(task);
+    if (PyErr_GivenExceptionMatches(error, PyExc_KeyboardInterrupt) ||
+        PyErr_GivenExceptionMatches(error, PyExc_SystemExit)) {
+        PyErr_SetRaisedException(error);
+        return -1;
+    }
+    Py_DECREF(error);
+    return 0;
+}
+
+/* enter_task + step + leave_task (asyncio's task_step). */
+static int task_step(tl_task *task, PyObject *exc)
+{
+    if (enter_task(task) < 0)
+        return -1;
+    int rc = task_step_impl(task, exc);
+    PyObject *error = rc < 0 ? PyErr_GetRaisedException() : NULL;
+    if (leave_task(task) < 0) {
+        if (error == NULL)
+            return -1;
+        PyObject *later = PyErr_GetRaisedException();
+        PyException_SetContext(later, error);
+        PyErr_SetRaisedException(later);
+        return -1;
+    }
+    if (error != NULL)
+        PyErr_SetRaisedException(error);
+    return rc;
+}
+
+/* The exception to throw into the coroutine after waiting on `fut`, or NULL
+ * to send None; -1 when getting it failed. */
+static int task_outcome_of(tl_task *task, PyObject *fut, PyObject **exc)
+{
+    *exc = NULL;
+    if (tl_future_check_exact(task->fut.st, fut)) {
+        PyObject *r;
+        int kind = tl_future_outcome((tl_future *)fut, &r);
+        if (kind == 0) {
+            Py_DECREF(r);
+        } else if (kind == 1) {
+            *exc = r;
+        } else {
+            *exc = PyErr_GetRaisedException();
+        }
+        return 0;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(fut, task->fut.st->str_result);
+    if (r != NULL)
+        Py_DECREF(r);
+    else
+        *exc = PyErr_GetRaisedException();
+    return 0;
+}
+
+/* ---- running from the ready queue -------------------------------------- */
+
+/* A failed step on our loop is reported as asyncio reports a failed
+ * callback: "Exception in callback Task.task_step(...)" with a Handle. */
+static int task_report_error(tl_task *task, PyMethodDef *def, PyObject *arg)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+        PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *fn = PyCFunction_New(def, (PyObject *)task);
+    PyObject *args = fn ? (arg ? PyTuple_Pack(1, arg) : PyTuple_New(0)) : NULL;
+    tl_handle *h = args ? tl_handle_new(task->fut.tloop, fn, &PyTuple_GET_ITEM(args, 0),
+                                        PyTuple_GET_SIZE(args), task->context)
+                        : NULL;
+    int rc = -1;
+    if (h != NULL) {
+        /* never queued, and the exception handler may keep it */
+        if (!PyObject_GC_IsTracked((PyObject *)h))
+            PyObject_GC_Track(h);
+        PyErr_SetRaisedException(exc);
+        exc = NULL;
+        rc = tl_handle_report_error(h, fn, args);
+    }
+    Py_XDECREF(exc);
+    Py_XDECREF((PyObject *)h);
+    Py_XDECREF(args);
+    Py_XDECREF(fn);
+    return rc;
+}
+
+/* Run a step inside the task's context, as the Handle asyncio would have
+ * scheduled does. */
+static int task_run(tl_task *task, PyObject *exc, PyMethodDef *def, PyObject *arg)
+{
+    PyObject *ctx = task->context;
+    int rc;
+    if (TL_LIKELY(ctx != NULL && PyContext_CheckExact(ctx))) {
+        Py_INCREF(ctx);
+        rc = PyContext_Enter(ctx);
+        if (rc == 0) {
+            rc = task_step(task, exc);
+            PyObject *error = rc < 0 ? PyErr_GetRaisedException() : NULL;
+            if (PyContext_Exit(ctx) < 0) {
+                Py_XDECREF(error);
+                rc = -1;
+            } else if (error != NULL) {
+                PyErr_SetRaisedException(error);
+            }
+        }
+        Py_DECREF(ctx);
+    } else {
+        /* a look-alike context object: asyncio calls its run() */
+        PyObject *fn = PyCFunction_New(def, (PyObject *)task);
+        PyObject *r = fn ? (arg ? PyObject_CallMethod(ctx, "run", "OO", fn, arg)
+                                : PyObject_CallMethod(ctx, "run", "O", fn))
+                         : NULL;
+        Py_XDECREF(fn);
+        rc = r ? 0 : -1;
+        Py_XDECREF(r);
+    }
+    if (rc < 0)
+        return task_report_error(task, def, arg);
+    return 0;
+}
+
+static int task_step_ready(tl_loop *loop, PyObject *obj)
+{
+    TL_UNUSED(loop);
+    tl_task *task = (tl_task *)obj;
+    PyObject *exc = task->step_exc;
+    task->step_exc = NULL;
+    int rc = task_run(task, exc, &task_step_def, exc);
+    Py_XDECREF(exc);
+    return rc;
+}
+
+static int task_wakeup_ready(tl_loop *loop, PyObject *obj)
+{
+    TL_UNUSED(loop);
+    tl_task *task = (tl_task *)obj;
+    PyObject *fut = task->fut_waiter;
+    PyObject *exc = NULL;
+    if (fut != NULL) {
+        Py_INCREF(fut);
+        task_outcome_of(task, fut, &exc);
+    }
+    int rc = task_run(task, exc, &task_wakeup_def, fut ? fut : Py_None);
+    Py_XDECREF(exc);
+    Py_XDECREF(fut);
+    return rc;
+}
+
+/* The callables other loops and other futures call. */
+static PyObject *task_wakeup_py(tl_task *task, PyObject *fut)
+{
+    PyObject *exc;
+    task_outcome_of(task, fut, &exc);
+    int rc = task_step(task, exc);
+    Py_XDECREF(exc);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *task_step_py(tl_task *task, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "task_step() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *exc = nargs == 1 && args[0] != Py_None ? args[0] : NULL;
+    if (task_step(task, exc) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---- eager start (3.12+) ------------------------------------------------ */
+
+#if PY_VERSION_HEX >= 0x030C0000
+static int task_eager_start(tl_task *task)
+{
+    tl_state *st = task->fut.st;
+    PyObject *loop = task->fut.loop;
+    PyObject *argv[2] = {loop, (PyObject *)task};
+    PyObject *prev = PyObject_Vectorcall(st->swap_current_task, argv, 2, NULL);
+    if (prev == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(st->register_eager_task, (PyObject *)task);
+    if (r == NULL) {
+        Py_DECREF(prev);
+        return -1;
+    }
+    Py_DECREF(r);
+    if (PyContext_Enter(task->context) < 0) {
+        Py_DECREF(prev);
+        return -1;
+    }
+    int retval = task_step_impl(task, NULL);
+    PyObject *error = retval < 0 ? PyErr_GetRaisedException() : NULL;
+
+    argv[1] = prev;
+    PyObject *cur = PyObject_Vectorcall(st->swap_current_task, argv, 2, NULL);
+    Py_DECREF(prev);
+    if (cur == NULL) {
+        retval = -1;
+        if (error == NULL)
+            error = PyErr_GetRaisedException();
+        else
+            PyErr_Clear();
+    }
+    Py_XDECREF(cur);
+    r = PyObject_CallOneArg(st->unregister_eager_task, (PyObject *)task);
+    if (r == NULL) {
+        retval = -1;
+        if (error == NULL)
+            error = PyErr_GetRaisedException();
+        else
+            PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    if (PyContext_Exit(task->context) < 0) {
+        retval = -1;
+        if (error == NULL)
+            error = PyErr_GetRaisedException();
+        else
+            PyErr_Clear();
+    }
+    if (tl_future_state(&task->fut) == TL_FUT_PENDING) {
+        if (task_register(task) < 0) {
+            retval = -1;
+            if (error == NULL)
+                error = PyErr_GetRaisedException();
+            else
+                PyErr_Clear();
+        }
+    } else {
+        /* done in one go: the coroutine is not needed any more */
+        Py_CLEAR(task->coro);
+    }
+    if (error != NULL)
+        PyErr_SetRaisedException(error);
+    return retval;
+}
+#endif
+
+/* ---- creation ----------------------------------------------------------- */
+
+static int task_is_coroutine(tl_state *st, PyObject *coro)
+{
+    if (PyCoro_CheckExact(coro))
+        return 1;
+    /* asyncio.coroutines.iscoroutine(), remembered per type when true (as
+     * asyncio's C Task does: the answer depends only on the type) */
+    int known = PySet_Contains(st->coro_types, (PyObject *)Py_TYPE(coro));
+    if (known != 0)
+        return known;
+    PyObject *r = PyObject_CallOneArg(st->iscoroutine, coro);
+    if (r == NULL)
+        return -1;
+    int is = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (is > 0 && PySet_GET_SIZE(st->coro_types) < 100 &&
+        PySet_Add(st->coro_types, (PyObject *)Py_TYPE(coro)) < 0)
+        return -1;
+    return is;
+}
+
+/* Undo what a previous __init__ left behind before it runs again. */
+static void task_reset(tl_task *task)
+{
+    if (task->waiter.linked && task->fut_waiter != NULL &&
+        tl_future_check_exact(task->fut.st, task->fut_waiter) &&
+        tl_event_remove(&((tl_future *)task->fut_waiter)->ev, &task->waiter))
+        Py_DECREF(task);    /* the reference the list held */
+    task_unregister(task);
+    Py_CLEAR(task->coro);
+    Py_CLEAR(task->context);
+    Py_CLEAR(task->name);
+    Py_CLEAR(task->fut_waiter);
+    Py_CLEAR(task->step_exc);
+}
+
+static int task_init(tl_task *task, PyObject *coro, PyObject *loop, PyObject *name,
+                     PyObject *context, int eager_start)
+{
+    if (task->fut.loop != NULL)
+        task_reset(task);
+    if (tl_future_init(&task->fut, loop) < 0)
+        return -1;
+    tl_state *st = task->fut.st;
+    task->must_cancel = 0;
+    task->log_destroy_pending = 1;
+    task->num_cancels_requested = 0;
+    int is_coro = task_is_coroutine(st, coro);
+    if (is_coro < 0)
+        return -1;
+    if (!is_coro) {
+        /* the task never ran: do not log it as pending when it dies */
+        task->log_destroy_pending = 0;
+        PyErr_Format(PyExc_TypeError, "a coroutine was expected, got %R", coro);
+        return -1;
+    }
+    if (context == NULL || context == Py_None) {
+        task->context = PyContext_CopyCurrent();
+        if (task->context == NULL)
+            return -1;
+    } else {
+        task->context = Py_NewRef(context);
+    }
+    if (name == NULL || name == Py_None) {
+        task->name_id = atomic_fetch_add_explicit(&st->task_name_counter, 1,
+                                                  memory_order_relaxed) + 1;
+    } else if (PyUnicode_CheckExact(name)) {
+        task->name = Py_NewRef(name);
+    } else {
+        task->name = PyObject_Str(name);
+        if (task->name == NULL)
+            return -1;
+    }
+    task->coro = Py_NewRef(coro);
+
+#if PY_VERSION_HEX >= 0x030C0000
+    if (eager_start) {
+        int running;
+        if (task->fut.tloop != NULL) {
+            running = task->fut.tloop->thread_id != 0;
+        } else {
+            PyObject *r = PyObject_CallMethodNoArgs(task->fut.loop, st->str_is_running);
+            running = r ? PyObject_IsTrue(r) : -1;
+            Py_XDECREF(r);
+        }
+        if (running < 0)
+            return -1;
+        if (running)
+            return task_eager_start(task);
+    }
+#else
+    TL_UNUSED(eager_start);
+#endif
+    if (task_schedule_step(task, NULL) < 0)
+        return -1;
+    return task_register(task);
+}
+
+PyObject *tl_task_new(tl_loop *loop, PyObject *coro, PyObject *name, PyObject *context,
+                      int eager_start)
+{
+    tl_state *st = loop->st;
+    PyTypeObject *tp = st->task_type;
+    tl_task *task = (tl_task *)tp->tp_alloc(tp, 0);
+    if (task == NULL)
+        return NULL;
+    tl_event_init(&task->fut.ev);
+    tl_waiter_init(&task->waiter, TL_WAITER_TASK, tl_task_waiter_wake);
+    task->fut.st = st;
+    if (task_init(task, coro, (PyObject *)loop, name, context, eager_start) < 0) {
+        Py_DECREF(task);
+        return NULL;
+    }
+    return (PyObject *)task;
+}
+
+static PyObject *task_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
+{
+    TL_UNUSED(args);
+    TL_UNUSED(kwds);
+    tl_task *task = (tl_task *)tp->tp_alloc(tp, 0);
+    if (task == NULL)
+        return NULL;
+    tl_event_init(&task->fut.ev);
+    tl_waiter_init(&task->waiter, TL_WAITER_TASK, tl_task_waiter_wake);
+    task->fut.st = tl_state_of_type(tp);
+    if (task->fut.st == NULL) {
+        Py_DECREF(task);
+        return NULL;
+    }
+    return (PyObject *)task;
+}
+
+static int task_tp_init(tl_task *task, PyObject *args, PyObject *kwds)
+{
+    PyObject *coro, *loop = Py_None, *name = Py_None, *context = Py_None;
+    int eager_start = 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    static char *kwlist[] = {"coro", "loop", "name", "context", "eager_start", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$OOOp:Task", kwlist, &coro, &loop,
+                                     &name, &context, &eager_start))
+        return -1;
+#else
+    static char *kwlist[] = {"coro", "loop", "name", "context", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$OOO:Task", kwlist, &coro, &loop,
+                                     &name, &context))
+        return -1;
+#endif
+    return task_init(task, coro, loop, name, context, eager_start);
+}
+
+/* ---- Python methods ---------------------------------------------------- */
+
+static int task_cancel(tl_task *task, PyObject *msg)
+{
+    task->fut.log_tb = 0;
+    if (tl_future_state(&task->fut) != TL_FUT_PENDING)
+        return 0;
+    task->num_cancels_requested += 1;
+    /* (asyncio keeps "if num_cancels_requested > 1: return False"
+     * commented out; so do we) */
+    PyObject *waiter = task->fut_waiter;
+    if (waiter != NULL) {
+        tl_state *st = task->fut.st;
+        int r;
+        Py_INCREF(waiter);
+        if (Py_IS_TYPE(waiter, st->task_type)) {
+            r = task_cancel((tl_task *)waiter, msg);
+        } else if (Py_IS_TYPE(waiter, st->future_type)) {
+            r = tl_future_cancel((tl_future *)waiter, msg);
+        } else {
+            PyObject *res = PyObject_CallMethodOneArg(waiter, st->str_cancel,
+                                                      msg ? msg : Py_None);
+            r = res ? PyObject_IsTrue(res) : -1;
+            Py_XDECREF(res);
+        }
+        Py_DECREF(waiter);
+        if (r < 0)
+            return -1;
+        if (r)
+            return 1;
+    }
+    task->must_cancel = 1;
+    Py_XSETREF(task->fut.cancel_msg, (msg == NULL || msg == Py_None) ? NULL : Py_NewRef(msg));
+    return 1;
+}
+
+static PyObject *task_cancel_py(tl_task *task, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    PyObject *msg;
+    if (tl_parse_cancel_args(args, nargs, kwnames, &msg) < 0)
+        return NULL;
+    int r = task_cancel(task, msg);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *task_cancelling(tl_task *task, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(task->num_cancels_requested);
+}
+
+static PyObject *task_uncancel(tl_task *task, PyObject *Py_UNUSED(ignored))
+{
+    if (task->num_cancels_requested > 0) {
+        task->num_cancels_requested -= 1;
+#if PY_VERSION_HEX >= 0x030D0000
+        if (task->num_cancels_requested == 0)
+            task->must_cancel = 0;
+#endif
+    }
+    return PyLong_FromLong(task->num_cancels_requested);
+}
+
+static PyObject *task_get_name(tl_task *task, PyObject *Py_UNUSED(ignored))
+{
+    if (task->name == NULL) {
+        if (task->name_id == 0)
+            Py_RETURN_NONE;     /* never initialized */
+        task->name = PyUnicode_FromFormat("Task-%llu", (unsigned long long)task->name_id);
+        if (task->name == NULL)
+            return NULL;
+    }
+    return Py_NewRef(task->name);
+}
+
+static PyObject *task_set_name(tl_task *task, PyObject *value)
+{
+    PyObject *name = PyUnicode_CheckExact(value) ? Py_NewRef(value) : PyObject_Str(value);
+    if (name == NULL)
+        return NULL;
+    Py_XSETREF(task->name, name);
+    Py_RETURN_NONE;
+}
+
+static PyObject *task_get_coro(tl_task *task, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(task->coro ? task->coro : Py_None);
+}
+
+#if PY_VERSION_HEX >= 0x030C0000
+static PyObject *task_get_context(tl_task *task, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(task->context ? task->context : Py_None);
+}
+#endif
+
+static int parse_kwonly(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames, const char *const *names, PyObject **values)
+{
+    if (nargs > 0) {
+        PyErr_Format(PyExc_TypeError, "%s() takes no positional arguments", fname);
+        return -1;
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        int found = 0;
+        for (int j = 0; names[j] != NULL; j++) {
+            if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, names[j]) == 0) {
+                values[j] = args[i];
+                found = 1;
+                break;
+            }
+        }
+        if (!found) {
+            tl_kwarg_error(fname, key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *task_get_stack(tl_task *task, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    static const char *const names[] = {"limit", NULL};
+    PyObject *values[1] = {Py_None};
+    if (parse_kwonly("get_stack", args, nargs, kwnames, names, values) < 0)
+        return NULL;
+    return PyObject_CallFunctionObjArgs(task->fut.st->task_get_stack, (PyObject *)task,
+                                        values[0], NULL);
+}
+
+static PyObject *task_print_stack(tl_task *task, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    static const char *const names[] = {"limit", "file", NULL};
+    PyObject *values[2] = {Py_None, Py_None};
+    if (parse_kwonly("print_stack", args, nargs, kwnames, names, values) < 0)
+        return NULL;
+    return PyObject_CallFunctionObjArgs(task->fut.st->task_print_stack, (PyObject *)task,
+                                        values[0], values[1], NULL);
+}
+
+static PyObject *task_set_result(tl_task *task, PyObject *result)
+{
+    TL_UNUSED(task);
+    TL_UNUSED(result);
+    PyErr_SetString(PyExc_RuntimeError, "Task does not support set_result operation");
+    return NULL;
+}
+
+static PyObject *task_set_exception(tl_task *task, PyObject *exc)
+{
+    TL_UNUSED(task);
+    TL_UNUSED(exc);
+    PyErr_SetString(PyExc_RuntimeError, "Task does not support set_exception operation");
+    return NULL;
+}
+
+static PyMethodDef task_methods[] = {
+    {"cancel", (PyCFunction)(void (*)(void))task_cancel_py, METH_FASTCALL | METH_KEYWORDS,
+     "cancel($self, /, msg=None)\n--\n\n"
+     "Request that this task cancel itself.\n\n"
+     "This arranges for a CancelledError to be thrown into the\n"
+     "wrapped coroutine on the next cycle through the event loop.\n"
+     "The coroutine then has a chance to clean up or even deny\n"
+     "the request using try/except/finally.\n\n"
+     "This also increases the task's count of cancellation requests."},
+    {"cancelling", (PyCFunction)task_cancelling, METH_NOARGS,
+     "Return the count of the task's cancellation requests."},
+    {"uncancel", (PyCFunction)task_uncancel, METH_NOARGS,
+     "Decrement the task's count of cancellation requests.\n\n"
+     "Returns the remaining number of cancellation requests."},
+    {"get_name", (PyCFunction)task_get_name, METH_NOARGS, NULL},
+    {"set_name", (PyCFunction)task_set_name, METH_O, NULL},
+    {"get_coro", (PyCFunction)task_get_coro, METH_NOARGS, NULL},
+#if PY_VERSION_HEX >= 0x030C0000
+    {"get_context", (PyCFunction)task_get_context, METH_NOARGS, NULL},
+#endif
+    {"get_stack", (PyCFunction)(void (*)(void))task_get_stack, METH_FASTCALL | METH_KEYWORDS,
+     "get_stack($self, /, *, limit=None)\n--\n\n"
+     "Return the list of stack frames for this task's coroutine."},
+    {"print_stack", (PyCFunction)(void (*)(void))task_print_stack,
+     METH_FASTCALL | METH_KEYWORDS,
+     "print_stack($self, /, *, limit=None, file=None)\n--\n\n"
+     "Print the stack or traceback for this task's coroutine."},
+    {"set_result", (PyCFunction)task_set_result, METH_O, NULL},
+    {"set_exception", (PyCFunction)task_set_exception, METH_O, NULL},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, "See PEP 585"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *get_coro_attr(tl_task *task, void *c)
+{
+    TL_UNUSED(c);
+    return Py_NewRef(task->coro ? task->coro : Py_None);
+}
+
+static PyObject *get_fut_waiter(tl_task *task, void *c)
+{
+    TL_UNUSED(c);
+    return Py_NewRef(task->fut_waiter ? task->fut_waiter : Py_None);
+}
+
+static PyObject *get_must_cancel(tl_task *task, void *c)
+{
+    TL_UNUSED(c);
+    return PyBool_FromLong(task->must_cancel);
+}
+
+static PyObject *get_log_destroy_pending(tl_task *task, void *c)
+{
+    TL_UNUSED(c);
+    return PyBool_FromLong(task->log_destroy_pending);
+}
+
+static int set_log_destroy_pending(tl_task *task, PyObject *v, void *c)
+{
+    TL_UNUSED(c);
+    int on = tl_attr_truth(v);
+    if (on < 0)
+        return -1;
+    task->log_destroy_pending = (uint8_t)on;
+    return 0;
+}
+
+static PyGetSetDef task_getset[] = {
+    {"_coro", (getter)get_coro_attr, NULL, NULL, NULL},
+    {"_fut_waiter", (getter)get_fut_waiter, NULL, NULL, NULL},
+    {"_must_cancel", (getter)get_must_cancel, NULL, NULL, NULL},
+    {"_log_destroy_pending", (getter)get_log_destroy_pending,
+     (setter)set_log_destroy_pending, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* ---- life cycle -------------------------------------------------------- */
+
+static void task_finalize(tl_task *task)
+{
+    tl_future *f = &task->fut;
+    if (f->loop != NULL && tl_future_state(f) == TL_FUT_PENDING && task->log_destroy_pending) {
+        PyObject *exc = PyErr_GetRaisedException();
+        PyObject *message = PyUnicode_FromString("Task was destroyed but it is pending!");
+        PyObject *context = message ? PyDict_New() : NULL;
+        if (context == NULL ||
+            PyDict_SetItemString(context, "task", (PyObject *)task) < 0 ||
+            PyDict_SetItemString(context, "message", message) < 0 ||
+            (f->source_tb != NULL &&
+             PyDict_SetItemString(context, "source_traceback", f->source_tb) < 0)) {
+            PyErr_WriteUnraisable((PyObject *)task);
+        } else {
+            PyObject *r = PyObject_CallMethodOneArg(f->loop, f->st->str_call_exception_handler,
+                                                    context);
+            if (r == NULL)
+                PyErr_WriteUnraisable(f->loop);
+            Py_XDECREF(r);
+        }
+        Py_XDECREF(context);
+        Py_XDECREF(message);
+        PyErr_SetRaisedException(exc);
+    }
+    tl_future_finalize(f);
+}
+
+static int task_traverse(tl_task *task, visitproc visit, void *arg)
+{
+    Py_VISIT(task->coro);
+    Py_VISIT(task->context);
+    Py_VISIT(task->name);
+    Py_VISIT(task->fut_waiter);
+    Py_VISIT(task->step_exc);
+    return tl_future_traverse(&task->fut, visit, arg);
+}
+
+static int task_clear(tl_task *task)
+{
+    Py_CLEAR(task->coro);
+    Py_CLEAR(task->context);
+    Py_CLEAR(task->name);
+    Py_CLEAR(task->fut_waiter);
+    Py_CLEAR(task->step_exc);
+    return tl_future_clear(&task->fut);
+}
+
+static void task_dealloc(tl_task *task)
+{
+    PyTypeObject *tp = Py_TYPE(task);
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)task) < 0)
+        return;     /* resurrected */
+    PyObject_GC_UnTrack(task);
+    if (task->fut.st != NULL)
+        task_unregister(task);
+    Py_CLEAR(task->registry_ref);
+    if (task->fut.weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)task);
+    task_clear(task);
+    tp->tp_free(task);
+    Py_DECREF(tp);
+}
+
+static PyObject *task_repr(tl_task *task)
+{
+    return PyObject_CallOneArg(task->fut.st->task_repr, (PyObject *)task);
+}
+
+static PyType_Slot task_slots[] = {
+    {Py_tp_new, task_tp_new},
+    {Py_tp_init, task_tp_init},
+    {Py_tp_dealloc, task_dealloc},
+    {Py_tp_finalize, task_finalize},
+    {Py_tp_traverse, task_traverse},
+    {Py_tp_clear, task_clear},
+    {Py_tp_repr, task_repr},
+    {Py_tp_methods, task_methods},
+    {Py_tp_getset, task_getset},
+    {Py_tp_doc,
+     "Task(coro, *, loop=None, name=None, context=None, eager_start=False)\n--\n\n"
+     "A coroutine wrapped in a Future."},
+    {0, NULL},
+};
+
+PyType_Spec tl_task_spec = {
+    .name = "tonio_loop._core.Task",
+    .basicsize = sizeof(tl_task),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = task_slots,
+};
