@@ -39,6 +39,7 @@ typedef struct tl_state {
     PyTypeObject *future_type;
     PyTypeObject *future_iter_type;
     PyTypeObject *task_type;
+    PyTypeObject *worker_key_type;   /* tl_dispatch.h */
 
     /* stdlib callables, fetched once at import (the C accelerated ones when
      * asyncio has them) */

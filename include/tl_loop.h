@@ -9,6 +9,7 @@
 #define TL_LOOP_H
 
 #include "tl_common.h"
+#include "tl_lock.h"
 #include <ev.h>
 
 #include "tl_io.h"
@@ -34,6 +35,37 @@ typedef struct {
     size_t len;
     size_t cap;     /* a power of two, or 0 */
 } tl_ready;
+
+/* Double the ring (it keeps its items); -1 with MemoryError set. */
+int tl_ready_grow(tl_ready *q);
+
+/* Append; steals the reference to obj (also on error). */
+static inline int tl_ready_push(tl_ready *q, tl_ready_fn fn, PyObject *obj)
+{
+    if (TL_UNLIKELY(q->len == q->cap) && tl_ready_grow(q) < 0) {
+        Py_DECREF(obj);
+        return -1;
+    }
+    tl_ready_item *it = &q->items[(q->head + q->len) & (q->cap - 1)];
+    it->fn = fn;
+    it->obj = obj;
+    q->len++;
+    return 0;
+}
+
+/* Take the first item; the queue must not be empty. */
+static inline tl_ready_item tl_ready_pop(tl_ready *q)
+{
+    tl_ready_item it = q->items[q->head];
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->len--;
+    return it;
+}
+
+/* Drop every item and the ring's memory. */
+void tl_ready_clear(tl_ready *q);
+
+struct tl_dispatch;
 
 typedef struct tl_loop {
     PyObject_HEAD
@@ -80,7 +112,43 @@ typedef struct tl_loop {
     PyMutex inbox_lock;         /* guards inbox */
     tl_ready inbox;             /* call_soon_threadsafe from other threads */
 #endif
+
+    /* Threads (tl_dispatch.h). A loop is "shared" when threads other than
+     * the one running it may touch libev, the fd table and the timer heap:
+     * with worker threads, and always without the GIL. Those go through
+     * ev_mutex then (tl_loop_ev_lock); the running loop holds it except while
+     * it sleeps in the poll, as libev's manual recommends for threads. */
+    struct tl_dispatch *dispatch;   /* NULL: the classic single thread */
+    char shared;
+    tl_mutex ev_mutex;
+    _Atomic unsigned long ev_owner; /* thread holding ev_mutex, 0: none */
 } tl_loop;
+
+/* Take ev_mutex unless this thread holds it already or the loop is not
+ * shared; 1 when taken (hand it to tl_loop_ev_unlock). */
+static inline int tl_loop_ev_lock(tl_loop *loop)
+{
+    if (TL_LIKELY(!loop->shared))
+        return 0;
+    unsigned long me = PyThread_get_thread_ident();
+    if (atomic_load_explicit(&loop->ev_owner, memory_order_relaxed) == me)
+        return 0;
+    tl_mutex_lock(&loop->ev_mutex);
+    atomic_store_explicit(&loop->ev_owner, me, memory_order_relaxed);
+    return 1;
+}
+
+static inline void tl_loop_ev_unlock(tl_loop *loop, int locked)
+{
+    if (locked) {
+        atomic_store_explicit(&loop->ev_owner, 0, memory_order_relaxed);
+        tl_mutex_unlock(&loop->ev_mutex);
+    }
+}
+
+/* After a change to watchers or timers made from another thread than the one
+ * running the loop: wake it so its poll takes notice. */
+void tl_loop_ev_changed(tl_loop *loop);
 
 /* The Loop type's spec, with the method tables of every file joined. */
 PyType_Spec *tl_loop_spec_ready(void);
@@ -96,6 +164,9 @@ void tl_loop_unqueue(PyObject *obj);
 
 /* GC traversal of an object a queue holds. */
 int tl_loop_visit_queued(PyObject *obj, visitproc visit, void *arg);
+
+/* Run one ready item as the loop does (debug mode: timed, slow ones logged). */
+int tl_loop_run_ready(tl_loop *loop, tl_ready_item it);
 
 /* The ready_fn that runs a Handle. */
 int tl_handle_ready_fn(tl_loop *loop, PyObject *obj);

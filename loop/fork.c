@@ -6,6 +6,7 @@
 
 #include "tl_fork.h"
 #include "tl_loop.h"
+#include "tl_dispatch.h"
 
 /* Process-wide: a fork affects every interpreter's loops alike. */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -29,6 +30,13 @@ static void fork_child(void)
     for (tl_loop *loop = registry_head; loop != NULL; loop = loop->fork_next) {
         if (loop->ev != NULL)
             ev_loop_fork(loop->ev);
+        /* only the forking thread came along: a lock another thread held
+         * would stay held */
+        if (atomic_load(&loop->ev_owner) != (unsigned long)pthread_self()) {
+            tl_mutex_reinit(&loop->ev_mutex);
+            atomic_store(&loop->ev_owner, 0);
+        }
+        tl_dispatch_fork_child(loop);
         if (loop->signal_wakeup_set)
             loop->signal_forked = 1;
     }

@@ -4,6 +4,7 @@
 #include "tl_handle.h"
 #include "tl_loop.h"
 #include "tl_timer.h"
+#include "tl_lock.h"
 
 static tl_handle *handle_alloc(tl_state *st)
 {
@@ -194,21 +195,32 @@ fail:
 int tl_handle_run(tl_handle *h)
 {
     /* The callback may cancel its own handle, which drops these references:
-     * hold our own for the duration of the call. */
+     * hold our own for the duration of the call. cancel() may come from
+     * another thread (a worker, a free-threaded caller): take them together
+     * with the check, in the handle's critical section. */
     PyObject *stack[1 + TL_HANDLE_INLINE_ARGS];
-    PyObject *callback = Py_NewRef(h->callback);
-    PyObject *argtuple = Py_XNewRef(h->argtuple);
-    Py_ssize_t nargs = h->nargs;
+    PyObject *callback = NULL, *argtuple = NULL, *context = NULL;
+    Py_ssize_t nargs = 0;
+    Py_BEGIN_CRITICAL_SECTION(h);
+    if (!h->cancelled && h->callback != NULL) {
+        callback = Py_NewRef(h->callback);
+        argtuple = Py_XNewRef(h->argtuple);
+        nargs = h->nargs;
+        if (argtuple == NULL)
+            for (Py_ssize_t i = 1; i <= nargs; i++)
+                stack[i] = Py_NewRef(h->argv[i]);
+        context = Py_NewRef(h->context);
+    }
+    Py_END_CRITICAL_SECTION();
+    if (callback == NULL)
+        return 0;
     PyObject *const *argv;
     if (argtuple != NULL) {
         argv = &PyTuple_GET_ITEM(argtuple, 0);
     } else {
         stack[0] = NULL;
-        for (Py_ssize_t i = 1; i <= nargs; i++)
-            stack[i] = Py_NewRef(h->argv[i]);
         argv = stack + 1;
     }
-    PyObject *context = Py_NewRef(h->context);
     PyObject *res;
     if (TL_LIKELY(PyContext_CheckExact(context))) {
         if (PyContext_Enter(context) < 0) {
@@ -270,10 +282,7 @@ int tl_handle_run(tl_handle *h)
 int tl_handle_ready_fn(tl_loop *loop, PyObject *obj)
 {
     TL_UNUSED(loop);
-    tl_handle *h = (tl_handle *)obj;
-    if (h->cancelled)
-        return 0;
-    return tl_handle_run(h);
+    return tl_handle_run((tl_handle *)obj);
 }
 
 int tl_ready_call_run(tl_loop *loop, PyObject *obj)
@@ -368,7 +377,9 @@ static PyObject *handle_cancel(tl_handle *h, PyObject *Py_UNUSED(ignored))
         Py_RETURN_NONE;
     if (h->is_timer)
         tl_timer_unschedule((tl_timer_handle *)h);
+    Py_BEGIN_CRITICAL_SECTION(h);
     h->cancelled = 1;
+    Py_END_CRITICAL_SECTION();
     if (h->loop != NULL && h->loop->debug) {
         /* keep callback and arguments visible in "Executing ..." warnings */
         PyObject *r = PyObject_Repr((PyObject *)h);
@@ -376,7 +387,20 @@ static PyObject *handle_cancel(tl_handle *h, PyObject *Py_UNUSED(ignored))
             return NULL;
         Py_XSETREF(h->repr, r);
     }
-    tl_handle_clear_call(h);
+    /* the references go after the section: their finalizers may run code */
+    PyObject *drop[2 + TL_HANDLE_INLINE_ARGS] = {NULL};
+    Py_BEGIN_CRITICAL_SECTION(h);
+    drop[0] = h->callback;
+    drop[1] = h->argtuple;
+    for (Py_ssize_t i = 1; i <= TL_HANDLE_INLINE_ARGS; i++) {
+        drop[1 + i] = h->argv[i];
+        h->argv[i] = NULL;
+    }
+    h->callback = NULL;
+    h->argtuple = NULL;
+    Py_END_CRITICAL_SECTION();
+    for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+        Py_XDECREF(drop[i]);
     Py_RETURN_NONE;
 }
 

@@ -133,20 +133,23 @@ int tl_io_fileobj_to_fd(PyObject *fileobj)
 /* asyncio._ensure_fd_no_transport */
 static int io_ensure_no_transport(tl_loop *loop, PyObject *fileobj, int fd)
 {
+    int locked = tl_loop_ev_lock(loop);
     tl_io_watch *iw = io_lookup(loop, fd);
-    if (iw == NULL || iw->owner == NULL)
+    PyObject *owner = iw != NULL ? Py_XNewRef(iw->owner) : NULL;
+    tl_loop_ev_unlock(loop, locked);
+    if (owner == NULL)
         return 0;
-    PyObject *closing = PyObject_CallMethod(iw->owner, "is_closing", NULL);
+    int rc = -1;
+    PyObject *closing = PyObject_CallMethod(owner, "is_closing", NULL);
     int is_closing = closing ? PyObject_IsTrue(closing) : -1;
     Py_XDECREF(closing);
-    if (is_closing < 0)
-        return -1;
-    if (!is_closing) {
+    if (is_closing == 0)
         PyErr_Format(PyExc_RuntimeError,
-                     "File descriptor %R is used by transport %R", fileobj, iw->owner);
-        return -1;
-    }
-    return 0;
+                     "File descriptor %R is used by transport %R", fileobj, owner);
+    else if (is_closing > 0)
+        rc = 0;
+    Py_DECREF(owner);
+    return rc;
 }
 
 /* epoll refuses what cannot be polled; asyncio's selector raises that
@@ -185,16 +188,23 @@ static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
     if (h == NULL)
         return NULL;
     /* held by the fd table, which visits it like any object */
-    PyObject_GC_Track(h);
+    if (!PyObject_GC_IsTracked((PyObject *)h))
+        PyObject_GC_Track(h);
+    int locked = tl_loop_ev_lock(loop);
     tl_io_watch *iw = io_get_or_create(loop, fd);
+    PyObject *old = NULL;
+    if (iw != NULL) {
+        PyObject **slot = writing ? &iw->writer : &iw->reader;
+        old = *slot;
+        *slot = Py_NewRef(h);
+        io_update(loop, iw);
+    }
+    tl_loop_ev_unlock(loop, locked);
     if (iw == NULL) {
         Py_DECREF(h);
         return NULL;
     }
-    PyObject **slot = writing ? &iw->writer : &iw->reader;
-    PyObject *old = *slot;
-    *slot = Py_NewRef(h);
-    io_update(loop, iw);
+    tl_loop_ev_changed(loop);
     if (old != NULL) {
         /* asyncio cancels the handle it replaces */
         PyObject *r = PyObject_CallMethod(old, "cancel", NULL);
@@ -217,15 +227,19 @@ static PyObject *io_remove(tl_loop *loop, PyObject *fileobj, int writing, int ch
         return NULL;
     if (loop->closed)
         Py_RETURN_FALSE;
+    int locked = tl_loop_ev_lock(loop);
     tl_io_watch *iw = io_lookup(loop, fd);
-    if (iw == NULL)
-        Py_RETURN_FALSE;
-    PyObject **slot = writing ? &iw->writer : &iw->reader;
-    PyObject *old = *slot;
-    *slot = NULL;
-    io_update(loop, iw);
+    PyObject *old = NULL;
+    if (iw != NULL) {
+        PyObject **slot = writing ? &iw->writer : &iw->reader;
+        old = *slot;
+        *slot = NULL;
+        io_update(loop, iw);
+    }
+    tl_loop_ev_unlock(loop, locked);
     if (old == NULL)
         Py_RETURN_FALSE;
+    tl_loop_ev_changed(loop);
     PyObject *r = PyObject_CallMethod(old, "cancel", NULL);
     Py_DECREF(old);
     if (r == NULL)
@@ -302,19 +316,23 @@ PyMethodDef tl_io_loop_methods[] = {
 
 int tl_io_set_owner(tl_loop *loop, int fd, PyObject *owner)
 {
+    int locked = tl_loop_ev_lock(loop);
+    int rc = 0;
     if (owner == NULL) {
         tl_io_watch *iw = io_lookup(loop, fd);
         if (iw != NULL) {
             iw->owner = NULL;
             io_update(loop, iw);
         }
-        return 0;
+    } else {
+        tl_io_watch *iw = io_get_or_create(loop, fd);
+        if (iw == NULL)
+            rc = -1;
+        else
+            iw->owner = owner;
     }
-    tl_io_watch *iw = io_get_or_create(loop, fd);
-    if (iw == NULL)
-        return -1;
-    iw->owner = owner;
-    return 0;
+    tl_loop_ev_unlock(loop, locked);
+    return rc;
 }
 
 void tl_io_table_clear(tl_loop *loop)

@@ -5,6 +5,7 @@
  * that asyncio writes in Python (executors, async generator shutdown, the
  * default exception handler) are borrowed from it by tonio_loop/_loop.py.
  */
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <time.h>
@@ -15,6 +16,7 @@
 #include "tl_future.h"
 #include "tl_task.h"
 #include "tl_fork.h"
+#include "tl_dispatch.h"
 
 /* asyncio's MAXIMUM_SELECT_TIMEOUT: never sleep longer than a day at once */
 #define TL_MAX_POLL_TIMEOUT (24.0 * 3600.0)
@@ -40,43 +42,25 @@ double tl_loop_time(tl_loop *loop)
 
 /* ---- the ready queue: a ring buffer of (fn, obj) ----------------------- */
 
-static int ready_grow(tl_ready *q)
+int tl_ready_grow(tl_ready *q)
 {
     size_t cap = q->cap ? q->cap * 2 : 256;
-    tl_ready_item *items = PyMem_Malloc(cap * sizeof(*items));
+    tl_ready_item *items = PyMem_RawMalloc(cap * sizeof(*items));
     if (items == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     for (size_t i = 0; i < q->len; i++)
         items[i] = q->items[(q->head + i) & (q->cap - 1)];
-    PyMem_Free(q->items);
+    PyMem_RawFree(q->items);
     q->items = items;
     q->head = 0;
     q->cap = cap;
     return 0;
 }
 
-static inline int ready_push(tl_ready *q, tl_ready_fn fn, PyObject *obj)
-{
-    if (TL_UNLIKELY(q->len == q->cap) && ready_grow(q) < 0) {
-        Py_DECREF(obj);
-        return -1;
-    }
-    tl_ready_item *it = &q->items[(q->head + q->len) & (q->cap - 1)];
-    it->fn = fn;
-    it->obj = obj;
-    q->len++;
-    return 0;
-}
-
-static inline tl_ready_item ready_pop(tl_ready *q)
-{
-    tl_ready_item it = q->items[q->head];
-    q->head = (q->head + 1) & (q->cap - 1);
-    q->len--;
-    return it;
-}
+#define ready_push tl_ready_push
+#define ready_pop tl_ready_pop
 
 void tl_loop_unqueue(PyObject *obj)
 {
@@ -98,21 +82,32 @@ int tl_loop_visit_queued(PyObject *obj, visitproc visit, void *arg)
     return 0;
 }
 
-static void ready_clear(tl_ready *q)
+void tl_ready_clear(tl_ready *q)
 {
     while (q->len) {
         tl_ready_item it = ready_pop(q);
         tl_loop_unqueue(it.obj);
     }
-    PyMem_Free(q->items);
+    PyMem_RawFree(q->items);
     q->items = NULL;
     q->cap = 0;
     q->head = 0;
 }
 
+#define ready_clear tl_ready_clear
+
 int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
 {
+    if (TL_UNLIKELY(loop->dispatch != NULL))
+        return tl_dispatch_push_callback(loop, fn, obj);
     return ready_push(&loop->ready, fn, obj);
+}
+
+void tl_loop_ev_changed(tl_loop *loop)
+{
+    unsigned long running = loop->thread_id;
+    if (running != 0 && running != PyThread_get_thread_ident() && loop->ev != NULL)
+        ev_async_send(loop->ev, &loop->wakeup);
 }
 
 #ifdef Py_GIL_DISABLED
@@ -145,6 +140,8 @@ int tl_loop_check_closed(tl_loop *loop)
 int tl_loop_check_thread(tl_loop *loop)
 {
     if (loop->thread_id == 0 || loop->thread_id == PyThread_get_thread_ident())
+        return 0;
+    if (loop->dispatch != NULL && tl_dispatch_on_worker(loop))
         return 0;
     PyErr_SetString(PyExc_RuntimeError,
                     "Non-thread-safe operation invoked on an event loop other "
@@ -263,6 +260,11 @@ void tl_loop_defer_error(tl_loop *loop)
 static void loop_release_cb(struct ev_loop *ev)
 {
     tl_loop *loop = ev_userdata(ev);
+    if (loop->shared) {
+        /* other threads may change watchers while we sleep (tl_loop.h) */
+        atomic_store_explicit(&loop->ev_owner, 0, memory_order_relaxed);
+        tl_mutex_unlock(&loop->ev_mutex);
+    }
     if (loop->poll_blocking)
         loop->tstate = PyEval_SaveThread();
 }
@@ -274,6 +276,11 @@ static void loop_acquire_cb(struct ev_loop *ev)
         PyThreadState *ts = loop->tstate;
         loop->tstate = NULL;
         PyEval_RestoreThread(ts);
+    }
+    if (loop->shared) {
+        tl_mutex_lock(&loop->ev_mutex);
+        atomic_store_explicit(&loop->ev_owner, PyThread_get_thread_ident(),
+                              memory_order_relaxed);
     }
 }
 
@@ -345,14 +352,54 @@ static int loop_poll(tl_loop *loop)
     return PyErr_CheckSignals();
 }
 
+/* One poll of a threaded loop, on its thread, ev_mutex held: sleep (when
+ * `block`) until I/O, a timer, a signal or a wake-up from a worker; queue
+ * what fired for the workers. */
+static int loop_poll_threads(tl_loop *loop, int block)
+{
+    int flags = EVRUN_NOWAIT;
+    if (block) {
+        flags = EVRUN_ONCE;
+        if (loop->timers.len) {
+            double timeout = tl_timer_heap_next(&loop->timers) - tl_monotonic();
+            if (timeout <= 0) {
+                flags = EVRUN_NOWAIT;
+            } else {
+                if (timeout > TL_MAX_POLL_TIMEOUT)
+                    timeout = TL_MAX_POLL_TIMEOUT;
+                ev_now_update(loop->ev);
+                ev_timer_stop(loop->ev, &loop->timer);
+                ev_timer_set(&loop->timer, timeout, 0.0);
+                ev_timer_start(loop->ev, &loop->timer);
+            }
+        }
+    }
+    loop->poll_blocking = flags == EVRUN_ONCE;
+    ev_run(loop->ev, flags);
+    loop->poll_blocking = 0;
+    if (loop->pending_exc != NULL) {
+        PyObject *exc = loop->pending_exc;
+        loop->pending_exc = NULL;
+        PyErr_SetRaisedException(exc);
+        return -1;
+    }
+    if (loop->timers.len && tl_timer_heap_expire(loop, tl_monotonic()) < 0)
+        return -1;
+    return PyErr_CheckSignals();
+}
+
 static int loop_run_ready_debug(tl_loop *loop, tl_ready_item it)
 {
     int is_handle = PyObject_TypeCheck(it.obj, loop->st->handle_type);
-    Py_XSETREF(loop->current_handle, Py_NewRef(is_handle ? it.obj : Py_None));
+    /* with workers several callbacks run at once: no single current one */
+    int track = loop->dispatch == NULL;
+    if (track)
+        Py_XSETREF(loop->current_handle, Py_NewRef(is_handle ? it.obj : Py_None));
     double t0 = tl_monotonic();
     int rc = it.fn(loop, it.obj);
     double dt = tl_monotonic() - t0;
-    Py_CLEAR(loop->current_handle);
+    if (track)
+        Py_CLEAR(loop->current_handle);
     if (rc < 0 || dt < loop->slow_callback_duration)
         return rc;
     PyObject *what;
@@ -375,15 +422,23 @@ static int loop_run_ready_debug(tl_loop *loop, tl_ready_item it)
     return 0;
 }
 
+int tl_loop_run_ready(tl_loop *loop, tl_ready_item it)
+{
+    return TL_UNLIKELY(loop->debug) ? loop_run_ready_debug(loop, it) : it.fn(loop, it.obj);
+}
+
 static int loop_run_once(tl_loop *loop)
 {
-    if (loop_poll(loop) < 0)
-        return -1;
+    int locked = tl_loop_ev_lock(loop);
+    int rc = loop_poll(loop);
 #ifdef Py_GIL_DISABLED
-    if (inbox_drain(loop) < 0)
-        return -1;
+    if (rc == 0)
+        rc = inbox_drain(loop);
 #endif
-    if (loop->timers.len && tl_timer_heap_expire(loop, tl_monotonic()) < 0)
+    if (rc == 0 && loop->timers.len)
+        rc = tl_timer_heap_expire(loop, tl_monotonic());
+    tl_loop_ev_unlock(loop, locked);
+    if (rc < 0)
         return -1;
     /* Run what is ready now; callbacks scheduled by these wait for the next
      * iteration, after another poll (asyncio's rule). */
@@ -484,8 +539,16 @@ static PyObject *loop_run_forever_cleanup(tl_loop *loop, PyObject *Py_UNUSED(ign
     Py_RETURN_NONE;
 }
 
+static PyObject *loop_run_forever(tl_loop *loop, PyObject *Py_UNUSED(ignored));
+
 static PyObject *loop_run_once_py(tl_loop *loop, PyObject *Py_UNUSED(ignored))
 {
+    if (loop->dispatch != NULL) {
+        /* the workers run on their own: one iteration is one run with
+         * stop() requested up front */
+        loop->stopping = 1;
+        return loop_run_forever(loop, NULL);
+    }
     if (loop_run_once(loop) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -498,10 +561,16 @@ static PyObject *loop_run_forever(tl_loop *loop, PyObject *Py_UNUSED(ignored))
         return NULL;
     Py_DECREF(r);
     int rc;
-    for (;;) {
-        rc = loop_run_once(loop);
-        if (rc < 0 || loop->stopping)
-            break;
+    if (loop->dispatch != NULL) {
+        int locked = tl_loop_ev_lock(loop);
+        rc = tl_dispatch_run(loop, loop_poll_threads);
+        tl_loop_ev_unlock(loop, locked);
+    } else {
+        for (;;) {
+            rc = loop_run_once(loop);
+            if (rc < 0 || loop->stopping)
+                break;
+        }
     }
     r = loop_run_forever_cleanup(loop, NULL);
     if (rc < 0) {
@@ -595,6 +664,8 @@ fail:
 static PyObject *loop_stop(tl_loop *loop, PyObject *Py_UNUSED(ignored))
 {
     loop->stopping = 1;
+    if (loop->dispatch != NULL)
+        tl_dispatch_stop(loop);
     Py_RETURN_NONE;
 }
 
@@ -610,6 +681,7 @@ static PyObject *loop_is_closed(tl_loop *loop, PyObject *Py_UNUSED(ignored))
 
 static void loop_free_ev(tl_loop *loop)
 {
+    tl_dispatch_destroy(loop);
     ready_clear(&loop->ready);
 #ifdef Py_GIL_DISABLED
     ready_clear(&loop->inbox);
@@ -733,7 +805,10 @@ static PyObject *loop_call_soon(tl_loop *loop, PyObject *const *args,
     tl_handle *h = tl_handle_new(loop, args[0], args + 1, nargs - 1, context);
     if (h == NULL)
         return NULL;
-    if (ready_push(&loop->ready, tl_handle_ready_fn, Py_NewRef(h)) < 0) {
+    int rc = TL_LIKELY(loop->dispatch == NULL)
+                 ? ready_push(&loop->ready, tl_handle_ready_fn, Py_NewRef(h))
+                 : tl_dispatch_push_callback(loop, tl_handle_ready_fn, Py_NewRef(h));
+    if (rc < 0) {
         Py_DECREF(h);
         return NULL;
     }
@@ -761,6 +836,8 @@ static PyObject *loop_call_soon_threadsafe_impl(tl_loop *loop, PyObject *callbac
 
 int tl_loop_push_ready_threadsafe(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
 {
+    if (loop->dispatch != NULL)
+        return tl_dispatch_push_callback(loop, fn, obj);
     int own_thread = loop->thread_id == PyThread_get_thread_ident();
     int rc;
 #ifdef Py_GIL_DISABLED
@@ -1031,7 +1108,16 @@ static int set_task_factory_attr(tl_loop *loop, PyObject *v, void *c)
     return 0;
 }
 
+static PyObject *get_threads(tl_loop *loop, void *c)
+{
+    TL_UNUSED(c);
+    return PyLong_FromLong(tl_dispatch_nthreads(loop));
+}
+
 static PyGetSetDef loop_getset[] = {
+    {"threads", (getter)get_threads, NULL,
+     "How many worker threads run the loop's callbacks and tasks (0: none, the\n"
+     "classic single-threaded loop).", NULL},
     {"_debug", (getter)get_debug_attr, (setter)set_debug_attr, NULL, NULL},
     {"_stopping", (getter)get_stopping, (setter)set_stopping, NULL, NULL},
     {"_closed", (getter)get_closed, NULL, NULL, NULL},
@@ -1084,6 +1170,9 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
     loop->st = st;
     loop->slow_callback_duration = 0.1;
     loop->signal_fds[0] = loop->signal_fds[1] = -1;
+#ifdef Py_GIL_DISABLED
+    loop->shared = 1;   /* any thread may call in, none is held back */
+#endif
     if (loop_ev_init(loop) < 0) {
         Py_DECREF(loop);
         return NULL;
@@ -1101,10 +1190,35 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
 
 static int loop_init(tl_loop *loop, PyObject *args, PyObject *kwds)
 {
-    TL_UNUSED(loop);
-    static char *kwlist[] = {NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Loop", kwlist))
+    static char *kwlist[] = {"threads", NULL};
+    PyObject *threads = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Loop", kwlist, &threads))
         return -1;
+    if (threads == NULL || threads == Py_None)
+        return 0;
+    if (!PyLong_Check(threads) || PyBool_Check(threads)) {
+        PyErr_Format(PyExc_TypeError, "threads must be an int, not %s",
+                     Py_TYPE(threads)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long n = PyLong_AsLongAndOverflow(threads, &overflow);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || n < 0 || n > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "threads must be >= 0, got %R", threads);
+        return -1;
+    }
+    if (n == tl_dispatch_nthreads(loop))
+        return 0;
+    if (loop->dispatch != NULL || loop->thread_id != 0 || loop->closed) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the number of threads of a loop is fixed when it is made");
+        return -1;
+    }
+    if (tl_dispatch_create(loop, (int)n) < 0)
+        return -1;
+    loop->shared = 1;
     return 0;
 }
 
@@ -1126,6 +1240,8 @@ static int loop_traverse(tl_loop *loop, visitproc visit, void *arg)
     }
     if (tl_timer_heap_traverse(&loop->timers, visit, arg))
         return -1;
+    if (tl_dispatch_traverse(loop, visit, arg))
+        return -1;
     return tl_io_table_traverse(&loop->io, visit, arg);
 }
 
@@ -1139,6 +1255,7 @@ static int loop_clear(tl_loop *loop)
     Py_CLEAR(loop->old_agen_hooks);
     Py_CLEAR(loop->signal_handlers);
     ready_clear(&loop->ready);
+    tl_dispatch_clear(loop);
     tl_timer_heap_clear(&loop->timers);
     tl_io_table_clear(loop);
     return 0;

@@ -9,6 +9,7 @@
 #include "tl_future.h"
 #include "tl_task.h"
 #include "tl_fork.h"
+#include "tl_dispatch.h"
 
 static PyObject *import_attr(const char *module, const char *name)
 {
@@ -79,7 +80,8 @@ static int core_exec(PyObject *module)
         add_type(module, &st->event_type, &tl_event_spec, NULL) < 0 ||
         add_type(module, &st->future_type, &tl_future_spec, NULL) < 0 ||
         add_type(module, &st->future_iter_type, &tl_future_iter_spec, NULL) < 0 ||
-        add_type(module, &st->task_type, &tl_task_spec, (PyObject *)st->future_type) < 0)
+        add_type(module, &st->task_type, &tl_task_spec, (PyObject *)st->future_type) < 0 ||
+        add_type(module, &st->worker_key_type, &tl_worker_key_spec, NULL) < 0)
         return -1;
     /* what create_future()/create_task() make: ours */
     st->future_cls = Py_NewRef((PyObject *)st->future_type);
@@ -166,6 +168,7 @@ static int core_exec(PyObject *module)
 #define TL_STATE_OBJECTS(X)                                                   \
     X(loop_type) X(handle_type) X(timer_handle_type)                          \
     X(event_type) X(future_type) X(future_iter_type) X(task_type)             \
+    X(worker_key_type)                                                        \
     X(fast_loop_type) X(cancelled_error) X(invalid_state_error)               \
     X(get_event_loop) X(future_repr) X(task_repr) X(task_get_stack)           \
     X(task_print_stack) X(coro_types) X(enter_task)                           \

@@ -279,7 +279,8 @@ static PyObject *loop_add_signal_handler(tl_loop *loop, PyObject *const *args,
     tl_handle *h = tl_handle_new(loop, callback, args + 2, nargs - 2, NULL);
     if (h == NULL)
         return NULL;
-    PyObject_GC_Track(h);   /* held by the handler table */
+    if (!PyObject_GC_IsTracked((PyObject *)h))
+        PyObject_GC_Track(h);   /* held by the handler table */
     if (loop->signal_handlers == NULL && (loop->signal_handlers = PyDict_New()) == NULL) {
         Py_DECREF(h);
         return NULL;

@@ -16,10 +16,22 @@ static inline int timer_before(tl_timer_handle *a, tl_timer_handle *b)
     return a->key < b->key || (a->key == b->key && a->seq < b->seq);
 }
 
+/* A timer's slot is read without the lock by cancel() (a fired timer needs
+ * no lock): relaxed atomic accesses, plain moves on every machine. */
+static inline void slot_set(tl_timer_handle *t, Py_ssize_t i)
+{
+    __atomic_store_n(&t->slot, i, __ATOMIC_RELAXED);
+}
+
+static inline Py_ssize_t slot_get(tl_timer_handle *t)
+{
+    return __atomic_load_n(&t->slot, __ATOMIC_RELAXED);
+}
+
 static inline void heap_set(tl_timer_heap *heap, Py_ssize_t i, tl_timer_handle *t)
 {
     heap->items[i] = t;
-    t->slot = i;
+    slot_set(t, i);
 }
 
 static void heap_sift_up(tl_timer_heap *heap, Py_ssize_t i)
@@ -67,8 +79,8 @@ static int heap_push(tl_timer_heap *heap, tl_timer_handle *t)
     }
     Py_INCREF(t);
     heap->items[heap->len] = t;
-    t->slot = heap->len++;
-    heap_sift_up(heap, t->slot);
+    slot_set(t, heap->len++);
+    heap_sift_up(heap, heap->len - 1);
     return 0;
 }
 
@@ -77,7 +89,7 @@ static tl_timer_handle *heap_take(tl_timer_heap *heap, Py_ssize_t i)
 {
     tl_timer_handle *t = heap->items[i];
     tl_timer_handle *last = heap->items[--heap->len];
-    t->slot = -1;
+    slot_set(t, -1);
     if (last != t) {
         heap_set(heap, i, last);
         if (i > 0 && timer_before(last, heap->items[(i - 1) / 2]))
@@ -127,10 +139,15 @@ int tl_timer_heap_traverse(tl_timer_heap *heap, visitproc visit, void *arg)
 
 void tl_timer_unschedule(tl_timer_handle *t)
 {
-    if (t->slot < 0 || t->base.loop == NULL)
+    tl_loop *loop = t->base.loop;
+    if (slot_get(t) < 0 || loop == NULL)
         return;
-    tl_timer_handle *taken = heap_take(&t->base.loop->timers, t->slot);
-    tl_loop_unqueue((PyObject *)taken);
+    int locked = tl_loop_ev_lock(loop);
+    Py_ssize_t slot = slot_get(t);
+    tl_timer_handle *taken = slot >= 0 ? heap_take(&loop->timers, slot) : NULL;
+    tl_loop_ev_unlock(loop, locked);
+    if (taken != NULL)
+        tl_loop_unqueue((PyObject *)taken);
 }
 
 /* ---- TimerHandle ------------------------------------------------------ */
@@ -176,12 +193,22 @@ tl_timer_handle *tl_timer_schedule(tl_loop *loop, double when,
     t->when = when;
     /* asyncio fires a NaN deadline at once: order it before everything */
     t->key = isnan(when) ? -INFINITY : when;
-    t->seq = loop->timers.seq++;
-    if (tl_handle_init(&t->base, loop, callback, args, nargs, context) < 0 ||
-        heap_push(&loop->timers, t) < 0) {
+    if (tl_handle_init(&t->base, loop, callback, args, nargs, context) < 0) {
         Py_DECREF(t);
         return NULL;
     }
+    int locked = tl_loop_ev_lock(loop);
+    t->seq = loop->timers.seq++;
+    int rc = heap_push(&loop->timers, t);
+    int first = rc == 0 && t->slot == 0;
+    tl_loop_ev_unlock(loop, locked);
+    if (rc < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    /* a new earliest deadline from another thread: re-arm the poll */
+    if (TL_UNLIKELY(loop->shared) && first)
+        tl_loop_ev_changed(loop);
     /* not tracked while in the heap: see tl_handle_traverse_contents */
 #ifdef Py_GIL_DISABLED
     PyObject_GC_Track(t);   /* reference counts are not exact enough there */
@@ -249,7 +276,7 @@ static PyObject *timer_when(tl_timer_handle *t, PyObject *Py_UNUSED(ignored))
 static PyObject *timer_get_scheduled(tl_timer_handle *t, void *c)
 {
     TL_UNUSED(c);
-    return PyBool_FromLong(t->slot >= 0);
+    return PyBool_FromLong(slot_get(t) >= 0);
 }
 
 static PyMethodDef timer_methods[] = {

@@ -6,6 +6,7 @@ parametrized the same way. A difference in behaviour is a failing test.
 """
 
 import asyncio
+import functools
 import gc
 import os
 
@@ -13,9 +14,14 @@ import pytest
 
 import tonio_loop
 
+# TONIO_THREADS=N runs the whole suite with tonio_loop's worker threads
+# (Loop(threads=N)): every parity test then checks the multi-threaded mode.
+TONIO_THREADS = int(os.environ.get("TONIO_THREADS", "0") or 0)
+
 LOOP_FACTORIES = {
     "asyncio": asyncio.new_event_loop,
-    "tonio": tonio_loop.new_event_loop,
+    "tonio": (functools.partial(tonio_loop.new_event_loop, threads=TONIO_THREADS)
+              if TONIO_THREADS else tonio_loop.new_event_loop),
 }
 
 

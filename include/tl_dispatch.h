@@ -1,0 +1,105 @@
+/* tl_dispatch.h - multi-threaded dispatch: Loop(threads=N).
+ *
+ * The thread that runs the loop keeps libev (I/O, timers, signals) and
+ * sleeps in the poll; ready work runs on N worker threads:
+ *
+ *   - each worker has a local run queue (Go's runq: a 256-slot ring the
+ *     owner fills at the tail and anyone takes from the head with a
+ *     compare-and-swap); work a worker schedules goes there;
+ *   - work from any other thread (I/O and timer wake-ups from the loop
+ *     thread, call_soon_threadsafe) goes to the global injector queue;
+ *   - a worker with nothing to do steals half of another's queue, or a batch
+ *     of the injector; at most one worker searches at a time, the others
+ *     park; whoever queues work wakes a parked worker only when nobody
+ *     searches (no thundering herd);
+ *   - strands keep order where asyncio promises it: a strand runs its items
+ *     one at a time in FIFO order, on whichever worker picks it up. Plain
+ *     callbacks (call_soon, timers, add_reader callbacks, done callbacks,
+ *     signal handlers) share the loop's strand, so they keep asyncio's
+ *     order and never run concurrently with each other; each transport has
+ *     its own strand for its protocol callbacks; a Task is its own strand
+ *     (tl_task.h: an atomic scheduled/running state).
+ *
+ * stop() closes the gate: nothing new starts, what runs finishes (the loop
+ * strand finishes its batch: the rest of asyncio's iteration), the workers
+ * park, run_forever() returns; what was queued runs when the loop runs
+ * again. Workers see the loop as their running loop and have its async
+ * generator hooks; current_task() works there (module state key per worker).
+ */
+#ifndef TL_DISPATCH_H
+#define TL_DISPATCH_H
+
+#include "tl_loop.h"
+
+/* A serial queue of work items, run in order, one at a time. Embedded in its
+ * owner (the loop, a transport); `run` is the owner's item function that
+ * calls tl_strand_run(). */
+typedef struct tl_strand {
+    tl_mutex lock;
+    uint8_t scheduled;          /* its run item is queued or running */
+    tl_ready q;
+} tl_strand;
+
+/* Queue fn(obj) on the strand; steals the reference to obj. Schedules the
+ * strand (as run(owner)) when it was idle. */
+int tl_strand_push(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner,
+                   tl_ready_fn fn, PyObject *obj);
+
+/* The body of a strand's run item: runs the items queued when it started,
+ * then queues itself again if more came. -1 (exception set) only for what
+ * must stop the loop (SystemExit, KeyboardInterrupt). */
+int tl_strand_run(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner);
+
+void tl_strand_clear(tl_strand *s);
+int tl_strand_traverse(tl_strand *s, visitproc visit, void *arg);
+
+/* Loop(threads=n): the dispatcher, no threads yet (they start with the
+ * first run). -1 with an exception set. */
+int tl_dispatch_create(tl_loop *loop, int nthreads);
+
+/* loop.close(): stop the workers, wait for them, drop what is queued. */
+void tl_dispatch_destroy(tl_loop *loop);
+
+int tl_dispatch_nthreads(tl_loop *loop);
+
+/* Run fn(obj) on some worker; steals obj. From any thread. */
+int tl_dispatch_push(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
+
+/* Plain callbacks: the loop's strand. */
+int tl_dispatch_push_callback(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
+
+/* run_forever()'s body on the loop thread: poll, fire timers, keep the
+ * workers going until stop() or an error. `poll` is one poll of the loop
+ * (blocking when `block`); returns -1 with the exception that stopped it. */
+int tl_dispatch_run(tl_loop *loop, int (*poll)(tl_loop *loop, int block));
+
+/* stop(): close the gate now, or (not running yet) after the first batch. */
+void tl_dispatch_stop(tl_loop *loop);
+
+/* The current thread is one of this loop's workers. */
+int tl_dispatch_on_worker(tl_loop *loop);
+
+/* The key under which current_task() finds the task a worker of this loop
+ * runs (borrowed), or NULL on any other thread. */
+PyObject *tl_dispatch_task_key(tl_loop *loop);
+
+/* Around the dict updates of tl_task.h's enter/leave: while set, a worker's
+ * key compares equal only to itself. */
+void tl_dispatch_key_private(int on);
+
+/* Call fn(loop, arg) on the loop's thread and wait for it (what only that
+ * thread may do: signal handlers). Runs fn at once on that thread or when
+ * the loop is not running. New reference, or NULL with the exception. */
+PyObject *tl_dispatch_call_on_loop(tl_loop *loop, PyObject *(*fn)(tl_loop *, PyObject *),
+                                   PyObject *arg);
+
+int tl_dispatch_traverse(tl_loop *loop, visitproc visit, void *arg);
+void tl_dispatch_clear(tl_loop *loop);
+
+/* A forked child: the workers did not come along. */
+void tl_dispatch_fork_child(tl_loop *loop);
+
+/* The module's worker-key type. */
+extern PyType_Spec tl_worker_key_spec;
+
+#endif

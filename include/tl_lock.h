@@ -1,0 +1,56 @@
+/* tl_lock.h - the short-held mutex that guards state shared between threads
+ * (the multi-threaded dispatcher's queues, the timer heap of a threaded loop).
+ *
+ * Held only for a few pointer updates, never across a call into Python, a
+ * Py_DECREF that may run a finalizer, or anything that could wait for the
+ * collector. On 3.13+ it is CPython's PyMutex: one byte, one atomic
+ * operation when free, and a waiter parks with its thread state detached, so
+ * a free-threaded stop-the-world pause never waits for it. 3.11 and 3.12
+ * always have the GIL, which every holder keeps for the whole critical
+ * section: the lock is never contended there and a spin lock suffices.
+ */
+#ifndef TL_LOCK_H
+#define TL_LOCK_H
+
+#include "tl_common.h"
+
+#if PY_VERSION_HEX >= 0x030D0000
+typedef PyMutex tl_mutex;
+
+static inline void tl_mutex_lock(tl_mutex *m) { PyMutex_Lock(m); }
+static inline void tl_mutex_unlock(tl_mutex *m) { PyMutex_Unlock(m); }
+#else
+#include <sched.h>
+
+typedef struct {
+    atomic_uchar held;
+} tl_mutex;
+
+static inline void tl_mutex_lock(tl_mutex *m)
+{
+    while (atomic_exchange_explicit(&m->held, 1, memory_order_acquire))
+        sched_yield();
+}
+
+static inline void tl_mutex_unlock(tl_mutex *m)
+{
+    atomic_store_explicit(&m->held, 0, memory_order_release);
+}
+#endif
+
+/* A lock that a forked child inherits from a thread that does not exist
+ * there: forget it. */
+static inline void tl_mutex_reinit(tl_mutex *m)
+{
+    memset(m, 0, sizeof(*m));
+}
+
+/* Critical sections on an object (free-threaded builds); nothing where the
+ * GIL already serializes (3.13 defines them empty there, older versions do
+ * not have them). */
+#ifndef Py_BEGIN_CRITICAL_SECTION
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
+#endif
+
+#endif

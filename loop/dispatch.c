@@ -1,0 +1,1103 @@
+/* dispatch.c - worker threads for Loop(threads=N) (see tl_dispatch.h).
+ *
+ * The scheduler is Go's: per-worker bounded run queues that the owner
+ * fills at the tail and anyone empties from the head with a compare-and-
+ * swap, a mutex-guarded global injector, batch stealing, parked idle
+ * workers, at most one searching worker, and a "wake one only when nobody
+ * searches" rule for whoever queues work. Every shared field is an atomic
+ * or sits under a tl_mutex, so the same code is correct with the GIL and
+ * without it.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <time.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include "tl_dispatch.h"
+
+#define TL_RUNQ 256                 /* slots of a worker's run queue */
+#define TL_MAX_THREADS 256
+
+enum { GATE_OPEN = 0, GATE_CLOSED = 1, GATE_EXIT = 2 };
+
+/* ---- parking: one token per worker ------------------------------------- */
+
+typedef struct {
+    _Atomic uint32_t token;
+#ifndef __linux__
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;
+#endif
+} tl_parker;
+
+static void parker_init(tl_parker *p)
+{
+    atomic_init(&p->token, 0);
+#ifndef __linux__
+    pthread_mutex_init(&p->mutex, NULL);
+    pthread_cond_init(&p->cond, NULL);
+#endif
+}
+
+static void parker_destroy(tl_parker *p)
+{
+#ifndef __linux__
+    pthread_mutex_destroy(&p->mutex);
+    pthread_cond_destroy(&p->cond);
+#else
+    TL_UNUSED(p);
+#endif
+}
+
+/* Give the token; wakes the owner if it sleeps. Any thread, no thread
+ * state needed. */
+static void parker_unpark(tl_parker *p)
+{
+#ifdef __linux__
+    if (atomic_exchange_explicit(&p->token, 1, memory_order_release) == 0)
+        syscall(SYS_futex, &p->token, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+#else
+    pthread_mutex_lock(&p->mutex);
+    atomic_store_explicit(&p->token, 1, memory_order_release);
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->mutex);
+#endif
+}
+
+/* Sleep until the token is there and take it. Call detached (without the
+ * GIL, or with the thread state detached without it). */
+static void parker_park(tl_parker *p)
+{
+#ifdef __linux__
+    while (atomic_exchange_explicit(&p->token, 0, memory_order_acquire) == 0)
+        syscall(SYS_futex, &p->token, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+#else
+    pthread_mutex_lock(&p->mutex);
+    while (atomic_exchange_explicit(&p->token, 0, memory_order_acquire) == 0)
+        pthread_cond_wait(&p->cond, &p->mutex);
+    pthread_mutex_unlock(&p->mutex);
+#endif
+}
+
+/* ---- workers and the dispatcher ---------------------------------------- */
+
+typedef struct {
+    _Atomic(tl_ready_fn) fn;
+    _Atomic(PyObject *) obj;
+} tl_slot;
+
+typedef struct tl_worker {
+    /* the run queue: head moves by compare-and-swap (owner and thieves),
+     * tail is written by the owner only; separate cache lines */
+    _Alignas(64) _Atomic uint32_t head;
+    _Alignas(64) _Atomic uint32_t tail;
+    _Alignas(64) tl_slot q[TL_RUNQ];
+    tl_parker parker;
+    struct tl_dispatch *d;
+    PyObject *key;              /* current_task() key (worker_key) */
+    pthread_t thread;
+    int index;
+    uint8_t has_thread;
+    uint8_t idle;               /* on the idle stack (d->idle_lock) */
+    _Atomic uint8_t searching;  /* woken to search (counted in nsearching) */
+    uint32_t rng;               /* where to start stealing */
+    char debug;                 /* the loop's debug mode as last applied */
+} tl_worker;
+
+typedef struct tl_rpc {
+    struct tl_rpc *next;
+    PyObject *(*fn)(tl_loop *, PyObject *);
+    PyObject *arg;
+    PyObject *result;
+    PyObject *exc;
+    _Atomic int done;
+    tl_parker parker;
+} tl_rpc;
+
+typedef struct tl_dispatch {
+    tl_loop *loop;              /* borrowed: the loop owns the dispatcher */
+    PyInterpreterState *interp;
+    int nworkers;
+    tl_worker **workers;
+    uint8_t started;            /* the threads exist */
+    uint8_t stop_after_batch;   /* stop() before run: one strand batch */
+    _Atomic int gate;           /* GATE_* */
+    _Atomic int nbusy;          /* started workers that are not parked */
+    _Atomic int nsearching;     /* workers looking for work (0 or 1) */
+    _Atomic int nidle;          /* workers on the idle stack */
+    tl_mutex idle_lock;
+    tl_worker **idle;           /* the idle stack */
+    int nidle_stack;
+
+    tl_mutex inj_lock;          /* the injector */
+    tl_ready inj;
+    _Atomic size_t inj_len;
+
+    tl_strand strand;           /* the loop's callbacks */
+
+    tl_mutex err_lock;
+    PyObject *error;            /* what stopped the workers */
+
+    tl_mutex rpc_lock;
+    tl_rpc *rpc_head;
+    tl_rpc *rpc_tail;
+} tl_dispatch;
+
+/* current_task()'s key for one worker (see the end of this file) */
+typedef struct {
+    PyObject_HEAD
+    tl_loop *loop;              /* borrowed; compared by address only */
+    tl_worker *worker;
+    Py_hash_t hash;
+} worker_key;
+
+/* The worker running on this thread, if any. initial-exec: a plain
+ * thread-pointer load (a few bytes of the static TLS reserve). */
+static _Thread_local tl_worker *tl_self __attribute__((tls_model("initial-exec")));
+static _Thread_local int tl_key_private __attribute__((tls_model("initial-exec")));
+
+int tl_dispatch_nthreads(tl_loop *loop)
+{
+    return loop->dispatch ? loop->dispatch->nworkers : 0;
+}
+
+int tl_dispatch_on_worker(tl_loop *loop)
+{
+    tl_worker *w = tl_self;
+    return w != NULL && loop->dispatch != NULL && w->d == loop->dispatch;
+}
+
+static void wake_loop_thread(tl_dispatch *d)
+{
+    tl_loop *loop = d->loop;
+    if (loop->ev != NULL)
+        ev_async_send(loop->ev, &loop->wakeup);
+}
+
+/* ---- a worker's run queue (Go's runq) ---------------------------------- */
+
+static inline void slot_store(tl_slot *s, tl_ready_fn fn, PyObject *obj)
+{
+    atomic_store_explicit(&s->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&s->obj, obj, memory_order_relaxed);
+}
+
+static inline tl_ready_item slot_load(tl_slot *s)
+{
+    tl_ready_item it;
+    it.fn = atomic_load_explicit(&s->fn, memory_order_relaxed);
+    it.obj = atomic_load_explicit(&s->obj, memory_order_relaxed);
+    return it;
+}
+
+static int injector_put_many(tl_dispatch *d, tl_ready_item *items, size_t n);
+
+/* Move half of a full queue plus the new item to the injector; 0 when the
+ * queue changed meanwhile (try again). */
+static int runq_put_slow(tl_worker *w, tl_ready_fn fn, PyObject *obj, uint32_t h, uint32_t t)
+{
+    tl_ready_item batch[TL_RUNQ / 2 + 1];
+    uint32_t n = (t - h) / 2;
+    for (uint32_t i = 0; i < n; i++)
+        batch[i] = slot_load(&w->q[(h + i) % TL_RUNQ]);
+    if (!atomic_compare_exchange_strong_explicit(&w->head, &h, h + n, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return 0;
+    batch[n].fn = fn;
+    batch[n].obj = obj;
+    injector_put_many(w->d, batch, n + 1);
+    return 1;
+}
+
+/* Owner only. */
+static void runq_put(tl_worker *w, tl_ready_fn fn, PyObject *obj)
+{
+    for (;;) {
+        uint32_t h = atomic_load_explicit(&w->head, memory_order_acquire);
+        uint32_t t = atomic_load_explicit(&w->tail, memory_order_relaxed);
+        if (t - h < TL_RUNQ) {
+            slot_store(&w->q[t % TL_RUNQ], fn, obj);
+            atomic_store_explicit(&w->tail, t + 1, memory_order_release);
+            return;
+        }
+        if (runq_put_slow(w, fn, obj, h, t))
+            return;
+    }
+}
+
+/* Owner only. */
+static int runq_get(tl_worker *w, tl_ready_item *out)
+{
+    for (;;) {
+        uint32_t h = atomic_load_explicit(&w->head, memory_order_acquire);
+        uint32_t t = atomic_load_explicit(&w->tail, memory_order_relaxed);
+        if (t == h)
+            return 0;
+        tl_ready_item it = slot_load(&w->q[h % TL_RUNQ]);
+        if (atomic_compare_exchange_strong_explicit(&w->head, &h, h + 1, memory_order_acq_rel,
+                                                     memory_order_relaxed)) {
+            *out = it;
+            return 1;
+        }
+    }
+}
+
+static inline uint32_t runq_len(tl_worker *w)
+{
+    uint32_t h = atomic_load_explicit(&w->head, memory_order_acquire);
+    uint32_t t = atomic_load_explicit(&w->tail, memory_order_acquire);
+    return t - h;
+}
+
+/* Take half of victim's queue into w's (empty) queue; returns how many. */
+static uint32_t runq_grab(tl_worker *w, tl_worker *victim)
+{
+    uint32_t t = atomic_load_explicit(&w->tail, memory_order_relaxed);
+    for (;;) {
+        uint32_t h = atomic_load_explicit(&victim->head, memory_order_acquire);
+        uint32_t vt = atomic_load_explicit(&victim->tail, memory_order_acquire);
+        uint32_t n = vt - h;
+        n = n - n / 2;
+        if (n == 0)
+            return 0;
+        if (n > TL_RUNQ / 2)
+            continue;   /* read head and tail at different times: again */
+        for (uint32_t i = 0; i < n; i++) {
+            tl_ready_item it = slot_load(&victim->q[(h + i) % TL_RUNQ]);
+            slot_store(&w->q[(t + i) % TL_RUNQ], it.fn, it.obj);
+        }
+        if (atomic_compare_exchange_strong_explicit(&victim->head, &h, h + n,
+                                                     memory_order_acq_rel, memory_order_relaxed))
+            return n;
+    }
+}
+
+/* ---- the injector ------------------------------------------------------ */
+
+static int injector_reserve(tl_dispatch *d, size_t n)
+{
+    while (d->inj.cap - d->inj.len < n) {
+        if (tl_ready_grow(&d->inj) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int injector_put_many(tl_dispatch *d, tl_ready_item *items, size_t n)
+{
+    tl_mutex_lock(&d->inj_lock);
+    if (injector_reserve(d, n) < 0) {
+        tl_mutex_unlock(&d->inj_lock);
+        /* nowhere to keep them: they are lost, say so loudly */
+        PyErr_WriteUnraisable((PyObject *)d->loop);
+        for (size_t i = 0; i < n; i++)
+            tl_loop_unqueue(items[i].obj);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        tl_ready_push(&d->inj, items[i].fn, items[i].obj);
+    atomic_store_explicit(&d->inj_len, d->inj.len, memory_order_release);
+    tl_mutex_unlock(&d->inj_lock);
+    return 0;
+}
+
+/* One item for w, and a share of the rest into w's (empty) queue. */
+static int injector_take(tl_worker *w, tl_ready_item *out)
+{
+    tl_dispatch *d = w->d;
+    if (atomic_load_explicit(&d->inj_len, memory_order_acquire) == 0)
+        return 0;
+    tl_mutex_lock(&d->inj_lock);
+    size_t n = d->inj.len;
+    if (n == 0) {
+        tl_mutex_unlock(&d->inj_lock);
+        return 0;
+    }
+    *out = tl_ready_pop(&d->inj);
+    size_t share = n / (size_t)d->nworkers;
+    if (share > TL_RUNQ / 2)
+        share = TL_RUNQ / 2;
+    if (share > n - 1)
+        share = n - 1;
+    uint32_t t = atomic_load_explicit(&w->tail, memory_order_relaxed);
+    for (size_t i = 0; i < share; i++) {
+        tl_ready_item it = tl_ready_pop(&d->inj);
+        slot_store(&w->q[(t + i) % TL_RUNQ], it.fn, it.obj);
+    }
+    atomic_store_explicit(&w->tail, t + (uint32_t)share, memory_order_release);
+    atomic_store_explicit(&d->inj_len, d->inj.len, memory_order_release);
+    tl_mutex_unlock(&d->inj_lock);
+    return 1;
+}
+
+/* ---- waking and parking ------------------------------------------------ */
+
+static int work_visible(tl_dispatch *d)
+{
+    if (atomic_load_explicit(&d->inj_len, memory_order_acquire))
+        return 1;
+    for (int i = 0; i < d->nworkers; i++)
+        if (runq_len(d->workers[i]))
+            return 1;
+    return 0;
+}
+
+/* Someone queued work: get a parked worker searching, unless one searches
+ * already (it will find the work, and wake the next one if there is more). */
+static void wake_one(tl_dispatch *d)
+{
+    int zero = 0;
+    if (!atomic_compare_exchange_strong(&d->nsearching, &zero, 1))
+        return;
+    tl_worker *w = NULL;
+    tl_mutex_lock(&d->idle_lock);
+    if (d->nidle_stack > 0) {
+        w = d->idle[--d->nidle_stack];
+        w->idle = 0;
+        atomic_fetch_sub(&d->nidle, 1);
+    }
+    tl_mutex_unlock(&d->idle_lock);
+    if (w == NULL) {
+        atomic_fetch_sub(&d->nsearching, 1);
+        return;
+    }
+    atomic_store_explicit(&w->searching, 1, memory_order_relaxed);
+    parker_unpark(&w->parker);
+}
+
+static void notify(tl_dispatch *d)
+{
+    /* pairs with the fence in worker_idle: either we see the idle worker,
+     * or it sees our work */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&d->nsearching, memory_order_relaxed) == 0 &&
+        atomic_load_explicit(&d->nidle, memory_order_relaxed) > 0 &&
+        atomic_load_explicit(&d->gate, memory_order_relaxed) == GATE_OPEN)
+        wake_one(d);
+}
+
+static void idle_remove(tl_dispatch *d, tl_worker *w)
+{
+    tl_mutex_lock(&d->idle_lock);
+    if (w->idle) {
+        for (int i = 0; i < d->nidle_stack; i++) {
+            if (d->idle[i] == w) {
+                d->idle[i] = d->idle[--d->nidle_stack];
+                break;
+            }
+        }
+        w->idle = 0;
+        atomic_fetch_sub(&d->nidle, 1);
+    }
+    tl_mutex_unlock(&d->idle_lock);
+}
+
+/* Sleep until unparked, detached from the interpreter. */
+static void worker_sleep(tl_worker *w)
+{
+    tl_dispatch *d = w->d;
+    if (atomic_fetch_sub(&d->nbusy, 1) == 1 &&
+        atomic_load(&d->gate) != GATE_OPEN)
+        wake_loop_thread(d);    /* the last one: the loop may return */
+    Py_BEGIN_ALLOW_THREADS
+    parker_park(&w->parker);
+    Py_END_ALLOW_THREADS
+    atomic_fetch_add(&d->nbusy, 1);
+}
+
+static void end_search(tl_worker *w)
+{
+    if (atomic_exchange_explicit(&w->searching, 0, memory_order_relaxed))
+        atomic_fetch_sub(&w->d->nsearching, 1);
+}
+
+/* Nothing found: go on the idle stack, look once more, sleep. */
+static void worker_idle(tl_worker *w)
+{
+    tl_dispatch *d = w->d;
+    tl_mutex_lock(&d->idle_lock);
+    d->idle[d->nidle_stack++] = w;
+    w->idle = 1;
+    atomic_fetch_add(&d->nidle, 1);
+    tl_mutex_unlock(&d->idle_lock);
+    end_search(w);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (work_visible(d) && atomic_load(&d->gate) == GATE_OPEN) {
+        tl_mutex_lock(&d->idle_lock);
+        int still = w->idle;
+        tl_mutex_unlock(&d->idle_lock);
+        if (still) {
+            idle_remove(d, w);
+            return;
+        }
+        /* a waker took us off the stack: its token is on the way */
+    }
+    worker_sleep(w);
+    idle_remove(d, w);     /* woken by a broadcast rather than a waker */
+}
+
+/* ---- running work ------------------------------------------------------- */
+
+static void dispatch_fail(tl_dispatch *d)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    tl_mutex_lock(&d->err_lock);
+    PyObject *keep = d->error == NULL ? exc : NULL;
+    if (keep != NULL)
+        d->error = keep;
+    tl_mutex_unlock(&d->err_lock);
+    if (keep == NULL)
+        Py_XDECREF(exc);
+    atomic_store(&d->gate, GATE_CLOSED);
+    wake_loop_thread(d);
+}
+
+static inline void run_item(tl_worker *w, tl_ready_item it)
+{
+    tl_loop *loop = w->d->loop;
+    int rc = it.fn(loop, it.obj);
+    tl_loop_unqueue(it.obj);
+    if (TL_UNLIKELY(rc < 0))
+        dispatch_fail(w->d);
+}
+
+static int steal(tl_worker *w, tl_ready_item *out)
+{
+    tl_dispatch *d = w->d;
+    int n = d->nworkers;
+    w->rng = w->rng * 1103515245u + 12345u;
+    int start = (int)((w->rng >> 16) % (uint32_t)n);
+    for (int k = 0; k < n; k++) {
+        tl_worker *victim = d->workers[(start + k) % n];
+        if (victim == w)
+            continue;
+        uint32_t got = runq_grab(w, victim);
+        if (got == 0)
+            continue;
+        /* run the last one now, publish the others */
+        uint32_t t = atomic_load_explicit(&w->tail, memory_order_relaxed);
+        *out = slot_load(&w->q[(t + got - 1) % TL_RUNQ]);
+        atomic_store_explicit(&w->tail, t + got - 1, memory_order_release);
+        return 1;
+    }
+    return 0;
+}
+
+/* Debug mode tracks where coroutines were made, a per-thread setting
+ * (asyncio's _set_coroutine_origin_tracking): follow the loop's. */
+static void worker_sync_debug(tl_worker *w)
+{
+    char debug = w->d->loop->debug;
+    w->debug = debug;
+    PyObject *depth = NULL;
+    if (debug) {
+        PyObject *constants = PyImport_ImportModule("asyncio.constants");
+        depth = constants ? PyObject_GetAttrString(constants, "DEBUG_STACK_DEPTH") : NULL;
+        Py_XDECREF(constants);
+    } else {
+        depth = PyLong_FromLong(0);
+    }
+    PyObject *sys = depth ? PyImport_ImportModule("sys") : NULL;
+    PyObject *r = sys ? PyObject_CallMethod(sys, "set_coroutine_origin_tracking_depth", "O",
+                                            depth) : NULL;
+    Py_XDECREF(sys);
+    Py_XDECREF(depth);
+    if (r == NULL)
+        PyErr_WriteUnraisable((PyObject *)w->d->loop);
+    Py_XDECREF(r);
+}
+
+static void worker_loop(tl_worker *w)
+{
+    tl_dispatch *d = w->d;
+    tl_ready_item it;
+    for (;;) {
+        int gate = atomic_load_explicit(&d->gate, memory_order_acquire);
+        if (gate != GATE_OPEN) {
+            end_search(w);
+            if (gate == GATE_EXIT)
+                return;
+            worker_sleep(w);
+            continue;
+        }
+        if (TL_UNLIKELY(w->debug != d->loop->debug))
+            worker_sync_debug(w);
+        if (runq_get(w, &it) || injector_take(w, &it)) {
+            run_item(w, it);
+            continue;
+        }
+        int searching = atomic_load_explicit(&w->searching, memory_order_relaxed);
+        if (!searching) {
+            int zero = 0;
+            searching = atomic_compare_exchange_strong(&d->nsearching, &zero, 1);
+            if (searching)
+                atomic_store_explicit(&w->searching, 1, memory_order_relaxed);
+        }
+        if (searching) {
+            int found = steal(w, &it) || injector_take(w, &it);
+            end_search(w);
+            if (found) {
+                /* more where that came from: let another one look */
+                if (runq_len(w) || atomic_load(&d->inj_len))
+                    notify(d);
+                run_item(w, it);
+                continue;
+            }
+        }
+        worker_idle(w);
+    }
+}
+
+/* ---- the per-thread view of the loop ------------------------------------ */
+
+/* Workers see the loop as running (get_running_loop(), current_task()) and
+ * finalize async generators through it, as its own thread does. */
+static int worker_enter(tl_worker *w)
+{
+    tl_loop *loop = w->d->loop;
+    tl_state *st = loop->st;
+    PyObject *r = PyObject_CallOneArg(st->set_running_loop, (PyObject *)loop);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    PyObject *firstiter = PyObject_GetAttr((PyObject *)loop, st->str_asyncgen_firstiter_hook);
+    PyObject *finalizer = firstiter ? PyObject_GetAttr((PyObject *)loop,
+                                                       st->str_asyncgen_finalizer_hook) : NULL;
+    PyObject *kw = finalizer ? Py_BuildValue("{sOsO}", "firstiter", firstiter,
+                                             "finalizer", finalizer) : NULL;
+    PyObject *noargs = kw ? PyTuple_New(0) : NULL;
+    r = noargs ? PyObject_Call(st->set_asyncgen_hooks, noargs, kw) : NULL;
+    Py_XDECREF(firstiter);
+    Py_XDECREF(finalizer);
+    Py_XDECREF(kw);
+    Py_XDECREF(noargs);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static void worker_leave(tl_worker *w)
+{
+    tl_state *st = w->d->loop->st;
+    PyObject *r = PyObject_CallOneArg(st->set_running_loop, Py_None);
+    if (r == NULL)
+        PyErr_WriteUnraisable((PyObject *)w->d->loop);
+    Py_XDECREF(r);
+}
+
+static void *worker_main(void *arg)
+{
+    tl_worker *w = arg;
+    tl_dispatch *d = w->d;
+#ifdef __linux__
+    char name[16];
+    snprintf(name, sizeof(name), "tonio-w%d", w->index);
+    pthread_setname_np(pthread_self(), name);
+#endif
+    PyThreadState *ts = PyThreadState_New(d->interp);
+    if (ts == NULL)
+        return NULL;
+    PyEval_RestoreThread(ts);
+    tl_self = w;
+    if (worker_enter(w) < 0)
+        PyErr_WriteUnraisable((PyObject *)d->loop);
+    worker_loop(w);
+    worker_leave(w);
+    tl_self = NULL;
+    atomic_fetch_sub(&d->nbusy, 1);
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+    return NULL;
+}
+
+/* ---- public: scheduling ------------------------------------------------- */
+
+int tl_dispatch_push(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
+{
+    tl_dispatch *d = loop->dispatch;
+    tl_worker *w = tl_self;
+    if (w != NULL && w->d == d) {
+        runq_put(w, fn, obj);
+    } else {
+        tl_ready_item it = {fn, obj};
+        if (injector_put_many(d, &it, 1) < 0)
+            return -1;
+    }
+    notify(d);
+    return 0;
+}
+
+int tl_strand_push(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner,
+                   tl_ready_fn fn, PyObject *obj)
+{
+    tl_mutex_lock(&s->lock);
+    if (s->q.len == s->q.cap && tl_ready_grow(&s->q) < 0) {
+        tl_mutex_unlock(&s->lock);
+        Py_DECREF(obj);
+        return -1;
+    }
+    tl_ready_push(&s->q, fn, obj);
+    int schedule = !s->scheduled;
+    s->scheduled = 1;
+    tl_mutex_unlock(&s->lock);
+    if (!schedule)
+        return 0;
+    return tl_dispatch_push(loop, run, Py_NewRef(owner));
+}
+
+int tl_strand_run(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner)
+{
+    tl_mutex_lock(&s->lock);
+    size_t n = s->q.len;
+    tl_mutex_unlock(&s->lock);
+    int rc = 0;
+    while (n-- > 0) {
+        tl_mutex_lock(&s->lock);
+        if (s->q.len == 0) {
+            tl_mutex_unlock(&s->lock);
+            break;
+        }
+        tl_ready_item it = tl_ready_pop(&s->q);
+        tl_mutex_unlock(&s->lock);
+        rc = tl_loop_run_ready(loop, it);
+        tl_loop_unqueue(it.obj);
+        if (rc < 0)
+            break;
+    }
+    tl_mutex_lock(&s->lock);
+    int again = s->q.len > 0;
+    if (!again)
+        s->scheduled = 0;
+    tl_mutex_unlock(&s->lock);
+    if (again) {
+        /* behind what the others queued meanwhile */
+        PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
+        if (tl_dispatch_push(loop, run, Py_NewRef(owner)) < 0)
+            PyErr_WriteUnraisable(owner);
+        if (exc != NULL)
+            PyErr_SetRaisedException(exc);
+    }
+    return rc;
+}
+
+void tl_strand_clear(tl_strand *s)
+{
+    tl_ready q = s->q;
+    s->q = (tl_ready){0};
+    s->scheduled = 0;
+    tl_ready_clear(&q);
+}
+
+int tl_strand_traverse(tl_strand *s, visitproc visit, void *arg)
+{
+    for (size_t i = 0; i < s->q.len; i++) {
+        int r = tl_loop_visit_queued(s->q.items[(s->q.head + i) & (s->q.cap - 1)].obj,
+                                     visit, arg);
+        if (r)
+            return r;
+    }
+    return 0;
+}
+
+static void gate_close(tl_dispatch *d)
+{
+    atomic_store(&d->gate, GATE_CLOSED);
+    wake_loop_thread(d);
+}
+
+static int loop_strand_run(tl_loop *loop, PyObject *obj)
+{
+    tl_dispatch *d = loop->dispatch;
+    int rc = tl_strand_run(loop, &d->strand, loop_strand_run, obj);
+    if (d->stop_after_batch) {
+        d->stop_after_batch = 0;
+        gate_close(d);
+    }
+    return rc;
+}
+
+int tl_dispatch_push_callback(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
+{
+    return tl_strand_push(loop, &loop->dispatch->strand, loop_strand_run, (PyObject *)loop,
+                          fn, obj);
+}
+
+void tl_dispatch_stop(tl_loop *loop)
+{
+    if (loop->thread_id != 0)
+        gate_close(loop->dispatch);
+}
+
+/* ---- the loop thread ---------------------------------------------------- */
+
+static void serve_rpcs(tl_dispatch *d)
+{
+    for (;;) {
+        tl_mutex_lock(&d->rpc_lock);
+        tl_rpc *r = d->rpc_head;
+        if (r != NULL) {
+            d->rpc_head = r->next;
+            if (d->rpc_head == NULL)
+                d->rpc_tail = NULL;
+        }
+        tl_mutex_unlock(&d->rpc_lock);
+        if (r == NULL)
+            return;
+        r->result = r->fn(d->loop, r->arg);
+        if (r->result == NULL)
+            r->exc = PyErr_GetRaisedException();
+        atomic_store_explicit(&r->done, 1, memory_order_release);
+        parker_unpark(&r->parker);
+    }
+}
+
+PyObject *tl_dispatch_call_on_loop(tl_loop *loop, PyObject *(*fn)(tl_loop *, PyObject *),
+                                   PyObject *arg)
+{
+    tl_dispatch *d = loop->dispatch;
+    if (d == NULL || loop->thread_id == 0 || loop->thread_id == PyThread_get_thread_ident())
+        return fn(loop, arg);
+    tl_rpc r = {.fn = fn, .arg = arg};
+    parker_init(&r.parker);
+    tl_mutex_lock(&d->rpc_lock);
+    if (d->rpc_tail != NULL)
+        d->rpc_tail->next = &r;
+    else
+        d->rpc_head = &r;
+    d->rpc_tail = &r;
+    tl_mutex_unlock(&d->rpc_lock);
+    wake_loop_thread(d);
+    Py_BEGIN_ALLOW_THREADS
+    while (!atomic_load_explicit(&r.done, memory_order_acquire))
+        parker_park(&r.parker);
+    Py_END_ALLOW_THREADS
+    parker_destroy(&r.parker);
+    if (r.result == NULL)
+        PyErr_SetRaisedException(r.exc);
+    return r.result;
+}
+
+static int start_workers(tl_dispatch *d)
+{
+    d->interp = PyInterpreterState_Get();
+    for (int i = 0; i < d->nworkers; i++) {
+        tl_worker *w = d->workers[i];
+        if (w->has_thread)
+            continue;
+        atomic_fetch_add(&d->nbusy, 1);
+        int err = pthread_create(&w->thread, NULL, worker_main, w);
+        if (err != 0) {
+            atomic_fetch_sub(&d->nbusy, 1);
+            errno = err;
+            PyErr_SetFromErrno(PyExc_RuntimeError);
+            return -1;
+        }
+        w->has_thread = 1;
+    }
+    d->started = 1;
+    return 0;
+}
+
+static void wake_all(tl_dispatch *d)
+{
+    for (int i = 0; i < d->nworkers; i++)
+        parker_unpark(&d->workers[i]->parker);
+}
+
+static int strand_pending(tl_dispatch *d)
+{
+    tl_mutex_lock(&d->strand.lock);
+    int n = d->strand.q.len > 0;
+    tl_mutex_unlock(&d->strand.lock);
+    return n;
+}
+
+int tl_dispatch_run(tl_loop *loop, int (*poll)(tl_loop *loop, int block))
+{
+    tl_dispatch *d = loop->dispatch;
+    int rc = 0;
+    if (!d->started && start_workers(d) < 0)
+        return -1;
+    /* asyncio's order: poll once, then run what is ready */
+    if (poll(loop, 0) < 0)
+        return -1;
+    serve_rpcs(d);
+    if (loop->stopping) {
+        /* stop() before run_forever(): one batch of callbacks, then out */
+        if (!strand_pending(d))
+            goto quiesce;
+        d->stop_after_batch = 1;
+    }
+    atomic_store(&d->gate, GATE_OPEN);
+    wake_all(d);
+    while (atomic_load(&d->gate) == GATE_OPEN) {
+        rc = poll(loop, 1);
+        serve_rpcs(d);
+        if (rc < 0) {
+            /* a signal handler raised (Ctrl-C) on this thread */
+            atomic_store(&d->gate, GATE_CLOSED);
+            break;
+        }
+    }
+quiesce:
+    atomic_store(&d->gate, GATE_CLOSED);
+    d->stop_after_batch = 0;
+    /* the workers finish what they run and park; the last one wakes us */
+    while (atomic_load(&d->nbusy) > 0) {
+        PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
+        if (poll(loop, 1) < 0)
+            PyErr_Clear();  /* keep the first error; later ones wait */
+        serve_rpcs(d);
+        if (exc != NULL)
+            PyErr_SetRaisedException(exc);
+    }
+    tl_mutex_lock(&d->err_lock);
+    PyObject *error = d->error;
+    d->error = NULL;
+    tl_mutex_unlock(&d->err_lock);
+    if (error != NULL) {
+        if (rc < 0)
+            Py_DECREF(error);   /* ours came first */
+        else
+            PyErr_SetRaisedException(error);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* ---- life cycle ---------------------------------------------------------- */
+
+int tl_dispatch_create(tl_loop *loop, int nthreads)
+{
+    if (nthreads > TL_MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "threads must be at most %d, got %d",
+                     TL_MAX_THREADS, nthreads);
+        return -1;
+    }
+    tl_dispatch *d = PyMem_RawCalloc(1, sizeof(*d));
+    if (d == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    d->loop = loop;
+    d->nworkers = nthreads;
+    atomic_init(&d->gate, GATE_CLOSED);
+    d->workers = PyMem_RawCalloc((size_t)nthreads, sizeof(tl_worker *));
+    d->idle = PyMem_RawCalloc((size_t)nthreads, sizeof(tl_worker *));
+    if (d->workers == NULL || d->idle == NULL)
+        goto nomem;
+    Py_hash_t hash = PyObject_Hash((PyObject *)loop);
+    if (hash == -1)
+        goto fail;
+    for (int i = 0; i < nthreads; i++) {
+        tl_worker *w;
+        if (posix_memalign((void **)&w, 64, sizeof(*w)) != 0)
+            goto nomem;
+        memset(w, 0, sizeof(*w));
+        d->workers[i] = w;
+        w->d = d;
+        w->index = i;
+        w->rng = (uint32_t)i * 2654435761u + 1;
+        parker_init(&w->parker);
+        PyTypeObject *tp = loop->st->worker_key_type;
+        worker_key *key = (worker_key *)tp->tp_alloc(tp, 0);
+        if (key == NULL)
+            goto fail;
+        key->loop = loop;
+        key->worker = w;
+        key->hash = hash;
+        w->key = (PyObject *)key;
+    }
+    loop->dispatch = d;
+    return 0;
+nomem:
+    PyErr_NoMemory();
+fail:
+    loop->dispatch = d;
+    tl_dispatch_destroy(loop);
+    return -1;
+}
+
+static void dispatch_drop_queued(tl_dispatch *d)
+{
+    for (int i = 0; i < d->nworkers; i++) {
+        tl_worker *w = d->workers[i];
+        tl_ready_item it;
+        while (w != NULL && runq_get(w, &it))
+            tl_loop_unqueue(it.obj);
+    }
+    tl_ready q = d->inj;
+    d->inj = (tl_ready){0};
+    atomic_store(&d->inj_len, 0);
+    tl_ready_clear(&q);
+    tl_strand_clear(&d->strand);
+}
+
+void tl_dispatch_destroy(tl_loop *loop)
+{
+    tl_dispatch *d = loop->dispatch;
+    if (d == NULL)
+        return;
+    if (d->started) {
+        atomic_store(&d->gate, GATE_EXIT);
+        wake_all(d);
+        if (!Py_IsFinalizing()) {
+            /* the workers need the interpreter to leave */
+            Py_BEGIN_ALLOW_THREADS
+            for (int i = 0; i < d->nworkers; i++)
+                if (d->workers[i]->has_thread)
+                    pthread_join(d->workers[i]->thread, NULL);
+            Py_END_ALLOW_THREADS
+        } else {
+            /* interpreter shutdown: they never get it back; leave them */
+            for (int i = 0; i < d->nworkers; i++)
+                if (d->workers[i]->has_thread)
+                    pthread_detach(d->workers[i]->thread);
+            loop->dispatch = NULL;
+            return;
+        }
+    }
+    loop->dispatch = NULL;
+    dispatch_drop_queued(d);
+    for (int i = 0; i < d->nworkers; i++) {
+        tl_worker *w = d->workers ? d->workers[i] : NULL;
+        if (w == NULL)
+            continue;
+        Py_XDECREF(w->key);
+        parker_destroy(&w->parker);
+        free(w);
+    }
+    Py_CLEAR(d->error);
+    PyMem_RawFree(d->workers);
+    PyMem_RawFree(d->idle);
+    PyMem_RawFree(d);
+}
+
+int tl_dispatch_traverse(tl_loop *loop, visitproc visit, void *arg)
+{
+    tl_dispatch *d = loop->dispatch;
+    if (d == NULL)
+        return 0;
+    /* the collector runs with the world stopped (or the GIL held): the
+     * queues hold still */
+    for (int i = 0; i < d->nworkers; i++) {
+        tl_worker *w = d->workers[i];
+        uint32_t h = atomic_load(&w->head), t = atomic_load(&w->tail);
+        for (uint32_t k = h; k != t; k++) {
+            int r = tl_loop_visit_queued(slot_load(&w->q[k % TL_RUNQ]).obj, visit, arg);
+            if (r)
+                return r;
+        }
+    }
+    for (size_t i = 0; i < d->inj.len; i++) {
+        int r = tl_loop_visit_queued(d->inj.items[(d->inj.head + i) & (d->inj.cap - 1)].obj,
+                                     visit, arg);
+        if (r)
+            return r;
+    }
+    Py_VISIT(d->error);
+    return tl_strand_traverse(&d->strand, visit, arg);
+}
+
+void tl_dispatch_clear(tl_loop *loop)
+{
+    tl_dispatch *d = loop->dispatch;
+    if (d != NULL && !d->started)
+        dispatch_drop_queued(d);
+}
+
+void tl_dispatch_fork_child(tl_loop *loop)
+{
+    tl_dispatch *d = loop->dispatch;
+    if (d == NULL)
+        return;
+    /* what the workers had queued stays queued; new workers start on the
+     * next run */
+    d->started = 0;
+    atomic_store(&d->gate, GATE_CLOSED);
+    atomic_store(&d->nbusy, 0);
+    atomic_store(&d->nsearching, 0);
+    atomic_store(&d->nidle, 0);
+    d->nidle_stack = 0;
+    d->rpc_head = d->rpc_tail = NULL;
+    tl_mutex_reinit(&d->idle_lock);
+    tl_mutex_reinit(&d->inj_lock);
+    tl_mutex_reinit(&d->err_lock);
+    tl_mutex_reinit(&d->rpc_lock);
+    tl_mutex_reinit(&d->strand.lock);
+    for (int i = 0; i < d->nworkers; i++) {
+        tl_worker *w = d->workers[i];
+        w->has_thread = 0;
+        w->idle = 0;
+        atomic_store(&w->searching, 0);
+        parker_init(&w->parker);
+    }
+    tl_self = NULL;
+}
+
+/* ---- current_task() on workers ------------------------------------------ */
+
+/* asyncio (3.11-3.13) keeps the current task in a dict keyed by the loop:
+ * current_task(loop) is _current_tasks.get(loop). Workers run tasks of one
+ * loop side by side, so each files its task under its own key: an object
+ * with the loop's hash that equals the loop only on its worker's thread.
+ * A lookup by the loop on a worker thus finds that worker's task. */
+PyObject *tl_dispatch_task_key(tl_loop *loop)
+{
+    tl_worker *w = tl_self;
+    if (w == NULL || w->d != loop->dispatch || loop->dispatch == NULL)
+        return NULL;
+    return w->key;
+}
+
+void tl_dispatch_key_private(int on)
+{
+    tl_key_private = on;
+}
+
+static Py_hash_t worker_key_hash(worker_key *k)
+{
+    return k->hash;
+}
+
+static PyObject *worker_key_richcompare(worker_key *k, PyObject *other, int op)
+{
+    if (op == Py_EQ && other == (PyObject *)k->loop && tl_self == k->worker && !tl_key_private)
+        Py_RETURN_TRUE;
+    Py_RETURN_NOTIMPLEMENTED;
+}
+
+static PyObject *worker_key_repr(worker_key *k)
+{
+    return PyUnicode_FromFormat("<worker %d of loop at %p>", k->worker->index, (void *)k->loop);
+}
+
+static void worker_key_dealloc(worker_key *k)
+{
+    PyTypeObject *tp = Py_TYPE(k);
+    tp->tp_free(k);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot worker_key_slots[] = {
+    {Py_tp_dealloc, worker_key_dealloc},
+    {Py_tp_hash, worker_key_hash},
+    {Py_tp_richcompare, worker_key_richcompare},
+    {Py_tp_repr, worker_key_repr},
+    {Py_tp_doc, "The key of a worker thread's entry in asyncio's current tasks."},
+    {0, NULL},
+};
+
+PyType_Spec tl_worker_key_spec = {
+    .name = "tonio_loop._core.WorkerKey",
+    .basicsize = sizeof(worker_key),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = worker_key_slots,
+};
