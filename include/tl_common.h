@@ -60,6 +60,38 @@ typedef struct tl_state {
     PyObject *str_asyncgen_firstiter_hook;
     PyObject *str_asyncgen_finalizer_hook;
 
+    /* streams, servers and socket operations (tl_stream.h, tl_sock.h) */
+    PyTypeObject *socket_transport_type;
+    PyTypeObject *read_pipe_type;
+    PyTypeObject *write_pipe_type;
+    PyTypeObject *listener_type;
+    PyTypeObject *sockop_type;
+    PyObject *buffered_protocol_cls; /* asyncio.BufferedProtocol */
+    PyObject *transport_socket_cls;  /* asyncio.trsock.TransportSocket */
+    PyObject *socket_cls;            /* socket.socket */
+    PyObject *ssl_socket_cls;        /* ssl.SSLSocket, or None without ssl */
+    PyObject *sendfile_unavailable;  /* asyncio SendfileNotAvailableError */
+    PyObject *logger;                /* asyncio's logger */
+    PyObject *str_data_received;
+    PyObject *str_get_buffer;
+    PyObject *str_buffer_updated;
+    PyObject *str_eof_received;
+    PyObject *str_connection_made;
+    PyObject *str_connection_lost;
+    PyObject *str_pause_writing;
+    PyObject *str_resume_writing;
+    PyObject *str_set_result;
+    PyObject *str_set_exception;
+    PyObject *str_cancelled;
+    PyObject *str_done;
+    PyObject *str_cancel;
+    PyObject *str_create_future;
+    PyObject *str_fileno;
+    PyObject *str_close;
+    PyObject *str_attach;
+    PyObject *str_detach;
+    int server_attach_takes_transport;  /* Server._attach(transport), 3.13 */
+
     /* free lists (see TL_FREELIST_MAX) */
     PyObject *handle_free[TL_FREELIST_MAX ? TL_FREELIST_MAX : 1];
     int handle_nfree;
