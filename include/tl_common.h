@@ -112,6 +112,9 @@ static inline tl_state *tl_state_of_type(PyTypeObject *tp)
     return mod ? tl_state_of_module(mod) : NULL;
 }
 
+/* module.name, imported now; NULL with an exception on failure. */
+PyObject *tl_import_attr(const char *module, const char *name);
+
 /* Monotonic seconds, the same clock as time.monotonic(). */
 double tl_monotonic(void);
 

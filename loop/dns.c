@@ -10,16 +10,6 @@
 #include "tl_loop.h"
 #include "tl_sockaddr.h"
 
-static PyObject *socket_attr(const char *name)
-{
-    PyObject *mod = PyImport_ImportModule("socket");
-    if (mod == NULL)
-        return NULL;
-    PyObject *fn = PyObject_GetAttrString(mod, name);
-    Py_DECREF(mod);
-    return fn;
-}
-
 /* A port getaddrinfo can take without reading /etc/services. */
 static int numeric_port(PyObject *port)
 {
@@ -74,7 +64,7 @@ static PyObject *loop_getaddrinfo_numeric(tl_loop *loop, PyObject *const *args, 
     }
     if (!numeric_port(port))
         Py_RETURN_NONE;
-    PyObject *fn = socket_attr("getaddrinfo");
+    PyObject *fn = tl_import_attr("socket", "getaddrinfo");
     if (fn == NULL)
         return NULL;
     PyObject *numflags = PyLong_FromLong(flags | AI_NUMERICHOST | AI_NUMERICSERV);
@@ -104,7 +94,7 @@ static PyObject *loop_getnameinfo_numeric(tl_loop *loop, PyObject *const *args, 
     }
     if ((flags & (NI_NUMERICHOST | NI_NUMERICSERV)) != (NI_NUMERICHOST | NI_NUMERICSERV))
         Py_RETURN_NONE;
-    PyObject *fn = socket_attr("getnameinfo");
+    PyObject *fn = tl_import_attr("socket", "getnameinfo");
     if (fn == NULL)
         return NULL;
     PyObject *r = PyObject_Vectorcall(fn, args, 2, NULL);

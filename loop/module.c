@@ -9,7 +9,7 @@
 #include "tl_server.h"
 #include "tl_sock.h"
 
-static PyObject *import_attr(const char *module, const char *name)
+PyObject *tl_import_attr(const char *module, const char *name)
 {
     PyObject *mod = PyImport_ImportModule(module);
     if (mod == NULL)
@@ -62,7 +62,7 @@ static int core_exec(PyObject *module)
         {&st->base_event_loop_cls, "asyncio.base_events", "BaseEventLoop"},
     };
     for (size_t i = 0; i < sizeof(imports) / sizeof(imports[0]); i++) {
-        *imports[i].slot = import_attr(imports[i].module, imports[i].name);
+        *imports[i].slot = tl_import_attr(imports[i].module, imports[i].name);
         if (*imports[i].slot == NULL)
             return -1;
     }

@@ -498,19 +498,26 @@ static const char *write_error_message(tl_stream *t)
 
 /* ---- flow control (transports._FlowControlMixin) ------------------------ */
 
-static int stream_maybe_pause_protocol(tl_stream *t)
+/* protocol.pause_writing()/resume_writing(); a failure is reported */
+static int call_flow_control(tl_stream *t, PyObject *name, const char *failed)
 {
-    if (t->wsize <= t->high_water || t->protocol_paused)
-        return 0;
-    t->protocol_paused = 1;
-    PyObject *r = call_protocol(t, t->loop->st->str_pause_writing, NULL);
+    PyObject *r = call_protocol(t, name, NULL);
     if (r != NULL) {
         Py_DECREF(r);
         return 0;
     }
     if (is_exit_exception())
         return -1;
-    return stream_report(t, "protocol.pause_writing() failed", PyErr_GetRaisedException());
+    return stream_report(t, failed, PyErr_GetRaisedException());
+}
+
+static int stream_maybe_pause_protocol(tl_stream *t)
+{
+    if (t->wsize <= t->high_water || t->protocol_paused)
+        return 0;
+    t->protocol_paused = 1;
+    return call_flow_control(t, t->loop->st->str_pause_writing,
+                             "protocol.pause_writing() failed");
 }
 
 static int stream_maybe_resume_protocol(tl_stream *t)
@@ -518,14 +525,8 @@ static int stream_maybe_resume_protocol(tl_stream *t)
     if (!t->protocol_paused || t->wsize > t->low_water)
         return 0;
     t->protocol_paused = 0;
-    PyObject *r = call_protocol(t, t->loop->st->str_resume_writing, NULL);
-    if (r != NULL) {
-        Py_DECREF(r);
-        return 0;
-    }
-    if (is_exit_exception())
-        return -1;
-    return stream_report(t, "protocol.resume_writing() failed", PyErr_GetRaisedException());
+    return call_flow_control(t, t->loop->st->str_resume_writing,
+                             "protocol.resume_writing() failed");
 }
 
 static PyObject *stream_set_write_buffer_limits(tl_stream *t, PyObject *args, PyObject *kwds)
@@ -1375,12 +1376,6 @@ static int set_pipe(tl_stream *t, PyObject *v, void *c)
     return 0;
 }
 
-static PyObject *get_fd(tl_stream *t, void *c)
-{
-    TL_UNUSED(c);
-    return PyLong_FromLong(t->fd);
-}
-
 static PyObject *get_loop(tl_stream *t, void *c)
 {
     TL_UNUSED(c);
@@ -1389,88 +1384,51 @@ static PyObject *get_loop(tl_stream *t, void *c)
     return Py_NewRef((PyObject *)t->loop);
 }
 
-#define FLAG_GETTER(field)                                  \
-    static PyObject *get_##field(tl_stream *t, void *c)     \
-    {                                                       \
-        TL_UNUSED(c);                                       \
-        return PyBool_FromLong(t->field);                   \
-    }
-FLAG_GETTER(closing)
-FLAG_GETTER(paused)
-FLAG_GETTER(eof)
-FLAG_GETTER(protocol_paused)
-
-static PyObject *get_high_water(tl_stream *t, void *c)
-{
-    TL_UNUSED(c);
-    return PyLong_FromSsize_t(t->high_water);
-}
-
-static PyObject *get_low_water(tl_stream *t, void *c)
-{
-    TL_UNUSED(c);
-    return PyLong_FromSsize_t(t->low_water);
-}
-
-static PyObject *get_conn_lost(tl_stream *t, void *c)
-{
-    TL_UNUSED(c);
-    return PyLong_FromLong(t->conn_lost);
-}
-
-static PyObject *get_server(tl_stream *t, void *c)
-{
-    TL_UNUSED(c);
-    return Py_NewRef(t->server ? t->server : Py_None);
-}
-
-static PyObject *get_empty_waiter(tl_stream *t, void *c)
-{
-    TL_UNUSED(c);
-    return Py_NewRef(t->empty_waiter ? t->empty_waiter : Py_None);
-}
-
-static PyObject *get_protocol_attr(tl_stream *t, void *c)
-{
-    TL_UNUSED(c);
-    return Py_NewRef(t->protocol ? t->protocol : Py_None);
-}
-
 static PyGetSetDef socket_getset[] = {
     {"_sock", (getter)get_sock, NULL, NULL, NULL},
-    {"_sock_fd", (getter)get_fd, NULL, NULL, NULL},
     {"_loop", (getter)get_loop, NULL, NULL, NULL},
-    {"_protocol", (getter)get_protocol_attr, NULL, NULL, NULL},
-    {"_server", (getter)get_server, NULL, NULL, NULL},
-    {"_closing", (getter)get_closing, NULL, NULL, NULL},
-    {"_paused", (getter)get_paused, NULL, NULL, NULL},
-    {"_eof", (getter)get_eof, NULL, NULL, NULL},
-    {"_conn_lost", (getter)get_conn_lost, NULL, NULL, NULL},
-    {"_protocol_paused", (getter)get_protocol_paused, NULL, NULL, NULL},
-    {"_high_water", (getter)get_high_water, NULL, NULL, NULL},
-    {"_low_water", (getter)get_low_water, NULL, NULL, NULL},
-    {"_empty_waiter", (getter)get_empty_waiter, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyGetSetDef pipe_getset[] = {
     {"_pipe", (getter)get_pipe, (setter)set_pipe, NULL, NULL},
-    {"_fileno", (getter)get_fd, NULL, NULL, NULL},
     {"_loop", (getter)get_loop, NULL, NULL, NULL},
-    {"_protocol", (getter)get_protocol_attr, NULL, NULL, NULL},
-    {"_closing", (getter)get_closing, NULL, NULL, NULL},
-    {"_paused", (getter)get_paused, NULL, NULL, NULL},
-    {"_conn_lost", (getter)get_conn_lost, NULL, NULL, NULL},
-    {"_protocol_paused", (getter)get_protocol_paused, NULL, NULL, NULL},
-    {"_high_water", (getter)get_high_water, NULL, NULL, NULL},
-    {"_low_water", (getter)get_low_water, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef stream_members[] = {
-    {"_extra", Py_T_OBJECT_EX, offsetof(tl_stream, extra), 0, NULL},
-    {"__dictoffset__", Py_T_PYSSIZET, offsetof(tl_stream, dict), Py_READONLY, NULL},
-    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(tl_stream, weakreflist), Py_READONLY, NULL},
+#if PY_VERSION_HEX < 0x030C0000
+#define Py_T_OBJECT T_OBJECT
+#define Py_T_BOOL T_BOOL
+#define Py_T_INT T_INT
+#endif
+
+/* the state asyncio's transports keep in attributes, read-only */
+#define STREAM_STATE_MEMBERS                                                            \
+    {"_extra", Py_T_OBJECT_EX, offsetof(tl_stream, extra), 0, NULL},                   \
+    {"_protocol", Py_T_OBJECT, offsetof(tl_stream, protocol), Py_READONLY, NULL},      \
+    {"_closing", Py_T_BOOL, offsetof(tl_stream, closing), Py_READONLY, NULL},          \
+    {"_paused", Py_T_BOOL, offsetof(tl_stream, paused), Py_READONLY, NULL},            \
+    {"_conn_lost", Py_T_INT, offsetof(tl_stream, conn_lost), Py_READONLY, NULL},       \
+    {"_protocol_paused", Py_T_BOOL, offsetof(tl_stream, protocol_paused), Py_READONLY, \
+     NULL},                                                                            \
+    {"_high_water", Py_T_PYSSIZET, offsetof(tl_stream, high_water), Py_READONLY, NULL}, \
+    {"_low_water", Py_T_PYSSIZET, offsetof(tl_stream, low_water), Py_READONLY, NULL},   \
+    {"__dictoffset__", Py_T_PYSSIZET, offsetof(tl_stream, dict), Py_READONLY, NULL},    \
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(tl_stream, weakreflist), Py_READONLY, \
+     NULL}
+
+static PyMemberDef socket_members[] = {
+    STREAM_STATE_MEMBERS,
+    {"_sock_fd", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
+    {"_server", Py_T_OBJECT, offsetof(tl_stream, server), Py_READONLY, NULL},
+    {"_eof", Py_T_BOOL, offsetof(tl_stream, eof), Py_READONLY, NULL},
+    {"_empty_waiter", Py_T_OBJECT, offsetof(tl_stream, empty_waiter), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMemberDef pipe_members[] = {
+    STREAM_STATE_MEMBERS,
+    {"_fileno", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1839,7 +1797,7 @@ static PyMethodDef write_pipe_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-#define STREAM_SLOTS(methods, getset, doc)                     \
+#define STREAM_SLOTS(methods, getset, members, doc)             \
     {                                                          \
         {Py_tp_dealloc, stream_dealloc},                       \
         {Py_tp_finalize, stream_finalize},                     \
@@ -1848,19 +1806,19 @@ static PyMethodDef write_pipe_methods[] = {
         {Py_tp_repr, stream_repr},                             \
         {Py_tp_methods, methods},                              \
         {Py_tp_getset, getset},                                \
-        {Py_tp_members, stream_members},                       \
+        {Py_tp_members, members},                              \
         {Py_tp_doc, doc},                                      \
         {0, NULL},                                             \
     }
 
 static PyType_Slot socket_slots[] = STREAM_SLOTS(
-    socket_methods, socket_getset,
+    socket_methods, socket_getset, socket_members,
     "A TCP or Unix stream socket transport (asyncio's _SelectorSocketTransport).");
 static PyType_Slot read_pipe_slots[] = STREAM_SLOTS(
-    read_pipe_methods, pipe_getset,
+    read_pipe_methods, pipe_getset, pipe_members,
     "The read end of a pipe, FIFO, tty or socket (asyncio's _UnixReadPipeTransport).");
 static PyType_Slot write_pipe_slots[] = STREAM_SLOTS(
-    write_pipe_methods, pipe_getset,
+    write_pipe_methods, pipe_getset, pipe_members,
     "The write end of a pipe, FIFO, tty or socket (asyncio's _UnixWritePipeTransport).");
 
 #define STREAM_FLAGS (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC)
@@ -1872,20 +1830,10 @@ static PyType_Spec read_pipe_spec = {"tonio_loop._core.ReadPipeTransport", sizeo
 static PyType_Spec write_pipe_spec = {"tonio_loop._core.WritePipeTransport", sizeof(tl_stream),
                                       0, STREAM_FLAGS, write_pipe_slots};
 
-static PyObject *import_attr(const char *module, const char *name)
-{
-    PyObject *mod = PyImport_ImportModule(module);
-    if (mod == NULL)
-        return NULL;
-    PyObject *attr = PyObject_GetAttrString(mod, name);
-    Py_DECREF(mod);
-    return attr;
-}
-
 static int add_stream_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
                            const char *base_name)
 {
-    PyObject *base = import_attr("asyncio.transports", base_name);
+    PyObject *base = tl_import_attr("asyncio.transports", base_name);
     if (base == NULL)
         return -1;
     *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, base);
@@ -1919,11 +1867,11 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
         {&st->logger, "asyncio.log", "logger"},
     };
     for (size_t i = 0; i < sizeof(imports) / sizeof(imports[0]); i++) {
-        *imports[i].slot = import_attr(imports[i].module, imports[i].name);
+        *imports[i].slot = tl_import_attr(imports[i].module, imports[i].name);
         if (*imports[i].slot == NULL)
             return -1;
     }
-    st->ssl_socket_cls = import_attr("ssl", "SSLSocket");
+    st->ssl_socket_cls = tl_import_attr("ssl", "SSLSocket");
     if (st->ssl_socket_cls == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_ImportError))
             return -1;
@@ -1958,7 +1906,7 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
     }
 
     /* asyncio.Server._attach() learnt its transport argument in 3.13 */
-    PyObject *attach = import_attr("asyncio.base_events", "Server");
+    PyObject *attach = tl_import_attr("asyncio.base_events", "Server");
     PyObject *fn = attach ? PyObject_GetAttrString(attach, "_attach") : NULL;
     PyObject *code = fn ? PyObject_GetAttrString(fn, "__code__") : NULL;
     PyObject *argc = code ? PyObject_GetAttrString(code, "co_argcount") : NULL;
