@@ -79,6 +79,7 @@ typedef struct tl_stream {
     uint32_t wq_head, wq_len, wq_cap;
     int fd;
     int conn_lost;              /* asyncio's counter (warns after 5 writes) */
+    int32_t last_read;          /* size of the last read (tl_read_bytes) */
     uint8_t kind;
     uint8_t closing;
     uint8_t paused;             /* pause_reading() */
@@ -118,6 +119,16 @@ PyObject *tl_stream_new_socket(struct tl_loop *loop, int fd, PyObject *sock,
 PyObject *tl_pipe_transport_new(struct tl_loop *loop, int fd, PyObject *fileobj,
                                 PyObject *protocol, PyObject *waiter,
                                 PyObject *extra, int writable);
+
+/* Read up to `max` bytes from fd into a new bytes object (*out). After a
+ * read of some size on the same fd (*last, kept by the caller) the next one
+ * goes straight into an object of about that size, the loop's read buffer
+ * taking any excess; small reads go through the loop's buffer and are
+ * copied out. Returns the count
+ * read (0: end of file, *out untouched), -1 with errno set, or -2 with a
+ * Python exception set. use_recv: recv(MSG_DONTWAIT) instead of read(). */
+ssize_t tl_read_bytes(struct tl_loop *loop, int fd, Py_ssize_t max, int use_recv,
+                      int32_t *last, PyObject **out);
 
 /* True for the three transport types. */
 int tl_stream_check(PyObject *obj);

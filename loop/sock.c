@@ -12,6 +12,7 @@
 
 #include "tl_sock.h"
 #include "tl_io.h"
+#include "tl_stream.h"
 
 #define TL_RECV_SHARED_MAX (256 * 1024)     /* the loop's read buffer */
 
@@ -498,34 +499,31 @@ static int recv_attempt(tl_sockop *op, PyObject **result)
         PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
         return -1;
     }
-    PyObject *bytes = NULL;
-    char *buf;
-    if (n <= TL_RECV_SHARED_MAX) {
-        if (op->loop->read_buf == NULL && (op->loop->read_buf = PyMem_Malloc(TL_RECV_SHARED_MAX)) == NULL) {
-            PyErr_NoMemory();
+    if (n > TL_RECV_SHARED_MAX) {
+        /* more than the loop's buffer: socket.recv's own way */
+        PyObject *bytes = PyBytes_FromStringAndSize(NULL, n);
+        if (bytes == NULL)
             return -1;
+        ssize_t got = recv(op->fd, PyBytes_AS_STRING(bytes), (size_t)n, MSG_DONTWAIT);
+        if (got < 0) {
+            Py_DECREF(bytes);
+            return syscall_failed();
         }
-        buf = op->loop->read_buf;
-    } else {
-        bytes = PyBytes_FromStringAndSize(NULL, n);
-        if (bytes == NULL)
+        if (got != n && _PyBytes_Resize(&bytes, got) < 0)
             return -1;
-        buf = PyBytes_AS_STRING(bytes);
+        *result = bytes;
+        return 1;
     }
-    ssize_t got = recv(op->fd, buf, (size_t)n, MSG_DONTWAIT);
-    if (got < 0) {
-        Py_XDECREF(bytes);
-        return syscall_failed();
-    }
-    if (bytes == NULL) {
-        bytes = PyBytes_FromStringAndSize(buf, got);
-        if (bytes == NULL)
-            return -1;
-    } else if (got != n && _PyBytes_Resize(&bytes, got) < 0) {
+    /* an operation has no history to size a direct read by */
+    int32_t last = 0;
+    ssize_t got = tl_read_bytes(op->loop, op->fd, n, 1, &last, result);
+    if (got == -2)
         return -1;
-    }
-    *result = bytes;
-    return 1;
+    if (got < 0)
+        return syscall_failed();
+    if (got == 0)
+        *result = PyBytes_FromStringAndSize(NULL, 0);
+    return *result ? 1 : -1;
 }
 
 /* sock.recv_into(buf) */

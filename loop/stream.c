@@ -259,6 +259,82 @@ static char *loop_read_buffer(tl_loop *loop)
     return loop->read_buf;
 }
 
+/* Reads land in a bytes object of about the size the previous read had
+ * (readv: the object first, the loop's buffer for whatever does not fit), so
+ * a steady stream of similar messages is read without copying. Small or
+ * first reads go through the loop's buffer and are copied out. Objects stay
+ * below the malloc mmap threshold. */
+#define TL_DIRECT_READ_MIN 2048
+#define TL_DIRECT_READ_MAX (120 * 1024)
+
+static inline ssize_t readv_fd(int fd, struct iovec *iov, int cnt, int use_recv)
+{
+    if (!use_recv)
+        return readv(fd, iov, cnt);
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)cnt;
+    return recvmsg(fd, &msg, MSG_DONTWAIT);
+}
+
+ssize_t tl_read_bytes(tl_loop *loop, int fd, Py_ssize_t max, int use_recv, int32_t *last,
+                      PyObject **out)
+{
+    char *buf = loop_read_buffer(loop);
+    if (buf == NULL)
+        return -2;
+    if (max > TL_READ_MAX)
+        max = TL_READ_MAX;
+    PyObject *bytes = NULL;
+    struct iovec iov[2];
+    int cnt = 0;
+    Py_ssize_t guess = 0;
+    if (*last >= TL_DIRECT_READ_MIN && max >= TL_DIRECT_READ_MIN) {
+        /* room for the same again, rounded up to whole pages */
+        guess = ((Py_ssize_t)*last + 4095) & ~(Py_ssize_t)4095;
+        if (guess > TL_DIRECT_READ_MAX)
+            guess = TL_DIRECT_READ_MAX;
+        if (guess > max)
+            guess = max;
+        bytes = PyBytes_FromStringAndSize(NULL, guess);
+        if (bytes == NULL)
+            return -2;
+        iov[cnt].iov_base = PyBytes_AS_STRING(bytes);
+        iov[cnt++].iov_len = (size_t)guess;
+    }
+    iov[cnt].iov_base = buf;
+    iov[cnt++].iov_len = (size_t)(max - guess);
+    ssize_t n = readv_fd(fd, iov, cnt, use_recv);
+    if (n <= 0) {
+        int err = errno;
+        Py_XDECREF(bytes);
+        errno = err;
+        *last = 0;
+        return n;
+    }
+    *last = (int32_t)n;
+    if (bytes == NULL) {
+        *out = PyBytes_FromStringAndSize(buf, n);
+        return *out ? n : -2;
+    }
+    if (n <= guess) {
+        if (n < guess && _PyBytes_Resize(&bytes, n) < 0)
+            return -2;
+        *out = bytes;
+        return n;
+    }
+    /* more came than guessed: join the two parts */
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, n);
+    if (joined != NULL) {
+        memcpy(PyBytes_AS_STRING(joined), PyBytes_AS_STRING(bytes), (size_t)guess);
+        memcpy(PyBytes_AS_STRING(joined) + guess, buf, (size_t)(n - guess));
+    }
+    Py_DECREF(bytes);
+    *out = joined;
+    return joined ? n : -2;
+}
+
 static inline int would_block(int err)
 {
     return err == EAGAIN || err == EWOULDBLOCK || err == EINTR;
@@ -360,20 +436,18 @@ static int stream_read_ready(tl_stream *t)
         return 0;
     if (t->buffered)
         return stream_read_into_protocol(t);
-    char *buf = loop_read_buffer(t->loop);
-    if (buf == NULL)
-        return stream_fatal_error(t, read_error_message(t));
-    ssize_t n = read(t->fd, buf, TL_READ_MAX);
+    PyObject *data = NULL;
+    ssize_t n = tl_read_bytes(t->loop, t->fd, TL_READ_MAX, 0, &t->last_read, &data);
     if (n < 0) {
-        if (would_block(errno))
-            return 0;
-        return stream_fatal_errno(t, read_error_message(t));
+        if (n == -1) {
+            if (would_block(errno))
+                return 0;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return stream_fatal_error(t, read_error_message(t));
     }
     if (n == 0)
         return stream_on_eof(t);
-    PyObject *data = PyBytes_FromStringAndSize(buf, n);
-    if (data == NULL)
-        return stream_fatal_error(t, read_error_message(t));
     PyObject *proto = Py_NewRef(t->protocol);
     PyObject *r = call_protocol(t, t->loop->st->str_data_received, data);
     Py_DECREF(data);
@@ -750,8 +824,14 @@ static PyObject *stream_write(tl_stream *t, PyObject *data)
         }
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+    if (PyBytes_CheckExact(data)) {
+        /* the common case needs no buffer protocol round trip */
+        view.buf = PyBytes_AS_STRING(data);
+        view.len = PyBytes_GET_SIZE(data);
+        view.obj = NULL;
+    } else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
         return NULL;
+    }
     PyObject *r;
     if (view.len == 0) {
         r = Py_NewRef(Py_None);
