@@ -130,9 +130,6 @@ PyObject *tl_pipe_transport_new(struct tl_loop *loop, int fd, PyObject *fileobj,
 ssize_t tl_read_bytes(struct tl_loop *loop, int fd, Py_ssize_t max, int use_recv,
                       int32_t *last, PyObject **out);
 
-/* True for the three transport types. */
-int tl_stream_check(PyObject *obj);
-
 /* Type creation and the stdlib objects the transports use. */
 int tl_stream_init_module(PyObject *module, tl_state *st);
 

@@ -225,26 +225,43 @@ static void stream_exit(tl_stream *t, int rc)
         tl_loop_defer_error(t->loop);
 }
 
+/* Run one libev-driven step in the protocol's context. In debug mode a
+ * slow one is logged the way asyncio logs a slow handle (its I/O callbacks
+ * are handles there). */
+static void stream_step(tl_stream *t, int (*step)(tl_stream *), const char *what)
+{
+    Py_INCREF(t);
+    double t0 = TL_UNLIKELY(t->loop->debug) ? tl_monotonic() : 0.0;
+    if (stream_enter(t) == 0)
+        stream_exit(t, step(t));
+    if (TL_UNLIKELY(t->loop->debug)) {
+        double dt = tl_monotonic() - t0;
+        if (dt >= t->loop->slow_callback_duration) {
+            PyObject *exc = PyErr_GetRaisedException();
+            PyObject *r = PyObject_CallMethod(t->loop->st->logger, "warning", "sOsd",
+                                              "Executing <%r.%s()> took %.3f seconds",
+                                              (PyObject *)t, what, dt);
+            if (r == NULL)
+                PyErr_WriteUnraisable((PyObject *)t);
+            Py_XDECREF(r);
+            PyErr_SetRaisedException(exc);
+        }
+    }
+    Py_DECREF(t);
+}
+
 static void stream_rio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     TL_UNUSED(ev);
     TL_UNUSED(revents);
-    tl_stream *t = STREAM_OF(w, rio);
-    Py_INCREF(t);
-    if (stream_enter(t) == 0)
-        stream_exit(t, stream_read_ready(t));
-    Py_DECREF(t);
+    stream_step(STREAM_OF(w, rio), stream_read_ready, "_read_ready");
 }
 
 static void stream_wio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     TL_UNUSED(ev);
     TL_UNUSED(revents);
-    tl_stream *t = STREAM_OF(w, wio);
-    Py_INCREF(t);
-    if (stream_enter(t) == 0)
-        stream_exit(t, stream_write_ready(t));
-    Py_DECREF(t);
+    stream_step(STREAM_OF(w, wio), stream_write_ready, "_write_ready");
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -1464,20 +1481,33 @@ static PyObject *get_loop(tl_stream *t, void *c)
     return Py_NewRef((PyObject *)t->loop);
 }
 
+/* an object field, None when unset (closure: its offset) */
+static PyObject *get_object_or_none(tl_stream *t, void *offset)
+{
+    PyObject *v = *(PyObject **)((char *)t + (Py_ssize_t)offset);
+    return Py_NewRef(v ? v : Py_None);
+}
+
+#define OBJECT_OR_NONE(name, field) \
+    {name, (getter)get_object_or_none, NULL, NULL, (void *)offsetof(tl_stream, field)}
+
 static PyGetSetDef socket_getset[] = {
     {"_sock", (getter)get_sock, NULL, NULL, NULL},
     {"_loop", (getter)get_loop, NULL, NULL, NULL},
+    OBJECT_OR_NONE("_protocol", protocol),
+    OBJECT_OR_NONE("_server", server),
+    OBJECT_OR_NONE("_empty_waiter", empty_waiter),
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyGetSetDef pipe_getset[] = {
     {"_pipe", (getter)get_pipe, (setter)set_pipe, NULL, NULL},
     {"_loop", (getter)get_loop, NULL, NULL, NULL},
+    OBJECT_OR_NONE("_protocol", protocol),
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 #if PY_VERSION_HEX < 0x030C0000
-#define Py_T_OBJECT T_OBJECT
 #define Py_T_BOOL T_BOOL
 #define Py_T_INT T_INT
 #endif
@@ -1485,7 +1515,6 @@ static PyGetSetDef pipe_getset[] = {
 /* the state asyncio's transports keep in attributes, read-only */
 #define STREAM_STATE_MEMBERS                                                            \
     {"_extra", Py_T_OBJECT_EX, offsetof(tl_stream, extra), 0, NULL},                   \
-    {"_protocol", Py_T_OBJECT, offsetof(tl_stream, protocol), Py_READONLY, NULL},      \
     {"_closing", Py_T_BOOL, offsetof(tl_stream, closing), Py_READONLY, NULL},          \
     {"_paused", Py_T_BOOL, offsetof(tl_stream, paused), Py_READONLY, NULL},            \
     {"_conn_lost", Py_T_INT, offsetof(tl_stream, conn_lost), Py_READONLY, NULL},       \
@@ -1500,9 +1529,7 @@ static PyGetSetDef pipe_getset[] = {
 static PyMemberDef socket_members[] = {
     STREAM_STATE_MEMBERS,
     {"_sock_fd", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
-    {"_server", Py_T_OBJECT, offsetof(tl_stream, server), Py_READONLY, NULL},
     {"_eof", Py_T_BOOL, offsetof(tl_stream, eof), Py_READONLY, NULL},
-    {"_empty_waiter", Py_T_OBJECT, offsetof(tl_stream, empty_waiter), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1808,11 +1835,6 @@ fail:
     t->lost_done = 1;
     Py_DECREF(t);
     return NULL;
-}
-
-int tl_stream_check(PyObject *obj)
-{
-    return Py_TYPE(obj)->tp_dealloc == (destructor)stream_dealloc;
 }
 
 /* ---- types ------------------------------------------------------------------------- */

@@ -655,3 +655,28 @@ async def test_transport_loop_attributes():
     tr.close()
     await wait_for(pr.lost)
     await close_server(server)
+
+
+async def test_debug_mode_logs_slow_protocol_callbacks(caplog):
+    import time
+    loop = asyncio.get_running_loop()
+
+    class Slow(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            time.sleep(0.12)
+
+    loop.set_debug(True)
+    try:
+        server, tr, pr, sp = await connect_pair(Slow)
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            tr.write(b"slow")
+            await sp.wait_for_data(4)
+            await asyncio.sleep(0.01)
+        slow = [r for r in caplog.records if r.getMessage().startswith("Executing")]
+        assert slow and "took" in slow[0].getMessage()
+        tr.close()
+        await wait_for(sp.lost)
+        await close_server(server)
+    finally:
+        loop.set_debug(False)
