@@ -65,11 +65,16 @@ static void watch_start(tl_stream *t, ev_io *w)
 
 static void watch_stop(tl_stream *t, ev_io *w)
 {
-    if (!ev_is_active(w))
-        return;
-    if (t->loop->ev != NULL)
+    if (ev_is_active(w) && t->loop->ev != NULL)
         ev_io_stop(t->loop->ev, w);
+    /* also after libev stopped it itself (EV_ERROR: the fd went bad) */
     stream_hold_update(t);
+}
+
+/* asyncio's _add_reader/_add_writer refuse once the loop is closed */
+static int stream_check_loop(tl_stream *t)
+{
+    return tl_loop_check_closed(t->loop);
 }
 
 static void stream_on_loop_close(tl_loop_link *link)
@@ -234,6 +239,7 @@ static void stream_step(tl_stream *t, int (*step)(tl_stream *), const char *what
     double t0 = TL_UNLIKELY(t->loop->debug) ? tl_monotonic() : 0.0;
     if (stream_enter(t) == 0)
         stream_exit(t, step(t));
+    stream_hold_update(t);     /* libev stops a watcher whose fd went bad */
     if (TL_UNLIKELY(t->loop->debug)) {
         double dt = tl_monotonic() - t0;
         if (dt >= t->loop->slow_callback_duration) {
@@ -817,6 +823,8 @@ static PyObject *stream_write_data(tl_stream *t, PyObject *data, Py_buffer *view
         }
         if (n == view->len)
             Py_RETURN_NONE;
+        if (stream_check_loop(t) < 0)
+            return NULL;
         watch_start(t, &t->wio);
     }
     if (wq_append(t, data, view, n) < 0)
@@ -921,8 +929,12 @@ static PyObject *stream_writelines(tl_stream *t, PyObject *lines)
     int rc = 0;
     if (was_empty) {
         /* try now; the writer watcher takes over what is left */
-        watch_start(t, &t->wio);
         rc = stream_write_ready(t);
+        if (rc == 0 && t->wsize) {
+            rc = stream_check_loop(t);
+            if (rc == 0)
+                watch_start(t, &t->wio);
+        }
     }
     if (rc == 0 && t->wsize)
         rc = stream_maybe_pause_protocol(t);
@@ -979,6 +991,8 @@ static int stream_force_close(tl_stream *t, PyObject *exc)
         return 0;
     if (t->kind == TL_STREAM_SOCKET && t->conn_lost)
         return 0;
+    if (stream_check_loop(t) < 0)   /* asyncio's call_soon refuses */
+        return -1;
     t->lost_scheduled = 1;
     if (t->wq_len) {
         wq_clear(t);
@@ -1244,6 +1258,8 @@ static PyObject *stream_resume_reading(tl_stream *t, PyObject *Py_UNUSED(ignored
 {
     if (t->closing || !t->paused)
         Py_RETURN_NONE;
+    if (stream_check_loop(t) < 0)
+        return NULL;
     t->paused = 0;
     stream_start_reading(t);
     debug_log(t, "debug", "%r resumes reading");

@@ -680,3 +680,25 @@ async def test_debug_mode_logs_slow_protocol_callbacks(caplog):
         await close_server(server)
     finally:
         loop.set_debug(False)
+
+
+def test_transport_after_loop_close(loop):
+    async def setup():
+        server, tr, pr, sp = await connect_pair()
+        sp.transport.pause_reading()
+        return server, tr, pr, sp
+
+    server, tr, pr, sp = loop.run_until_complete(setup())
+    server.close()
+    loop.close()
+    # the kernel still takes what fits...
+    tr.write(b"x" * 1000)
+    # ...but nothing can wait for the rest any more
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        for _ in range(1000):
+            tr.write(b"f" * 65536)
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        tr.abort()
+    with pytest.warns(ResourceWarning):
+        del tr, pr, sp
+        gc.collect()
