@@ -108,6 +108,8 @@ static void stream_start_reading(tl_stream *t)
 /* protocol.<name>(*args): a new reference or NULL with the error set */
 static PyObject *call_protocol(tl_stream *t, PyObject *name, PyObject *arg)
 {
+    if (TL_UNLIKELY(t->protocol == NULL))   /* connection_lost() ran */
+        Py_RETURN_NONE;
     PyObject *stack[3] = {NULL, t->protocol, arg};
     size_t n = (arg ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET;
     return PyObject_VectorcallMethod(name, stack + 1, n, NULL);
@@ -1098,7 +1100,8 @@ static int call_connection_lost(tl_stream *t, PyObject *exc)
         return 0;
     t->lost_scheduled = 1;
     tl_state *st = t->loop->st;
-    PyObject *proto = t->protocol;
+    /* our own reference: connection_lost() may set another protocol */
+    PyObject *proto = Py_XNewRef(t->protocol);
     PyObject *err = NULL;
     if (proto != NULL) {
         PyObject *r = call_protocol(t, st->str_connection_lost, exc ? exc : Py_None);
@@ -1108,7 +1111,7 @@ static int call_connection_lost(tl_stream *t, PyObject *exc)
     }
     if (stream_close_fd(t) < 0 && err == NULL)
         err = PyErr_GetRaisedException();
-    t->protocol = NULL;
+    Py_CLEAR(t->protocol);
     PyObject *server = t->server;
     t->server = NULL;
     if (server != NULL) {
@@ -1168,20 +1171,43 @@ static int connection_lost_fn(tl_loop *loop, PyObject *obj)
     return run_in_context((tl_stream *)obj, lost_step);
 }
 
+/* Call protocol.<name>(arg); report what it raises. A SystemExit or
+ * KeyboardInterrupt is kept in *pending (the first one wins) so the steps
+ * after it still run, as asyncio's separate handles would. */
+static void call_step(tl_stream *t, PyObject *name, PyObject *arg, const char *what,
+                      PyObject **pending)
+{
+    if (t->protocol == NULL)
+        return;
+    PyObject *proto = Py_NewRef(t->protocol);
+    PyObject *r = call_protocol(t, name, arg);
+    if (r == NULL && report_callback_error(t, proto, what) < 0) {
+        PyObject *exc = PyErr_GetRaisedException();
+        if (*pending == NULL)
+            *pending = exc;
+        else
+            Py_DECREF(exc);
+    }
+    Py_XDECREF(r);
+    Py_DECREF(proto);
+}
+
+static int finish_steps(PyObject *pending, int rc)
+{
+    if (pending != NULL) {
+        if (rc < 0)
+            PyErr_Clear();
+        PyErr_SetRaisedException(pending);
+        return -1;
+    }
+    return rc;
+}
+
 static int eof_then_lost_step(tl_stream *t)
 {
-    int rc = 0;
-    if (t->protocol != NULL) {
-        PyObject *proto = Py_NewRef(t->protocol);
-        PyObject *r = call_protocol(t, t->loop->st->str_eof_received, NULL);
-        if (r == NULL)
-            rc = report_callback_error(t, proto, "eof_received");
-        Py_XDECREF(r);
-        Py_DECREF(proto);
-    }
-    if (call_connection_lost(t, NULL) < 0)
-        rc = -1;
-    return rc;
+    PyObject *pending = NULL;
+    call_step(t, t->loop->st->str_eof_received, NULL, "eof_received", &pending);
+    return finish_steps(pending, call_connection_lost(t, NULL));
 }
 
 static int eof_then_lost_fn(tl_loop *loop, PyObject *obj)
@@ -1195,16 +1221,9 @@ static int eof_then_lost_fn(tl_loop *loop, PyObject *obj)
 static int made_step(tl_stream *t)
 {
     tl_state *st = t->loop->st;
-    int rc = 0;
+    PyObject *pending = NULL;
     t->made = 1;
-    if (t->protocol != NULL) {
-        PyObject *proto = Py_NewRef(t->protocol);
-        PyObject *r = call_protocol(t, st->str_connection_made, (PyObject *)t);
-        if (r == NULL)
-            rc = report_callback_error(t, proto, "connection_made");
-        Py_XDECREF(r);
-        Py_DECREF(proto);
-    }
+    call_step(t, st->str_connection_made, (PyObject *)t, "connection_made", &pending);
     if (!t->lost_scheduled) {
         if (t->kind == TL_STREAM_WRITE_PIPE) {
             if (t->watch_close)
@@ -1215,6 +1234,7 @@ static int made_step(tl_stream *t)
     }
     PyObject *waiter = t->waiter;
     t->waiter = NULL;
+    int rc = 0;
     if (waiter != NULL) {
         /* futures._set_result_unless_cancelled */
         PyObject *c = PyObject_CallMethodNoArgs(waiter, st->str_cancelled);
@@ -1226,7 +1246,7 @@ static int made_step(tl_stream *t)
             rc = -1;
         Py_DECREF(waiter);
     }
-    return rc;
+    return finish_steps(pending, rc);
 }
 
 static int made_fn(tl_loop *loop, PyObject *obj)

@@ -702,3 +702,39 @@ def test_transport_after_loop_close(loop):
     with pytest.warns(ResourceWarning):
         del tr, pr, sp
         gc.collect()
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_in_protocol_leaves_the_loop(loop, exc_type):
+    class Interrupting(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            raise exc_type()
+
+    async def setup():
+        return await connect_pair(Interrupting)
+
+    server, tr, pr, sp = loop.run_until_complete(setup())
+    tr.write(b"stop")
+
+    async def forever():
+        await asyncio.sleep(5)
+
+    task = loop.create_task(forever())
+    with pytest.raises(exc_type):
+        loop.run_until_complete(task)
+    # the loop and the transports still work afterwards
+    assert sp.data == b"stop"
+    assert not sp.transport.is_closing()
+    task.cancel()
+
+    async def cleanup():
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        sp.transport.close()
+        tr.close()
+        await wait_for(pr.lost)
+        await wait_for(sp.lost)
+        await close_server(server)
+
+    loop.run_until_complete(cleanup())
