@@ -11,7 +11,10 @@
  * watcher callback retries the operation and completes the future.
  *
  * Each operation is a kind: a try function and what it waits for. sendfile.c
- * adds one.
+ * adds one. An operation of several stages (tcp.c's create_connection)
+ * may also wait for a future of its own: its try function or its `then`
+ * hook hands one back, and `then` runs, in the awaiting task's context,
+ * with each such future's result.
  */
 #ifndef TL_SOCK_H
 #define TL_SOCK_H
@@ -26,10 +29,15 @@ typedef struct tl_sockop_kind {
     int events;             /* EV_READ or EV_WRITE */
     int checks_socket;      /* first send: asyncio's SSL and debug checks,
                                and fd = sock.fileno() */
-    /* Try once: 1 done (*result set, new ref), 0 would block, -1 error. */
+    /* Try once: 1 done (*result set, new ref), 0 would block (wait for
+     * `events`), 2 await the future in *result (new ref), -1 error. */
     int (*attempt)(tl_sockop *op, PyObject **result);
-    /* The wait ended without a result (cancelled, closed); may be NULL. */
+    /* The wait ended without a result (cancelled, closed, failed); may be
+     * NULL. */
     void (*abandoned)(tl_sockop *op);
+    /* A wait finished with `value` (stolen): as attempt's returns, minus 0.
+     * NULL: the value is the operation's result. */
+    int (*then)(tl_sockop *op, PyObject *value, PyObject **result);
 } tl_sockop_kind;
 
 struct tl_sockop {
@@ -40,6 +48,7 @@ struct tl_sockop {
     PyObject *arg;          /* the operation's data, buffer or size */
     PyObject *arg2;         /* address, or a second argument */
     PyObject *fut;          /* while waiting */
+    PyObject *made[2];      /* what a multi-stage operation built so far */
     PyObject *fut_iter;     /* fut.__await__() */
     Py_buffer view;         /* held while has_view */
     Py_ssize_t pos;         /* progress (sendall) or a size */
@@ -53,6 +62,7 @@ struct tl_sockop {
     uint8_t held;
     uint8_t waited;         /* went through the watcher at least once */
     uint8_t direct;         /* an exact socket.socket: syscalls, no methods */
+    uint8_t stage;          /* a multi-stage operation's progress */
 };
 
 /* A new operation of `kind` on `sock`; the caller fills in the rest. */

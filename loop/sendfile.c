@@ -73,8 +73,13 @@ static int sendfile_attempt(tl_sockop *op, PyObject **result)
     return *result ? 1 : -1;
 }
 
-static const tl_sockop_kind sendfile_kind = {"Loop._sock_sendfile_native", EV_WRITE, 0,
-                                             sendfile_attempt, sendfile_update_filepos};
+static const tl_sockop_kind sendfile_kind = {
+    .qualname = "Loop._sock_sendfile_native",
+    .events = EV_WRITE,
+    .checks_socket = 0,
+    .attempt = sendfile_attempt,
+    .abandoned = sendfile_update_filepos,
+};
 
 /* loop._sock_sendfile_op(sock, fileno, offset, count, blocksize): the wait
  * of _sock_sendfile_native once asyncio's checks passed (count 0: to EOF). */

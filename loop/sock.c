@@ -72,6 +72,8 @@ static void sockop_release(tl_sockop *op)
 {
     Py_CLEAR(op->fut_iter);
     Py_CLEAR(op->fut);
+    Py_CLEAR(op->made[0]);
+    Py_CLEAR(op->made[1]);
     if (op->has_view) {
         op->has_view = 0;
         PyBuffer_Release(&op->view);
@@ -88,14 +90,22 @@ static void sockop_finish(tl_sockop *op)
     op->state = OP_DONE;
 }
 
+static void sockop_call_abandoned(tl_sockop *op)
+{
+    if (op->kind->abandoned != NULL) {
+        PyObject *exc = PyErr_GetRaisedException();
+        op->kind->abandoned(op);
+        PyErr_SetRaisedException(exc);
+    }
+}
+
 /* Given up while waiting (cancelled, closed, thrown into). */
 static void sockop_abandon(tl_sockop *op)
 {
     if (op->state != OP_WAITING)
         return;
     sockop_unwatch(op);
-    if (op->kind->abandoned != NULL)
-        op->kind->abandoned(op);
+    sockop_call_abandoned(op);
     if (op->fut != NULL) {
         PyObject *exc = PyErr_GetRaisedException();
         PyObject *r = PyObject_CallMethodNoArgs(op->fut, op->loop->st->str_cancel);
@@ -115,6 +125,8 @@ static int sockop_traverse(tl_sockop *op, visitproc visit, void *arg)
     Py_VISIT(op->arg2);
     Py_VISIT(op->fut);
     Py_VISIT(op->fut_iter);
+    Py_VISIT(op->made[0]);
+    Py_VISIT(op->made[1]);
     return 0;
 }
 
@@ -218,12 +230,51 @@ static int sockop_start_wait(tl_sockop *op)
     return 0;
 }
 
+/* Await `fut` (stolen) through its own __await__, no watcher involved. */
+static int sockop_await_future(tl_sockop *op, PyObject *fut)
+{
+    Py_CLEAR(op->fut_iter);
+    Py_XSETREF(op->fut, fut);
+    PyAsyncMethods *am = Py_TYPE(fut)->tp_as_async;
+    op->fut_iter = (am && am->am_await) ? am->am_await(fut)
+                                        : PyObject_CallMethod(fut, "__await__", NULL);
+    if (op->fut_iter == NULL)
+        return -1;
+    op->state = OP_WAITING;
+    return 0;
+}
+
 static PySendResult sockop_forward(tl_sockop *op, PyObject *arg, PyObject **result)
 {
-    PySendResult r = PyIter_Send(op->fut_iter, arg, result);
-    if (r != PYGEN_NEXT)
+    for (;;) {
+        PySendResult r = PyIter_Send(op->fut_iter, arg, result);
+        if (r == PYGEN_NEXT)
+            return r;
+        if (r == PYGEN_ERROR || op->kind->then == NULL) {
+            if (r == PYGEN_ERROR)
+                sockop_call_abandoned(op);
+            sockop_finish(op);
+            return r;
+        }
+        /* the next stage, in the awaiting task's context */
+        sockop_unwatch(op);
+        PyObject *value = *result;
+        *result = NULL;
+        int t = op->kind->then(op, value, result);
+        if (t == 2) {
+            PyObject *fut = *result;
+            *result = NULL;
+            if (sockop_await_future(op, fut) == 0) {
+                arg = Py_None;
+                continue;
+            }
+            t = -1;
+        }
+        if (t != 1)
+            sockop_call_abandoned(op);
         sockop_finish(op);
-    return r;
+        return t == 1 ? PYGEN_RETURN : PYGEN_ERROR;
+    }
 }
 
 static PySendResult sockop_am_send(tl_sockop *op, PyObject *arg, PyObject **result)
@@ -246,14 +297,22 @@ static PySendResult sockop_am_send(tl_sockop *op, PyObject *arg, PyObject **resu
     if (op->kind->checks_socket && sockop_check_socket(op) < 0)
         goto error;
     int r = op->kind->attempt(op, result);
-    if (r > 0) {
+    if (r == 1) {
         sockop_finish(op);
         return PYGEN_RETURN;
+    }
+    if (r == 2) {
+        PyObject *fut = *result;
+        *result = NULL;
+        if (sockop_await_future(op, fut) < 0)
+            goto error;
+        return sockop_forward(op, Py_None, result);
     }
     if (r < 0 || sockop_start_wait(op) < 0)
         goto error;
     return sockop_forward(op, Py_None, result);
 error:
+    sockop_call_abandoned(op);
     if (op->fut != NULL) {
         /* the wait could not start: nobody will ever see this future */
         PyObject *exc = PyErr_GetRaisedException();
@@ -683,21 +742,54 @@ static int connect_attempt(tl_sockop *op, PyObject **result)
     return 1;
 }
 
-static const tl_sockop_kind recv_kind = {"Loop.sock_recv", EV_READ, 1, recv_attempt, NULL};
-static const tl_sockop_kind recv_into_kind = {"Loop.sock_recv_into", EV_READ, 1,
-                                              recv_into_attempt, NULL};
-static const tl_sockop_kind recvfrom_kind = {"Loop.sock_recvfrom", EV_READ, 1,
-                                             recvfrom_attempt, NULL};
-static const tl_sockop_kind recvfrom_into_kind = {"Loop.sock_recvfrom_into", EV_READ, 1,
-                                                  recvfrom_into_attempt, NULL};
-static const tl_sockop_kind sendall_kind = {"Loop.sock_sendall", EV_WRITE, 1, sendall_attempt,
-                                            NULL};
-static const tl_sockop_kind sendto_kind = {"Loop.sock_sendto", EV_WRITE, 1, sendto_attempt,
-                                           NULL};
-static const tl_sockop_kind accept_kind = {"Loop.sock_accept", EV_READ, 1, accept_attempt,
-                                           NULL};
-static const tl_sockop_kind connect_kind = {"Loop.sock_connect", EV_WRITE, 0, connect_attempt,
-                                            NULL};
+static const tl_sockop_kind recv_kind = {
+    .qualname = "Loop.sock_recv",
+    .events = EV_READ,
+    .checks_socket = 1,
+    .attempt = recv_attempt,
+};
+static const tl_sockop_kind recv_into_kind = {
+    .qualname = "Loop.sock_recv_into",
+    .events = EV_READ,
+    .checks_socket = 1,
+    .attempt = recv_into_attempt,
+};
+static const tl_sockop_kind recvfrom_kind = {
+    .qualname = "Loop.sock_recvfrom",
+    .events = EV_READ,
+    .checks_socket = 1,
+    .attempt = recvfrom_attempt,
+};
+static const tl_sockop_kind recvfrom_into_kind = {
+    .qualname = "Loop.sock_recvfrom_into",
+    .events = EV_READ,
+    .checks_socket = 1,
+    .attempt = recvfrom_into_attempt,
+};
+static const tl_sockop_kind sendall_kind = {
+    .qualname = "Loop.sock_sendall",
+    .events = EV_WRITE,
+    .checks_socket = 1,
+    .attempt = sendall_attempt,
+};
+static const tl_sockop_kind sendto_kind = {
+    .qualname = "Loop.sock_sendto",
+    .events = EV_WRITE,
+    .checks_socket = 1,
+    .attempt = sendto_attempt,
+};
+static const tl_sockop_kind accept_kind = {
+    .qualname = "Loop.sock_accept",
+    .events = EV_READ,
+    .checks_socket = 1,
+    .attempt = accept_attempt,
+};
+static const tl_sockop_kind connect_kind = {
+    .qualname = "Loop.sock_connect",
+    .events = EV_WRITE,
+    .checks_socket = 0,
+    .attempt = connect_attempt,
+};
 
 /* ---- the Loop methods ------------------------------------------------------------ */
 

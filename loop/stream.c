@@ -1768,19 +1768,27 @@ PyObject *tl_stream_new_socket(tl_loop *loop, int fd, PyObject *sock, PyObject *
     if (t == NULL)
         return NULL;
     t->is_socket = 1;
-    int family;
-    if (sock != NULL) {
+    /* the kernel's addresses, converted on request; families whose
+     * Python form we do not build ourselves ask the socket object */
+    int family = sock_addresses(t, peer, peer_len);
+    if (family < 0)
+        goto fail;
+    if (sock != NULL && family != AF_INET && family != AF_INET6 && family != AF_UNIX) {
+        PyMem_Free(t->addrs);
+        t->addrs = NULL;
         if (sock_extra_from_object(t, sock) < 0)
             goto fail;
-        PyObject *fam = PyObject_GetAttrString(sock, "family");
-        family = fam ? (int)PyLong_AsLong(fam) : -1;
-        Py_XDECREF(fam);
-        if (family == -1 && PyErr_Occurred())
+    } else if (t->extra != NULL && (PyDict_GetItemString(t->extra, "socket") ||
+                                    PyDict_GetItemString(t->extra, "sockname"))) {
+        /* asyncio sets these two over whatever the creator passed */
+        PyObject *copy = PyDict_Copy(t->extra);
+        if (copy == NULL)
             goto fail;
-    } else {
-        family = sock_addresses(t, peer, peer_len);
-        if (family < 0)
-            goto fail;
+        if (PyDict_DelItemString(copy, "socket") < 0)
+            PyErr_Clear();      /* absent */
+        if (PyDict_DelItemString(copy, "sockname") < 0)
+            PyErr_Clear();
+        Py_SETREF(t->extra, copy);
     }
     if (family == AF_INET || family == AF_INET6) {
         /* small writes go out at once, without waiting for ACKs */

@@ -738,3 +738,81 @@ def test_keyboard_interrupt_in_protocol_leaves_the_loop(loop, exc_type):
         await close_server(server)
 
     loop.run_until_complete(cleanup())
+
+
+async def test_create_connection_numeric_addresses_and_options():
+    loop = asyncio.get_running_loop()
+    server, addr = await tcp_server(Recorder)
+    for kwargs in ({}, {"family": socket.AF_INET}, {"proto": socket.IPPROTO_TCP},
+                   {"flags": 0, "ssl": None, "sock": None, "local_addr": None}):
+        tr, pr = await loop.create_connection(Recorder, "127.0.0.1", addr[1], **kwargs)
+        assert tr.get_extra_info("peername") == addr
+        tr.close()
+        await wait_for(pr.lost)
+    # a coroutine, usable as a task
+    task = asyncio.ensure_future(loop.create_connection(Recorder, "127.0.0.1", addr[1]))
+    tr, pr = await wait_for(task)
+    tr.close()
+    await wait_for(pr.lost)
+    with pytest.raises(OSError):
+        # the address family does not match the host
+        await loop.create_connection(Recorder, "127.0.0.1", addr[1], family=socket.AF_INET6)
+    await close_server(server)
+
+
+async def test_create_connection_ipv6():
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(Recorder, "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    addr = server.sockets[0].getsockname()
+    tr, pr = await loop.create_connection(Recorder, "::1", addr[1])
+    assert tr.get_extra_info("peername")[:2] == addr[:2]
+    assert tr.get_extra_info("socket").family == socket.AF_INET6
+    tr.close()
+    await wait_for(pr.lost)
+    await close_server(server)
+    with pytest.raises(ConnectionRefusedError) as info:
+        await loop.create_connection(Recorder, "::1", addr[1])
+    assert info.value.errno == 111
+
+
+async def test_create_connection_refused_message():
+    loop = asyncio.get_running_loop()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(ConnectionRefusedError) as info:
+        await loop.create_connection(Recorder, "127.0.0.1", port)
+    assert str(info.value) in (f"[Errno 111] Connect call failed ('127.0.0.1', {port})",
+                               "[Errno 111] Connection refused")
+
+
+async def test_create_connection_factory_raising_leaks_nothing():
+    loop = asyncio.get_running_loop()
+    server, addr = await tcp_server(Recorder)
+
+    def factory():
+        raise ZeroDivisionError("no protocol")
+
+    with pytest.raises(ZeroDivisionError):
+        await loop.create_connection(factory, *addr)
+    await close_server(server)
+    gc.collect()
+
+
+async def test_create_connection_cancelled_while_connecting():
+    loop = asyncio.get_running_loop()
+    # nothing answers there: the connect stays in progress (or fails at once
+    # where the network is unreachable)
+    task = asyncio.ensure_future(loop.create_connection(Recorder, "10.255.255.1", 9))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        assert task.cancelled()
+    except OSError:
+        pass

@@ -63,7 +63,9 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
     # are C (_core); the orchestration around them (address resolution,
     # happy eyeballs, binding, error aggregation) is the running asyncio's
     # own code, so arguments, semantics and messages match its version.
-    create_connection = _Base.create_connection
+    # create_connection itself is C: numeric addresses without options
+    # connect there, everything else comes here
+    _create_connection_general = _Base.create_connection
     _connect_sock = _Base._connect_sock
     _create_connection_transport = _Base._create_connection_transport
     _ensure_resolved = _Base._ensure_resolved
