@@ -68,6 +68,11 @@ struct tl_sockop {
 /* A new operation of `kind` on `sock`; the caller fills in the rest. */
 tl_sockop *tl_sockop_new(tl_loop *loop, const tl_sockop_kind *kind, PyObject *sock);
 
+/* A non-blocking connect on op->fd became writable: 1 and None when it
+ * succeeded, 0 to wait more, -1 with asyncio's "Connect call failed
+ * <address>" OSError. */
+int tl_sockop_connect_status(tl_sockop *op, PyObject *address, PyObject **result);
+
 /* 1 when errno means "try again later", with no exception set. */
 int tl_sockop_would_block(int err);
 

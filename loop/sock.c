@@ -722,12 +722,18 @@ static int connect_attempt(tl_sockop *op, PyObject **result)
         }
         return rc;
     }
+    return tl_sockop_connect_status(op, op->arg, result);
+}
+
+int tl_sockop_connect_status(tl_sockop *op, PyObject *address, PyObject **result)
+{
     int err = 0;
     socklen_t len = sizeof(err);
     if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         return syscall_failed();
     if (err != 0) {
-        PyObject *where = PyObject_Str(op->arg);
+        /* selector_events._sock_connect_cb's message */
+        PyObject *where = PyObject_Str(address);
         PyObject *msg = where ? PyUnicode_FromFormat("Connect call failed %U", where) : NULL;
         PyObject *exc = msg ? PyObject_CallFunction(PyExc_OSError, "iO", err, msg) : NULL;
         Py_XDECREF(where);

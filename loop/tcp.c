@@ -79,29 +79,9 @@ static int conn_made(tl_sockop *op, PyObject **result)
 static int conn_attempt(tl_sockop *op, PyObject **result)
 {
     if (op->waited) {
-        /* writable: SO_ERROR says how the connect went */
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) {
-            if (tl_sockop_would_block(errno))
-                return 0;
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        if (err != 0) {
-            PyObject *where = PyObject_Str(op->arg2);
-            PyObject *msg = where ? PyUnicode_FromFormat("Connect call failed %U", where) : NULL;
-            PyObject *exc = msg ? PyObject_CallFunction(PyExc_OSError, "iO", err, msg) : NULL;
-            Py_XDECREF(where);
-            Py_XDECREF(msg);
-            if (exc != NULL) {
-                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-                Py_DECREF(exc);
-            }
-            return -1;
-        }
-        *result = Py_NewRef(Py_None);   /* the task goes on in conn_then */
-        return 1;
+        /* writable: SO_ERROR says how it went; the task goes on in
+         * conn_then */
+        return tl_sockop_connect_status(op, op->arg2, result);
     }
     struct sockaddr_storage ss;
     PyObject *host = PyTuple_GET_ITEM(op->arg2, 0);
