@@ -291,6 +291,52 @@ def idle_connection_memory(new_loop, quick):
     return {"ops": n, "seconds": elapsed, "bytes_per_connection": (rss1 - rss0) / n}
 
 
+class _Accepted(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+
+class _Client(asyncio.Protocol):
+    def __init__(self):
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc):
+        self.closed.set_result(None)
+
+
+@workload("tcp_connect_close", group="streams", unit="connections/s", quick=True)
+def tcp_connect_close(new_loop, quick):
+    """create_connection + accept + close, client and server on one loop;
+    cpu_seconds is the process's CPU time for all of it."""
+    n = 1000 if quick else 5000
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Accepted, "127.0.0.1", 0, backlog=1024)
+        addr = server.sockets[0].getsockname()
+
+        async def one():
+            tr, pr = await loop.create_connection(_Client, *addr)
+            tr.close()
+            await pr.closed
+
+        for _ in range(100):
+            await one()
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        for _ in range(n):
+            await one()
+        elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        server.close()
+        await server.wait_closed()
+        return {"ops": n, "seconds": elapsed, "cpu_seconds": cpu}
+
+    loop = new_loop()
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
 if __name__ == "__main__":
     # python -m bench.workloads.streams [mode] [size] [seconds]: a quick look
     import uvloop
