@@ -106,7 +106,9 @@ static void sockop_abandon(tl_sockop *op)
         return;
     sockop_unwatch(op);
     sockop_call_abandoned(op);
-    if (op->fut != NULL) {
+    /* nobody else awaits it; a closed loop could not even schedule the
+     * cancellation's callbacks */
+    if (op->fut != NULL && !op->loop->closed) {
         PyObject *exc = PyErr_GetRaisedException();
         PyObject *r = PyObject_CallMethodNoArgs(op->fut, op->loop->st->str_cancel);
         if (r == NULL)

@@ -294,6 +294,9 @@ static char *loop_read_buffer(tl_loop *loop)
 
 static inline ssize_t readv_fd(int fd, struct iovec *iov, int cnt, int use_recv)
 {
+    if (cnt == 1)       /* read/recv take the kernel's shorter way */
+        return use_recv ? recv(fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT)
+                        : read(fd, iov[0].iov_base, iov[0].iov_len);
     if (!use_recv)
         return readv(fd, iov, cnt);
     struct msghdr msg;

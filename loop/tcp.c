@@ -117,7 +117,7 @@ static void conn_abandoned(tl_sockop *op)
     if (op->stage == CONN_CONNECTING && op->fd >= 0) {
         close(op->fd);
         op->fd = -1;
-    } else if (op->stage == CONN_MADE && op->made[0] != NULL) {
+    } else if (op->stage == CONN_MADE && op->made[0] != NULL && !op->loop->closed) {
         PyObject *r = PyObject_CallMethodNoArgs(op->made[0], op->loop->st->str_close);
         if (r == NULL)
             PyErr_WriteUnraisable(op->made[0]);

@@ -421,3 +421,21 @@ async def test_getaddrinfo_cancel_leaves_no_thread_behind(monkeypatch):
     assert len(calls) <= 2
     assert not any(t.name.startswith("ThreadPoolExecutor") and t.is_alive()
                    for t in threading.enumerate() if t in executor._threads)
+
+
+def test_pending_operation_when_the_loop_closes(loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    with a, b:
+        task = loop.create_task(loop.sock_recv(a, 10))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert not task.done()
+        task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        pending = loop.create_task(loop.sock_recv(a, 10))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+        # the operation let go of the loop; the socket is still usable
+        b.send(b"after")
+        assert a.recv(10) == b"after"
+        del pending
