@@ -934,7 +934,8 @@ int tl_sock_init_module(PyObject *module, tl_state *st)
     PyObject *abc = PyImport_ImportModule("collections.abc");
     PyObject *coro = abc ? PyObject_GetAttrString(abc, "Coroutine") : NULL;
     Py_XDECREF(abc);
-    PyObject *r = coro ? PyObject_CallMethod(coro, "register", "(O)", (PyObject *)st->sockop_type) : NULL;
+    PyObject *r = coro ? PyObject_CallMethod(coro, "register", "(O)",
+                                             (PyObject *)st->sockop_type) : NULL;
     Py_XDECREF(coro);
     if (r == NULL)
         return -1;

@@ -10,12 +10,10 @@ import asyncio
 import io
 import os
 import socket
-import stat
-import sys
 import time
 import weakref
-from asyncio import base_events, constants, exceptions, selector_events, sslproto
-from asyncio import unix_events
+from asyncio import (base_events, constants, exceptions, selector_events, sslproto,
+                     unix_events)
 from asyncio.log import logger
 
 from . import _core
@@ -64,7 +62,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
     # happy eyeballs, binding, error aggregation) is the running asyncio's
     # own code, so arguments, semantics and messages match its version.
     # create_connection itself is C: numeric addresses without options
-    # connect there, everything else comes here
+    # connect there, everything else comes here.
     _create_connection_general = _Base.create_connection
     _connect_sock = _Base._connect_sock
     _create_connection_transport = _Base._create_connection_transport
