@@ -22,6 +22,8 @@ setup(
             "tonio_loop._core",
             sources=sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "loop", "*.c"))),
             include_dirs=["include"],
+            # without this, a changed header does not recompile the sources
+            depends=sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "include", "*.h"))),
             libraries=["ev"],
             extra_compile_args=extra,
             extra_link_args=(

@@ -26,7 +26,7 @@
 #ifdef Py_GIL_DISABLED
 #define TL_FREELIST_MAX 0
 #else
-#define TL_FREELIST_MAX 256
+#define TL_FREELIST_MAX 2048
 #endif
 
 typedef struct tl_state {
@@ -53,6 +53,14 @@ typedef struct tl_state {
     PyObject *future_cls;            /* what create_future() makes */
     PyObject *task_cls;              /* what create_task() makes */
     PyObject *base_event_loop_cls;   /* asyncio.BaseEventLoop, for borrowing */
+    PyObject *iscoroutine;           /* asyncio.coroutines.iscoroutine */
+    PyObject *iscoroutinefunction;   /* asyncio.coroutines.iscoroutinefunction */
+    PyObject *valid_signals;         /* signal.valid_signals */
+    PyObject *signal_signal;         /* signal.signal */
+    PyObject *signal_siginterrupt;   /* signal.siginterrupt */
+    PyObject *sighandler_noop;       /* asyncio.unix_events._sighandler_noop */
+    PyObject *default_int_handler;   /* signal.default_int_handler */
+    PyObject *sig_dfl;               /* signal.SIG_DFL */
     PyObject *str_call_exception_handler;
     PyObject *str_add_done_callback;
     PyObject *str_remove_done_callback;
@@ -117,6 +125,10 @@ PyObject *tl_import_attr(const char *module, const char *name);
 
 /* Monotonic seconds, the same clock as time.monotonic(). */
 double tl_monotonic(void);
+
+#if PY_VERSION_HEX < 0x030D0000
+#define Py_IsFinalizing() _Py_IsFinalizing()
+#endif
 
 /* The last dotted part of a type's name, as __name__ shows it. */
 static inline const char *tl_type_name(PyTypeObject *tp)

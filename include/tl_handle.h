@@ -54,6 +54,14 @@ void tl_handle_clear_call(tl_handle *h);
 
 /* Shared by Handle and TimerHandle: GC support and the free list. */
 int tl_handle_traverse(tl_handle *h, visitproc visit, void *arg);
+
+/* The GC and queued handles. A handle that only the loop's queues hold is
+ * not tracked by the GC: the loop traverses what it refers to instead
+ * (tl_loop_visit_queued). Most handles die as soon as they ran, so they never
+ * cost the collector a visit. When a queue lets go of a handle that someone
+ * else still holds, tl_loop_unqueue() starts tracking it, so cycles through
+ * it stay collectable. */
+int tl_handle_traverse_contents(tl_handle *h, visitproc visit, void *arg);
 void tl_handle_clear_refs(tl_handle *h);
 PyObject *tl_handle_repr_with(tl_handle *h, PyObject *when);
 

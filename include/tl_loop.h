@@ -71,12 +71,21 @@ typedef struct tl_loop {
 
     int signal_fds[2];          /* set_wakeup_fd socketpair, -1 when unused */
     ev_io signal_io;
+    PyObject *signal_handlers;  /* add_signal_handler(): signal number -> Handle */
+
+    struct tl_loop *fork_prev;  /* the registry of live loops (tl_fork.h) */
+    struct tl_loop *fork_next;
+    char fork_registered;
+    char signal_forked;         /* forked child still holding the wakeup fd */
 
     char closed;
     char stopping;
     char debug;
     char poll_blocking;         /* the current poll may sleep: drop the GIL */
-    char signal_attached;
+    char poll_had_events;       /* set by the last poll when watchers fired */
+    char poll_quiet;            /* the last poll found nothing */
+    double last_poll;           /* tl_monotonic() of the last poll */
+    char signal_wakeup_set;     /* our socketpair is the process wakeup fd */
 
 #ifdef Py_GIL_DISABLED
     PyMutex inbox_lock;         /* guards inbox */
@@ -93,8 +102,17 @@ int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 /* The same from any thread: wakes the loop when it sleeps in the poll. */
 int tl_loop_push_ready_threadsafe(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 
+/* Drop a queue's reference to obj (see tl_handle_traverse_contents). */
+void tl_loop_unqueue(PyObject *obj);
+
+/* GC traversal of an object a queue holds. */
+int tl_loop_visit_queued(PyObject *obj, visitproc visit, void *arg);
+
 /* The ready_fn that runs a Handle. */
 int tl_handle_ready_fn(tl_loop *loop, PyObject *obj);
+
+/* The ready_fn for handle-like objects not of our type: obj._run(). */
+int tl_ready_call_run(tl_loop *loop, PyObject *obj);
 
 /* Checks with asyncio's messages; -1 with RuntimeError set when they fail. */
 int tl_loop_check_closed(tl_loop *loop);

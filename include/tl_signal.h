@@ -1,9 +1,4 @@
-/* tl_signal.h - signals reach the loop the way asyncio arranges it: Python's
- * C-level handler writes the signal number to a wakeup fd (a socketpair the
- * loop watches), the poll returns, and the loop runs PyErr_CheckSignals() so
- * Python handlers - KeyboardInterrupt for Ctrl-C included - run promptly even
- * while the loop was asleep. libev's own signal watchers are never used: they
- * would replace Python's handlers.
+/* tl_signal.h - add_signal_handler() and the signal wakeup fd (see signal.c).
  */
 #ifndef TL_SIGNAL_H
 #define TL_SIGNAL_H
@@ -19,5 +14,13 @@ void tl_signal_detach(struct tl_loop *loop);
 
 /* Close the socketpair (loop.close()). */
 void tl_signal_close(struct tl_loop *loop);
+
+/* Remove every add_signal_handler() handler (loop.close()). */
+int tl_signal_remove_all(struct tl_loop *loop);
+
+/* loop._signal_handlers: the dict of signal number -> Handle */
+PyObject *tl_signal_get_handlers(struct tl_loop *loop, void *closure);
+
+extern PyMethodDef tl_signal_loop_methods[];
 
 #endif

@@ -5,12 +5,12 @@
 #include "tl_loop.h"
 #include "tl_timer.h"
 
-static tl_handle *handle_alloc(PyTypeObject *tp)
+static tl_handle *handle_alloc(tl_state *st)
 {
-    tl_state *st = PyType_GetModuleState(tp);
+    PyTypeObject *tp = st->handle_type;
     tl_handle *h = NULL;
 #if TL_FREELIST_MAX
-    if (tp == st->handle_type && st->handle_nfree > 0) {
+    if (st->handle_nfree > 0) {
         h = (tl_handle *)st->handle_free[--st->handle_nfree];
         PyObject_Init((PyObject *)h, tp);
     }
@@ -78,14 +78,17 @@ tl_handle *tl_handle_new(tl_loop *loop, PyObject *callback,
                          PyObject *const *args, Py_ssize_t nargs,
                          PyObject *context)
 {
-    tl_handle *h = handle_alloc(loop->st->handle_type);
+    tl_handle *h = handle_alloc(loop->st);
     if (h == NULL)
         return NULL;
     if (tl_handle_init(h, loop, callback, args, nargs, context) < 0) {
         Py_DECREF(h);
         return NULL;
     }
-    PyObject_GC_Track(h);
+    /* not tracked while queued: see tl_handle_traverse_contents */
+#ifdef Py_GIL_DISABLED
+    PyObject_GC_Track(h);   /* reference counts are not exact enough there */
+#endif
     return h;
 }
 
@@ -121,12 +124,18 @@ void tl_handle_clear_refs(tl_handle *h)
 int tl_handle_traverse(tl_handle *h, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(h));
+    return tl_handle_traverse_contents(h, visit, arg);
+}
+
+int tl_handle_traverse_contents(tl_handle *h, visitproc visit, void *arg)
+{
     Py_VISIT(h->loop);
     Py_VISIT(h->callback);
     Py_VISIT(h->context);
     Py_VISIT(h->argtuple);
-    for (Py_ssize_t i = 1; i <= TL_HANDLE_INLINE_ARGS; i++)
-        Py_VISIT(h->argv[i]);
+    if (h->argtuple == NULL)
+        for (Py_ssize_t i = 1; i <= h->nargs; i++)
+            Py_VISIT(h->argv[i]);
     Py_VISIT(h->source_traceback);
     return 0;
 }
@@ -209,9 +218,15 @@ int tl_handle_run(tl_handle *h)
             if (argtuple == NULL)
                 nargsf |= PY_VECTORCALL_ARGUMENTS_OFFSET;
             res = PyObject_Vectorcall(callback, argv, nargsf, NULL);
-            PyObject *exc = PyErr_GetRaisedException();
-            PyContext_Exit(context);
-            PyErr_SetRaisedException(exc);
+            if (TL_LIKELY(res != NULL)) {
+                if (PyContext_Exit(context) < 0)
+                    Py_CLEAR(res);
+            } else {
+                /* leave the context without losing the callback's error */
+                PyObject *exc = PyErr_GetRaisedException();
+                PyContext_Exit(context);
+                PyErr_SetRaisedException(exc);
+            }
         }
     } else {
         /* asyncio calls context.run(); keep that for look-alike objects */
@@ -259,6 +274,21 @@ int tl_handle_ready_fn(tl_loop *loop, PyObject *obj)
     if (h->cancelled)
         return 0;
     return tl_handle_run(h);
+}
+
+int tl_ready_call_run(tl_loop *loop, PyObject *obj)
+{
+    PyObject *r = PyObject_CallMethod(obj, "_run", NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    PyObject *msg = PyUnicode_FromString("Exception in callback");
+    if (msg == NULL)
+        return -1;
+    int rc = tl_loop_report_exception(loop, msg, NULL);
+    Py_DECREF(msg);
+    return rc;
 }
 
 /* ---- Python API ------------------------------------------------------- */
@@ -439,9 +469,12 @@ static void handle_dealloc(tl_handle *h)
     PyObject_GC_UnTrack(h);
     if (h->weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)h);
+#if TL_FREELIST_MAX
+    /* the loop knows the module state; asking the type costs more */
+    tl_state *st = h->loop ? h->loop->st : PyType_GetModuleState(tp);
+#endif
     tl_handle_clear_refs(h);
 #if TL_FREELIST_MAX
-    tl_state *st = PyType_GetModuleState(tp);
     if (st != NULL && tp == st->handle_type && st->handle_nfree < TL_FREELIST_MAX) {
         st->handle_free[st->handle_nfree++] = (PyObject *)h;
         Py_DECREF(tp);

@@ -184,6 +184,8 @@ static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
     tl_handle *h = tl_handle_new(loop, args[1], args + 2, nargs - 2, NULL);
     if (h == NULL)
         return NULL;
+    /* held by the fd table, which visits it like any object */
+    PyObject_GC_Track(h);
     tl_io_watch *iw = io_get_or_create(loop, fd);
     if (iw == NULL) {
         Py_DECREF(h);

@@ -12,6 +12,7 @@
 #include "tl_loop.h"
 #include "tl_handle.h"
 #include "tl_signal.h"
+#include "tl_fork.h"
 #include "tl_stream.h"
 #include "tl_server.h"
 #include "tl_sock.h"
@@ -21,6 +22,12 @@
 
 /* asyncio's MAXIMUM_SELECT_TIMEOUT: never sleep longer than a day at once */
 #define TL_MAX_POLL_TIMEOUT (24.0 * 3600.0)
+
+/* While callbacks keep the loop busy and the last poll found nothing, skip
+ * the zero-timeout poll (a system call) for up to this long. I/O readiness
+ * is then noticed at most this late; a loop with I/O going on polls on every
+ * iteration, as asyncio does. */
+#define TL_QUIET_POLL_INTERVAL 50e-6
 
 double tl_monotonic(void)
 {
@@ -75,11 +82,31 @@ static inline tl_ready_item ready_pop(tl_ready *q)
     return it;
 }
 
+void tl_loop_unqueue(PyObject *obj)
+{
+#ifndef Py_GIL_DISABLED
+    if (Py_REFCNT(obj) > 1 && PyObject_IS_GC(obj) && !PyObject_GC_IsTracked(obj))
+        PyObject_GC_Track(obj);
+#endif
+    Py_DECREF(obj);
+}
+
+int tl_loop_visit_queued(PyObject *obj, visitproc visit, void *arg)
+{
+    if (!PyObject_GC_IsTracked(obj)) {
+        tl_state *st = PyType_GetModuleState(Py_TYPE(obj));
+        if (st != NULL && PyObject_TypeCheck(obj, st->handle_type))
+            return tl_handle_traverse_contents((tl_handle *)obj, visit, arg);
+    }
+    Py_VISIT(obj);
+    return 0;
+}
+
 static void ready_clear(tl_ready *q)
 {
     while (q->len) {
         tl_ready_item it = ready_pop(q);
-        Py_DECREF(it.obj);
+        tl_loop_unqueue(it.obj);
     }
     PyMem_Free(q->items);
     q->items = NULL;
@@ -271,11 +298,24 @@ static void loop_timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
 
 /* ---- one iteration ----------------------------------------------------- */
 
+static void loop_invoke_pending_cb(struct ev_loop *ev)
+{
+    tl_loop *loop = ev_userdata(ev);
+    if (ev_pending_count(ev))
+        loop->poll_had_events = 1;
+    ev_invoke_pending(ev);
+}
+
 static int loop_poll(tl_loop *loop)
 {
     int flags = EVRUN_NOWAIT;
     loop->poll_blocking = 0;
-    if (loop->ready.len == 0 && !loop->stopping) {
+    if (loop->ready.len != 0 || loop->stopping) {
+        double now = tl_monotonic();
+        if (loop->poll_quiet && now - loop->last_poll < TL_QUIET_POLL_INTERVAL)
+            return PyErr_CheckSignals();
+        loop->last_poll = now;
+    } else {
         if (loop->timers.len == 0) {
             flags = EVRUN_ONCE;
         } else {
@@ -293,8 +333,12 @@ static int loop_poll(tl_loop *loop)
         }
         loop->poll_blocking = flags == EVRUN_ONCE;
     }
+    loop->poll_had_events = 0;
     ev_run(loop->ev, flags);
     loop->poll_blocking = 0;
+    loop->poll_quiet = !loop->poll_had_events;
+    if (flags == EVRUN_ONCE)
+        loop->last_poll = tl_monotonic();
     if (loop->pending_exc != NULL) {
         PyObject *exc = loop->pending_exc;
         loop->pending_exc = NULL;
@@ -352,7 +396,7 @@ static int loop_run_once(tl_loop *loop)
         tl_ready_item it = ready_pop(&loop->ready);
         int rc = TL_UNLIKELY(loop->debug) ? loop_run_ready_debug(loop, it)
                                           : it.fn(loop, it.obj);
-        Py_DECREF(it.obj);
+        tl_loop_unqueue(it.obj);
         if (TL_UNLIKELY(rc < 0))
             return -1;
     }
@@ -603,6 +647,7 @@ static void loop_free_ev(tl_loop *loop)
     tl_timer_heap_clear(&loop->timers);
     tl_io_table_clear(loop);
     tl_signal_close(loop);
+    tl_fork_unregister(loop);
     if (loop->ev != NULL) {
         ev_async_stop(loop->ev, &loop->wakeup);
         ev_timer_stop(loop->ev, &loop->timer);
@@ -660,6 +705,8 @@ static PyObject *loop_close(tl_loop *loop, PyObject *Py_UNUSED(ignored))
         Py_DECREF(r);
     }
     loop->closed = 1;
+    if (tl_signal_remove_all(loop) < 0)
+        return NULL;
     loop_free_ev(loop);
     if (loop_shutdown_executor(loop) < 0)
         return NULL;
@@ -1024,6 +1071,7 @@ static PyGetSetDef loop_getset[] = {
     {"_exception_handler", (getter)loop_get_exception_handler,
      (setter)set_exception_handler_attr, NULL, NULL},
     {"_task_factory", (getter)loop_get_task_factory, (setter)set_task_factory_attr, NULL, NULL},
+    {"_signal_handlers", (getter)tl_signal_get_handlers, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1047,10 +1095,11 @@ static int loop_ev_init(tl_loop *loop)
     }
     ev_set_userdata(loop->ev, loop);
     ev_set_loop_release_cb(loop->ev, loop_release_cb, loop_acquire_cb);
+    ev_set_invoke_pending_cb(loop->ev, loop_invoke_pending_cb);
     ev_async_init(&loop->wakeup, loop_wakeup_cb);
     ev_async_start(loop->ev, &loop->wakeup);
     ev_timer_init(&loop->timer, loop_timer_cb, 0.0, 0.0);
-    return 0;
+    return tl_fork_register(loop);
 }
 
 static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
@@ -1100,8 +1149,13 @@ static int loop_traverse(tl_loop *loop, visitproc visit, void *arg)
     Py_VISIT(loop->task_factory);
     Py_VISIT(loop->current_handle);
     Py_VISIT(loop->old_agen_hooks);
-    for (size_t i = 0; i < loop->ready.len; i++)
-        Py_VISIT(loop->ready.items[(loop->ready.head + i) & (loop->ready.cap - 1)].obj);
+    Py_VISIT(loop->signal_handlers);
+    for (size_t i = 0; i < loop->ready.len; i++) {
+        PyObject *obj = loop->ready.items[(loop->ready.head + i) & (loop->ready.cap - 1)].obj;
+        int r = tl_loop_visit_queued(obj, visit, arg);
+        if (r)
+            return r;
+    }
     if (tl_timer_heap_traverse(&loop->timers, visit, arg))
         return -1;
     return tl_io_table_traverse(&loop->io, visit, arg);
@@ -1115,6 +1169,7 @@ static int loop_clear(tl_loop *loop)
     Py_CLEAR(loop->task_factory);
     Py_CLEAR(loop->current_handle);
     Py_CLEAR(loop->old_agen_hooks);
+    Py_CLEAR(loop->signal_handlers);
     ready_clear(&loop->ready);
     tl_timer_heap_clear(&loop->timers);
     tl_io_table_clear(loop);
@@ -1160,7 +1215,7 @@ static pthread_once_t loop_methods_once = PTHREAD_ONCE_INIT;
 static void loop_join_methods(void)
 {
     PyMethodDef *tables[] = {tl_loop_core_methods, tl_timer_loop_methods,
-                             tl_io_loop_methods,
+                             tl_io_loop_methods, tl_signal_loop_methods,
                              tl_stream_loop_methods, tl_server_loop_methods,
                              tl_sock_loop_methods, tl_sendfile_loop_methods,
                              tl_pipe_loop_methods, tl_dns_loop_methods,

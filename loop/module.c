@@ -5,6 +5,7 @@
 #include "tl_loop.h"
 #include "tl_handle.h"
 #include "tl_timer.h"
+#include "tl_fork.h"
 #include "tl_stream.h"
 #include "tl_server.h"
 #include "tl_sock.h"
@@ -60,6 +61,14 @@ static int core_exec(PyObject *module)
         {&st->future_cls, "asyncio.futures", "Future"},
         {&st->task_cls, "asyncio.tasks", "Task"},
         {&st->base_event_loop_cls, "asyncio.base_events", "BaseEventLoop"},
+        {&st->iscoroutine, "asyncio.coroutines", "iscoroutine"},
+        {&st->iscoroutinefunction, "asyncio.coroutines", "iscoroutinefunction"},
+        {&st->valid_signals, "signal", "valid_signals"},
+        {&st->signal_signal, "signal", "signal"},
+        {&st->signal_siginterrupt, "signal", "siginterrupt"},
+        {&st->sighandler_noop, "asyncio.unix_events", "_sighandler_noop"},
+        {&st->default_int_handler, "signal", "default_int_handler"},
+        {&st->sig_dfl, "signal", "SIG_DFL"},
     };
     for (size_t i = 0; i < sizeof(imports) / sizeof(imports[0]); i++) {
         *imports[i].slot = tl_import_attr(imports[i].module, imports[i].name);
@@ -92,7 +101,10 @@ static int core_exec(PyObject *module)
     X(set_asyncgen_hooks) X(format_callback_source) X(extract_stack)           \
     X(base_events) X(isfuture) X(ensure_future) X(is_debug_mode)               \
     X(set_wakeup_fd) X(run_until_complete_cb) X(future_cls) X(task_cls)        \
-    X(base_event_loop_cls) X(str_call_exception_handler)                       \
+    X(base_event_loop_cls) X(iscoroutine) X(iscoroutinefunction)               \
+    X(valid_signals) X(signal_signal) X(signal_siginterrupt)                   \
+    X(sighandler_noop) X(default_int_handler) X(sig_dfl)                       \
+    X(str_call_exception_handler)                                              \
     X(str_add_done_callback) X(str_remove_done_callback)                       \
     X(str_log_destroy_pending) X(str_asyncgen_firstiter_hook)                  \
     X(str_asyncgen_finalizer_hook)                                             \
@@ -141,6 +153,13 @@ static void core_free(void *module)
     core_clear((PyObject *)module);
 }
 
+static PyMethodDef core_functions[] = {
+    {"_after_fork_child", tl_fork_after_child, METH_NOARGS,
+     "Called in a forked child (os.register_at_fork) to release the signal "
+     "wakeup fd inherited from the parent's loops."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyModuleDef_Slot core_slots[] = {
     {Py_mod_exec, core_exec},
 #if PY_VERSION_HEX >= 0x030C0000
@@ -158,6 +177,7 @@ PyModuleDef tl_module_def = {
     .m_doc = "The C core of tonio_loop: an asyncio event loop over libev.",
     .m_size = sizeof(tl_state),
     .m_slots = core_slots,
+    .m_methods = core_functions,
     .m_traverse = core_traverse,
     .m_clear = core_clear,
     .m_free = core_free,

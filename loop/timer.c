@@ -108,7 +108,7 @@ void tl_timer_heap_clear(tl_timer_heap *heap)
 {
     while (heap->len) {
         tl_timer_handle *t = heap_take(heap, heap->len - 1);
-        Py_DECREF(t);
+        tl_loop_unqueue((PyObject *)t);
     }
     PyMem_Free(heap->items);
     heap->items = NULL;
@@ -117,8 +117,11 @@ void tl_timer_heap_clear(tl_timer_heap *heap)
 
 int tl_timer_heap_traverse(tl_timer_heap *heap, visitproc visit, void *arg)
 {
-    for (Py_ssize_t i = 0; i < heap->len; i++)
-        Py_VISIT(heap->items[i]);
+    for (Py_ssize_t i = 0; i < heap->len; i++) {
+        int r = tl_loop_visit_queued((PyObject *)heap->items[i], visit, arg);
+        if (r)
+            return r;
+    }
     return 0;
 }
 
@@ -127,7 +130,7 @@ void tl_timer_unschedule(tl_timer_handle *t)
     if (t->slot < 0 || t->base.loop == NULL)
         return;
     tl_timer_handle *taken = heap_take(&t->base.loop->timers, t->slot);
-    Py_DECREF(taken);
+    tl_loop_unqueue((PyObject *)taken);
 }
 
 /* ---- TimerHandle ------------------------------------------------------ */
@@ -179,7 +182,10 @@ tl_timer_handle *tl_timer_schedule(tl_loop *loop, double when,
         Py_DECREF(t);
         return NULL;
     }
-    PyObject_GC_Track(t);
+    /* not tracked while in the heap: see tl_handle_traverse_contents */
+#ifdef Py_GIL_DISABLED
+    PyObject_GC_Track(t);   /* reference counts are not exact enough there */
+#endif
     return t;
 }
 
@@ -270,9 +276,12 @@ static void timer_dealloc(tl_timer_handle *t)
     PyObject_GC_UnTrack(t);
     if (t->base.weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)t);
+#if TL_FREELIST_MAX
+    /* the loop knows the module state; asking the type costs more */
+    tl_state *st = t->base.loop ? t->base.loop->st : PyType_GetModuleState(tp);
+#endif
     tl_handle_clear_refs(&t->base);
 #if TL_FREELIST_MAX
-    tl_state *st = PyType_GetModuleState(tp);
     if (st != NULL && tp == st->timer_handle_type && st->timer_nfree < TL_FREELIST_MAX) {
         st->timer_free[st->timer_nfree++] = (PyObject *)t;
         Py_DECREF(tp);

@@ -137,6 +137,7 @@ def _buffered_proto_classes(mod):
 
 def _unix_events_classes(mod):
     return {
+        "TonioSelectorEventLoopSignalTests": _setup_variant(mod.SelectorEventLoopSignalTests),
         "TonioSelectorEventLoopUnixSocketTests":
             _setup_variant(mod.SelectorEventLoopUnixSocketTests),
         "SelectorEventLoopUnixSockSendfileTests": mod.SelectorEventLoopUnixSockSendfileTests,
@@ -164,9 +165,12 @@ SUITES = {
 # "<Class>.<test>"; values are the reason.
 # --------------------------------------------------------------------------
 
-_LATER_OS = "UDP, subprocesses and signal handlers arrive with the OS issue"
+_LATER_OS = "UDP and subprocesses arrive with the OS issue"
 _INTERNALS = "inspects asyncio.BaseEventLoop internals that tonio_loop keeps in C"
 _SELECTOR = "drives a mocked asyncio selector; tonio_loop polls with libev"
+_MOCKED_SIGNAL = ("patches asyncio.unix_events.signal, which only asyncio's own loop uses; "
+                  "tonio_loop calls the signal module from C (real-signal parity tests "
+                  "in tests/test_signals.py)")
 _OWN_HANDLES = ("checks isinstance(handle, asyncio.Handle): tonio_loop's Handle and "
                 "TimerHandle are C types of their own with the same API (as uvloop's)")
 
@@ -175,8 +179,6 @@ SKIPS = {
         "TonioEventLoopTests.test_internal_fds": _INTERNALS,
         # OS surface
         "TonioEventLoopTests.test_create_datagram_endpoint*": _LATER_OS,
-        "TonioEventLoopTests.test_add_signal_handler": _LATER_OS,
-        "TonioEventLoopTests.test_signal_handling_*": _LATER_OS,
         "TonioEventLoopTests.test_subprocess_*": _LATER_OS,
         "TonioEventLoopTests.test_datagram_*": _LATER_OS,
         "TonioEventLoopTests.test_timeout_rounding":
@@ -204,6 +206,13 @@ SKIPS = {
             "drives asyncio's _sock_sendfile_native_impl() with a mocked os.sendfile",
         "SelectorEventLoopUnixSockSendfileTests.test_sock_sendfile_not_available":
             "mocks asyncio.unix_events.os; tonio_loop calls sendfile(2) from C",
+        "TonioSelectorEventLoopSignalTests.test_add_signal_handler": _OWN_HANDLES,
+        "TonioSelectorEventLoopSignalTests.test_add_signal_handler_install_error*": _MOCKED_SIGNAL,
+        "TonioSelectorEventLoopSignalTests.test_add_signal_handler_setup_error": _MOCKED_SIGNAL,
+        "TonioSelectorEventLoopSignalTests.test_remove_signal_handler*": _MOCKED_SIGNAL,
+        "TonioSelectorEventLoopSignalTests.test_close": _MOCKED_SIGNAL,
+        "TonioSelectorEventLoopSignalTests.test_close_on_finalizing":
+            _MOCKED_SIGNAL + " and sys.is_finalizing (tests/test_signals.py covers close())",
     },
     "test_base_events": {
         "TonioBaseEventLoopTests.test__add_callback_*": _INTERNALS + " (_add_callback, _ready)",

@@ -132,10 +132,8 @@ def test_explicit_context(loop):
     assert seen == ["in ctx", "unset"]
 
 
-def test_context_already_entered_is_reported(loop):
+def test_context_already_entered_is_reported(loop, caplog):
     ctx = contextvars.copy_context()
-    errors = []
-    loop.set_exception_handler(lambda lp, c: errors.append(c))
 
     def inner():
         pass
@@ -146,10 +144,13 @@ def test_context_already_entered_is_reported(loop):
 
     loop.call_soon(outer, context=ctx)
     loop.call_soon(loop.stop)
-    loop.run_forever()
-    assert len(errors) == 1
-    assert isinstance(errors[0]["exception"], RuntimeError)
-    assert "already entered" in str(errors[0]["exception"])
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.run_forever()
+    assert len(caplog.records) == 1
+    rec = caplog.records[0]
+    assert rec.getMessage().startswith("Exception in callback ")
+    assert isinstance(rec.exc_info[1], RuntimeError)
+    assert "already entered" in str(rec.exc_info[1])
 
 
 def test_exception_in_callback_goes_to_handler_and_loop_continues(loop):
@@ -395,5 +396,46 @@ def test_handle_cycle_is_collected(loop):
     ref = weakref.ref(obj)
     obj.handle.cancel()
     del obj
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("how", ["ran", "cancelled", "timer_ran", "timer_cancelled"])
+def test_cycles_through_handles_are_collected(loop, how):
+    class Holder:
+        def cb(self):
+            pass
+
+    obj = Holder()
+    if how.startswith("timer"):
+        obj.handle = loop.call_later(0, obj.cb)
+    else:
+        obj.handle = loop.call_soon(obj.cb)
+    if how.endswith("cancelled"):
+        obj.handle.cancel()
+    ref = weakref.ref(obj)
+    del obj
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert ref() is None
+
+
+def test_unclosed_loop_with_pending_callbacks_is_collected(loop_name):
+    from tests.conftest import LOOP_FACTORIES
+
+    loop = LOOP_FACTORIES[loop_name]()
+
+    class Holder:
+        pass
+
+    obj = Holder()
+    obj.loop = loop
+    loop.call_soon(lambda o=obj: o)
+    loop.call_later(100, lambda o=obj: o)
+    ref = weakref.ref(obj)
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        del loop, obj
+        gc.collect()
     gc.collect()
     assert ref() is None

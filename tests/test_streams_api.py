@@ -11,15 +11,26 @@ import pytest
 from .netutil import wait_for
 
 
-async def echo_lines(reader, writer):
-    while line := await reader.readline():
-        writer.write(line.upper())
-        await writer.drain()
-    writer.close()
-    await writer.wait_closed()
+def echo_lines_server():
+    """A line-upper-casing handler and an event set once it is done (3.11's
+    Server.wait_closed() does not wait for handlers)."""
+    finished = asyncio.Event()
+
+    async def echo_lines(reader, writer):
+        try:
+            while line := await reader.readline():
+                writer.write(line.upper())
+                await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            finished.set()
+
+    return echo_lines, finished
 
 
 async def test_open_connection_start_server():
+    echo_lines, finished = echo_lines_server()
     server = await asyncio.start_server(echo_lines, "127.0.0.1", 0)
     addr = server.sockets[0].getsockname()
     reader, writer = await asyncio.open_connection(*addr)
@@ -33,18 +44,21 @@ async def test_open_connection_start_server():
     assert await wait_for(reader.read()) == b""
     writer.close()
     await writer.wait_closed()
+    await wait_for(finished.wait())
     server.close()
     await server.wait_closed()
 
 
 async def test_unix_streams(tmp_path):
     path = str(tmp_path / "streams.sock")
+    echo_lines, finished = echo_lines_server()
     server = await asyncio.start_unix_server(echo_lines, path)
     reader, writer = await asyncio.open_unix_connection(path)
     writer.write(b"unix\n")
     assert await wait_for(reader.readexactly(5)) == b"UNIX\n"
     writer.close()
     await writer.wait_closed()
+    await wait_for(finished.wait())
     server.close()
     await server.wait_closed()
 

@@ -7,13 +7,18 @@
 """
 
 import asyncio as _asyncio
+import os as _os
 import sys as _sys
 import warnings as _warnings
 
+from . import _core
 from ._core import Handle, TimerHandle
 from ._loop import Loop, new_event_loop
 
 __version__ = "0.1.0"
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_core._after_fork_child)
 
 __all__ = (
     "Loop",
