@@ -68,6 +68,7 @@ typedef struct tl_loop {
 
     tl_loop_link links;         /* sentinel of the tl_loop_link ring */
     char *read_buf;             /* transports read here (tl_stream.h) */
+    PyObject *read_spare;       /* a bytes object to read into again */
 
     int signal_fds[2];          /* set_wakeup_fd socketpair, -1 when unused */
     ev_io signal_io;

@@ -130,6 +130,10 @@ PyObject *tl_pipe_transport_new(struct tl_loop *loop, int fd, PyObject *fileobj,
 ssize_t tl_read_bytes(struct tl_loop *loop, int fd, Py_ssize_t max, int use_recv,
                       int32_t *last, PyObject **out);
 
+/* Done with a bytes object tl_read_bytes() made: kept for the next read
+ * when nothing else holds it, released otherwise. Steals data. */
+void tl_read_recycle(struct tl_loop *loop, PyObject *data);
+
 /* Type creation and the stdlib objects the transports use. */
 int tl_stream_init_module(PyObject *module, tl_state *st);
 

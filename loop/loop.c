@@ -640,6 +640,7 @@ static void loop_free_ev(tl_loop *loop)
     }
     PyMem_Free(loop->read_buf);
     loop->read_buf = NULL;
+    Py_CLEAR(loop->read_spare);
     ready_clear(&loop->ready);
 #ifdef Py_GIL_DISABLED
     ready_clear(&loop->inbox);

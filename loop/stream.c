@@ -292,6 +292,47 @@ static char *loop_read_buffer(tl_loop *loop)
 #define TL_DIRECT_READ_MIN 2048
 #define TL_DIRECT_READ_MAX (120 * 1024)
 
+/* A bytes object that data_received() let go of (nobody else holds it) is
+ * kept for the next read: a steady exchange then neither allocates nor
+ * frees per message. Not with free threading, where a reference count of
+ * one proves nothing about other threads. */
+#if !defined(Py_GIL_DISABLED) && PY_VERSION_HEX < 0x030F0000
+#define TL_RECYCLE_BYTES 1
+#else
+#define TL_RECYCLE_BYTES 0
+#endif
+
+#if TL_RECYCLE_BYTES
+/* The recycled object gets new contents: forget a hash computed for the
+ * old ones (the field is deprecated for extensions, not gone). */
+static inline void bytes_forget_hash(PyObject *b)
+{
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    ((PyBytesObject *)b)->ob_shash = -1;
+#pragma GCC diagnostic pop
+}
+#endif
+
+void tl_read_recycle(tl_loop *loop, PyObject *data)
+{
+#if TL_RECYCLE_BYTES
+    /* sizes 0 and 1 may be the interpreter's shared singletons */
+    if (Py_REFCNT(data) == 1 && PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 1 &&
+        PyBytes_GET_SIZE(data) <= TL_DIRECT_READ_MAX) {
+        /* keep the larger one: a shrunk spare must not stay too small */
+        PyObject *spare = loop->read_spare;
+        if (spare == NULL || PyBytes_GET_SIZE(spare) < PyBytes_GET_SIZE(data)) {
+            loop->read_spare = data;
+            data = spare;
+            if (data == NULL)
+                return;
+        }
+    }
+#endif
+    Py_DECREF(data);
+}
+
 static inline ssize_t readv_fd(int fd, struct iovec *iov, int cnt, int use_recv)
 {
     if (cnt == 1)       /* read/recv take the kernel's shorter way */
@@ -315,8 +356,6 @@ ssize_t tl_read_bytes(tl_loop *loop, int fd, Py_ssize_t max, int use_recv, int32
     if (max > TL_READ_MAX)
         max = TL_READ_MAX;
     PyObject *bytes = NULL;
-    struct iovec iov[2];
-    int cnt = 0;
     Py_ssize_t guess = 0;
     if (*last >= TL_DIRECT_READ_MIN && max >= TL_DIRECT_READ_MIN) {
         /* room for the same again, rounded up to whole pages */
@@ -325,18 +364,38 @@ ssize_t tl_read_bytes(tl_loop *loop, int fd, Py_ssize_t max, int use_recv, int32
             guess = TL_DIRECT_READ_MAX;
         if (guess > max)
             guess = max;
+    }
+#if TL_RECYCLE_BYTES
+    PyObject *spare = loop->read_spare;
+    /* it will do when it holds what came last time */
+    if (spare != NULL && PyBytes_GET_SIZE(spare) <= max &&
+        PyBytes_GET_SIZE(spare) >= (guess ? *last : 0)) {
+        loop->read_spare = NULL;
+        bytes = spare;
+        guess = PyBytes_GET_SIZE(spare);
+        bytes_forget_hash(bytes);
+    }
+#endif
+    if (bytes == NULL && guess > 0) {
         bytes = PyBytes_FromStringAndSize(NULL, guess);
         if (bytes == NULL)
             return -2;
+    }
+    struct iovec iov[2];
+    int cnt = 0;
+    if (bytes != NULL) {
         iov[cnt].iov_base = PyBytes_AS_STRING(bytes);
         iov[cnt++].iov_len = (size_t)guess;
     }
-    iov[cnt].iov_base = buf;
-    iov[cnt++].iov_len = (size_t)(max - guess);
+    if (max > guess) {
+        iov[cnt].iov_base = buf;
+        iov[cnt++].iov_len = (size_t)(max - guess);
+    }
     ssize_t n = readv_fd(fd, iov, cnt, use_recv);
     if (n <= 0) {
         int err = errno;
-        Py_XDECREF(bytes);
+        if (bytes != NULL)
+            tl_read_recycle(loop, bytes);
         errno = err;
         *last = 0;
         return n;
@@ -358,7 +417,7 @@ ssize_t tl_read_bytes(tl_loop *loop, int fd, Py_ssize_t max, int use_recv, int32
         memcpy(PyBytes_AS_STRING(joined), PyBytes_AS_STRING(bytes), (size_t)guess);
         memcpy(PyBytes_AS_STRING(joined) + guess, buf, (size_t)(n - guess));
     }
-    Py_DECREF(bytes);
+    tl_read_recycle(loop, bytes);
     *out = joined;
     return joined ? n : -2;
 }
@@ -478,7 +537,7 @@ static int stream_read_ready(tl_stream *t)
         return stream_on_eof(t);
     PyObject *proto = Py_NewRef(t->protocol);
     PyObject *r = call_protocol(t, t->loop->st->str_data_received, data);
-    Py_DECREF(data);
+    tl_read_recycle(t->loop, data);
     int rc = 0;
     if (r != NULL) {
         Py_DECREF(r);

@@ -816,3 +816,24 @@ async def test_create_connection_cancelled_while_connecting():
         assert task.cancelled()
     except OSError:
         pass
+
+
+async def test_data_received_objects_hash_their_own_contents():
+    # the transport may read into a bytes object data_received() let go of:
+    # a hash taken of an earlier message must not stick to a later one
+    seen = []
+
+    class Hashing(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            seen.append((hash(data), bytes(data), {data: 1}.get(bytes(data))))
+
+    server, tr, pr, sp = await connect_pair(Hashing)
+    for i in range(20):
+        tr.write(bytes([65 + i]) * 1500)
+        await sp.wait_for_data(1500 * (i + 1))
+    assert all(h == hash(copy) and found == 1 for h, copy, found in seen)
+    assert b"".join(copy for _, copy, _ in seen) == bytes(sp.data)
+    tr.close()
+    await wait_for(sp.lost)
+    await close_server(server)
