@@ -94,6 +94,18 @@ class BufferedRecorder(asyncio.BufferedProtocol):
         self.lost.set_result(exc)
 
 
+def recording(make=None):
+    """A protocol factory that keeps every protocol it made, and that list."""
+    made = []
+
+    def factory():
+        protocol = (make or Recorder)()
+        made.append(protocol)
+        return protocol
+
+    return factory, made
+
+
 async def wait_for(fut, timeout=5):
     return await asyncio.wait_for(fut, timeout)
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from .netutil import Recorder, close_server, is_tonio, tcp_server, wait_for
+from .netutil import Recorder, close_server, recording, tcp_server, wait_for
 
 
 async def test_server_api():
@@ -72,13 +72,7 @@ async def test_async_with_closes():
 
 async def test_wait_closed_waits_for_connections():
     loop = asyncio.get_running_loop()
-    accepted = []
-
-    def factory():
-        p = Recorder()
-        accepted.append(p)
-        return p
-
+    factory, accepted = recording()
     server, addr = await tcp_server(factory)
     tr, pr = await loop.create_connection(Recorder, *addr)
     await wait_for(pr.made)
@@ -189,13 +183,7 @@ async def test_protocol_factory_failure_drops_connection():
 
 async def test_many_connections_in_one_accept_burst():
     loop = asyncio.get_running_loop()
-    accepted = []
-
-    def factory():
-        p = Recorder(echo=True)
-        accepted.append(p)
-        return p
-
+    factory, accepted = recording(lambda: Recorder(echo=True))
     server, addr = await tcp_server(factory, backlog=200)
     conns = await asyncio.gather(*[loop.create_connection(Recorder, *addr)
                                    for _ in range(150)])

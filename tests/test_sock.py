@@ -7,12 +7,11 @@ import io
 import os
 import socket
 import ssl
-import sys
 import tempfile
 
 import pytest
 
-from .netutil import Recorder, close_server, is_tonio, tcp_server, wait_for
+from .netutil import Recorder, close_server, is_tonio, recording, tcp_server, wait_for
 
 
 def nb_socket(family=socket.AF_INET, type=socket.SOCK_STREAM):
@@ -324,13 +323,7 @@ async def test_sock_sendfile_arguments(datafile):
 async def test_loop_sendfile_over_transport(datafile):
     loop = asyncio.get_running_loop()
     f, data = datafile
-    accepted = []
-
-    def factory():
-        p = Recorder()
-        accepted.append(p)
-        return p
-
+    factory, accepted = recording()
     server, addr = await tcp_server(factory)
     tr, pr = await loop.create_connection(Recorder, *addr)
     tr.write(b"header:")

@@ -2,9 +2,6 @@
 running unchanged on both loops."""
 
 import asyncio
-import socket
-import ssl
-import sys
 
 import pytest
 
@@ -107,9 +104,7 @@ async def test_readuntil_and_limit():
     await server.wait_closed()
 
 
-async def test_start_tls_on_stream():
-    if sys.version_info < (3, 11):
-        pytest.skip("StreamWriter.start_tls is new in 3.11")
+async def test_tls_streams():
     from test.test_asyncio import utils as test_utils
     server_ctx = test_utils.simple_server_sslcontext()
     client_ctx = test_utils.simple_client_sslcontext()

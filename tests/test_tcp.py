@@ -7,12 +7,11 @@ import gc
 import logging
 import socket
 import sys
-import weakref
 
 import pytest
 
-from .netutil import (BufferedRecorder, Recorder, close_server, is_tonio, tcp_server,
-                      wait_for)
+from .netutil import (BufferedRecorder, Recorder, close_server, is_tonio, recording,
+                      tcp_server, wait_for)
 
 cvar = contextvars.ContextVar("cvar", default="unset")
 
@@ -20,13 +19,7 @@ cvar = contextvars.ContextVar("cvar", default="unset")
 async def connect_pair(server_factory=None, client_factory=None, **server_kwargs):
     """(server, client transport, client protocol, server protocol)"""
     loop = asyncio.get_running_loop()
-    accepted = []
-
-    def make_server_proto():
-        p = (server_factory or Recorder)()
-        accepted.append(p)
-        return p
-
+    make_server_proto, accepted = recording(server_factory)
     server, addr = await tcp_server(make_server_proto, **server_kwargs)
     tr, pr = await loop.create_connection(client_factory or Recorder, *addr)
     await wait_for(pr.made)

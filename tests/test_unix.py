@@ -3,24 +3,17 @@ and the abstract namespace, on both loops."""
 
 import asyncio
 import os
-import pathlib
 import socket
 import sys
 
 import pytest
 
-from .netutil import BufferedRecorder, Recorder, close_server, wait_for
+from .netutil import BufferedRecorder, Recorder, close_server, recording, wait_for
 
 
 async def unix_pair(path, server_factory=Recorder, **kwargs):
     loop = asyncio.get_running_loop()
-    accepted = []
-
-    def factory():
-        p = server_factory()
-        accepted.append(p)
-        return p
-
+    factory, accepted = recording(server_factory)
     server = await loop.create_unix_server(factory, path, **kwargs)
     tr, pr = await loop.create_unix_connection(Recorder, path)
     await wait_for(pr.made)
