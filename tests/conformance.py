@@ -187,8 +187,7 @@ SKIPS = {
     },
     "test_streams": {
         "StreamTests.test_read_all_from_pipe_reader":
-            "spawns a subprocess through a child watcher (add_signal_handler): "
-            + _LATER_OS,
+            "spawns a subprocess through the policy's child watcher: " + _LATER_OS,
     },
     "test_sendfile": {
         "TonioSendfileTests.test_sendfile_not_supported":
