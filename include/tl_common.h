@@ -111,6 +111,37 @@ typedef struct tl_state {
     PyObject *str_FINISHED;
     _Atomic uint64_t task_name_counter;
 
+    /* streams, servers and socket operations (tl_stream.h, tl_sock.h) */
+    PyTypeObject *socket_transport_type;
+    PyTypeObject *read_pipe_type;
+    PyTypeObject *write_pipe_type;
+    PyTypeObject *listener_type;
+    PyTypeObject *sockop_type;
+    PyObject *buffered_protocol_cls; /* asyncio.BufferedProtocol */
+    PyObject *transport_socket_cls;  /* asyncio.trsock.TransportSocket */
+    PyObject *socket_cls;            /* socket.socket */
+    PyObject *ssl_socket_cls;        /* ssl.SSLSocket, or None without ssl */
+    PyObject *sendfile_unavailable;  /* asyncio SendfileNotAvailableError */
+    PyObject *logger;                /* asyncio's logger */
+    PyObject *str_data_received;
+    PyObject *str_get_buffer;
+    PyObject *str_buffer_updated;
+    PyObject *str_eof_received;
+    PyObject *str_connection_made;
+    PyObject *str_connection_lost;
+    PyObject *str_pause_writing;
+    PyObject *str_resume_writing;
+    PyObject *str_set_result;
+    PyObject *str_set_exception;
+    PyObject *str_cancelled;
+    PyObject *str_done;
+    PyObject *str_create_future;
+    PyObject *str_fileno;
+    PyObject *str_close;
+    PyObject *str_attach;
+    PyObject *str_detach;
+    int server_attach_takes_transport;  /* Server._attach(transport), 3.13 */
+
     /* free lists (see TL_FREELIST_MAX) */
     PyObject *handle_free[TL_FREELIST_MAX ? TL_FREELIST_MAX : 1];
     int handle_nfree;
@@ -134,6 +165,9 @@ static inline tl_state *tl_state_of_type(PyTypeObject *tp)
     PyObject *mod = PyType_GetModuleByDef(tp, &tl_module_def);
     return mod ? tl_state_of_module(mod) : NULL;
 }
+
+/* module.name, imported now; NULL with an exception on failure. */
+PyObject *tl_import_attr(const char *module, const char *name);
 
 /* Monotonic seconds, the same clock as time.monotonic(). */
 double tl_monotonic(void);

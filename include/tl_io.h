@@ -31,6 +31,10 @@ typedef struct {
  * as asyncio does), or clear it with owner == NULL. */
 int tl_io_set_owner(struct tl_loop *loop, int fd, PyObject *owner);
 
+/* asyncio's _ensure_fd_no_transport(): RuntimeError when a transport that
+ * is not closing owns fd. */
+int tl_io_ensure_no_transport(struct tl_loop *loop, PyObject *fileobj, int fd);
+
 /* Stop every watcher and free the table (loop.close()). */
 void tl_io_table_clear(struct tl_loop *loop);
 int tl_io_table_traverse(tl_io_table *t, visitproc visit, void *arg);

@@ -66,6 +66,13 @@ static inline tl_ready_item tl_ready_pop(tl_ready *q)
 void tl_ready_clear(tl_ready *q);
 
 struct tl_dispatch;
+/* Something that keeps libev watchers on the loop (a transport, a pending
+ * socket operation) links itself here while they are active: close() tells
+ * each one to let go before it destroys the libev loop. */
+typedef struct tl_loop_link {
+    struct tl_loop_link *prev, *next;
+    void (*on_loop_close)(struct tl_loop_link *link);
+} tl_loop_link;
 
 typedef struct tl_loop {
     PyObject_HEAD
@@ -89,6 +96,10 @@ typedef struct tl_loop {
     PyObject *current_handle;   /* debug mode: the handle being run */
     PyObject *old_agen_hooks;
     double slow_callback_duration;
+
+    tl_loop_link links;         /* sentinel of the tl_loop_link ring */
+    char *read_buf;             /* transports read here (tl_stream.h) */
+    PyObject *read_spare;       /* a bytes object to read into again */
 
     int signal_fds[2];          /* set_wakeup_fd socketpair, -1 when unused */
     ev_io signal_io;
@@ -201,6 +212,10 @@ int tl_parse_callback_args(const char *fname, const char *first,
                            PyObject *kwnames, PyObject **context);
 
 double tl_loop_time(tl_loop *loop);
+
+/* Link/unlink a watcher owner (see tl_loop_link). */
+void tl_loop_link_add(tl_loop *loop, tl_loop_link *link);
+void tl_loop_link_remove(tl_loop_link *link);
 
 /* Method tables that other files add to the Loop type. */
 extern PyMethodDef tl_loop_core_methods[];

@@ -131,7 +131,7 @@ int tl_io_fileobj_to_fd(PyObject *fileobj)
 }
 
 /* asyncio._ensure_fd_no_transport */
-static int io_ensure_no_transport(tl_loop *loop, PyObject *fileobj, int fd)
+int tl_io_ensure_no_transport(tl_loop *loop, PyObject *fileobj, int fd)
 {
     int locked = tl_loop_ev_lock(loop);
     tl_io_watch *iw = io_lookup(loop, fd);
@@ -180,7 +180,7 @@ static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
     int fd = tl_io_fileobj_to_fd(args[0]);
     if (fd < 0)
         return NULL;
-    if (check_transport && io_ensure_no_transport(loop, args[0], fd) < 0)
+    if (check_transport && tl_io_ensure_no_transport(loop, args[0], fd) < 0)
         return NULL;
     if (tl_loop_check_closed(loop) < 0 || io_check_pollable(fd) < 0)
         return NULL;
@@ -223,7 +223,7 @@ static PyObject *io_remove(tl_loop *loop, PyObject *fileobj, int writing, int ch
     int fd = tl_io_fileobj_to_fd(fileobj);
     if (fd < 0)
         return NULL;
-    if (check_transport && io_ensure_no_transport(loop, fileobj, fd) < 0)
+    if (check_transport && tl_io_ensure_no_transport(loop, fileobj, fd) < 0)
         return NULL;
     if (loop->closed)
         Py_RETURN_FALSE;

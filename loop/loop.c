@@ -17,6 +17,12 @@
 #include "tl_task.h"
 #include "tl_fork.h"
 #include "tl_dispatch.h"
+#include "tl_stream.h"
+#include "tl_server.h"
+#include "tl_sock.h"
+#include "tl_pipe.h"
+#include "tl_dns.h"
+#include "tl_tcp.h"
 
 /* asyncio's MAXIMUM_SELECT_TIMEOUT: never sleep longer than a day at once */
 #define TL_MAX_POLL_TIMEOUT (24.0 * 3600.0)
@@ -679,9 +685,36 @@ static PyObject *loop_is_closed(tl_loop *loop, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(loop->closed);
 }
 
+void tl_loop_link_add(tl_loop *loop, tl_loop_link *link)
+{
+    link->next = &loop->links;
+    link->prev = loop->links.prev;
+    loop->links.prev->next = link;
+    loop->links.prev = link;
+}
+
+void tl_loop_link_remove(tl_loop_link *link)
+{
+    if (link->next == NULL)
+        return;
+    link->prev->next = link->next;
+    link->next->prev = link->prev;
+    link->next = link->prev = NULL;
+}
+
 static void loop_free_ev(tl_loop *loop)
 {
     tl_dispatch_destroy(loop);
+    /* Owners of watchers let go while libev is still alive; each one may
+     * drop the last reference to itself, so take them one at a time. */
+    while (loop->links.next != NULL && loop->links.next != &loop->links) {
+        tl_loop_link *link = loop->links.next;
+        tl_loop_link_remove(link);
+        link->on_loop_close(link);
+    }
+    PyMem_Free(loop->read_buf);
+    loop->read_buf = NULL;
+    Py_CLEAR(loop->read_spare);
     ready_clear(&loop->ready);
 #ifdef Py_GIL_DISABLED
     ready_clear(&loop->inbox);
@@ -1173,6 +1206,7 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
 #ifdef Py_GIL_DISABLED
     loop->shared = 1;   /* any thread may call in, none is held back */
 #endif
+    loop->links.next = loop->links.prev = &loop->links;
     if (loop_ev_init(loop) < 0) {
         Py_DECREF(loop);
         return NULL;
@@ -1300,7 +1334,11 @@ static pthread_once_t loop_methods_once = PTHREAD_ONCE_INIT;
 static void loop_join_methods(void)
 {
     PyMethodDef *tables[] = {tl_loop_core_methods, tl_timer_loop_methods,
-                             tl_io_loop_methods, tl_signal_loop_methods, NULL};
+                             tl_io_loop_methods, tl_signal_loop_methods,
+                             tl_stream_loop_methods, tl_server_loop_methods,
+                             tl_sock_loop_methods, tl_sendfile_loop_methods,
+                             tl_pipe_loop_methods, tl_dns_loop_methods,
+                             tl_tcp_loop_methods, NULL};
     size_t n = 0;
     for (PyMethodDef **t = tables; *t; t++)
         for (PyMethodDef *m = *t; m->ml_name; m++)

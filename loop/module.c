@@ -10,8 +10,11 @@
 #include "tl_task.h"
 #include "tl_fork.h"
 #include "tl_dispatch.h"
+#include "tl_stream.h"
+#include "tl_server.h"
+#include "tl_sock.h"
 
-static PyObject *import_attr(const char *module, const char *name)
+PyObject *tl_import_attr(const char *module, const char *name)
 {
     PyObject *mod = PyImport_ImportModule(module);
     if (mod == NULL)
@@ -127,7 +130,7 @@ static int core_exec(PyObject *module)
         {&st->sig_dfl, "signal", "SIG_DFL"},
     };
     for (size_t i = 0; i < sizeof(imports) / sizeof(imports[0]); i++) {
-        *imports[i].slot = import_attr(imports[i].module, imports[i].name);
+        *imports[i].slot = tl_import_attr(imports[i].module, imports[i].name);
         if (*imports[i].slot == NULL)
             return -1;
     }
@@ -161,6 +164,10 @@ static int core_exec(PyObject *module)
         intern(&st->str_FINISHED, "FINISHED") < 0)
         return -1;
 
+    if (tl_stream_init_module(module, st) < 0 || tl_server_init_module(module, st) < 0 ||
+        tl_sock_init_module(module, st) < 0)
+        return -1;
+
     return PyModule_AddIntConstant(module, "EV_VERSION",
                                    ev_version_major() * 100 + ev_version_minor());
 }
@@ -189,7 +196,16 @@ static int core_exec(PyObject *module)
     X(str_call_exception_handler)                                              \
     X(str_add_done_callback) X(str_remove_done_callback)                       \
     X(str_log_destroy_pending) X(str_asyncgen_firstiter_hook)                  \
-    X(str_asyncgen_finalizer_hook)
+    X(str_asyncgen_finalizer_hook)                                             \
+    X(socket_transport_type) X(read_pipe_type) X(write_pipe_type)              \
+    X(listener_type) X(sockop_type) X(buffered_protocol_cls)                    \
+    X(transport_socket_cls) X(socket_cls) X(ssl_socket_cls)                     \
+    X(sendfile_unavailable) X(logger) X(str_data_received) X(str_get_buffer)    \
+    X(str_buffer_updated) X(str_eof_received) X(str_connection_made)            \
+    X(str_connection_lost) X(str_pause_writing) X(str_resume_writing)           \
+    X(str_set_result) X(str_set_exception) X(str_cancelled) X(str_done)         \
+    X(str_create_future) X(str_fileno) X(str_close)               \
+    X(str_attach) X(str_detach)
 
 static int core_traverse(PyObject *module, visitproc visit, void *arg)
 {

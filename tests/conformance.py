@@ -286,12 +286,67 @@ def _runners_classes(mod):
         elif not issubclass(cls, mod.BaseTest):
             out[name] = cls
     return out
+def _create_variant(cls, *bases):
+    """A subclass whose create_event_loop() returns a tonio loop."""
+
+    class Variant(cls, *bases):
+        def create_event_loop(self):
+            return tonio_loop.new_event_loop()
+
+    name = cls.__name__.replace("Mixin", "").replace("Base", "")
+    Variant.__name__ = Variant.__qualname__ = "Tonio" + name
+    return Variant
+
+
+def _new_loop_variant(cls):
+    """A subclass whose new_loop() (functional tests) returns a tonio loop."""
+
+    class Variant(cls):
+        def new_loop(self):
+            return tonio_loop.new_event_loop()
+
+    Variant.__name__ = Variant.__qualname__ = "Tonio" + cls.__name__
+    return Variant
+
+
+def _streams_classes(mod):
+    return {"StreamTests": mod.StreamTests}
+
+
+def _server_classes(mod):
+    return {
+        "TonioSelectorStartServerTests": _new_loop_variant(mod.SelectorStartServerTests),
+        "TestServer2": getattr(mod, "TestServer2", None),
+        "UnixServerCleanupTests": getattr(mod, "UnixServerCleanupTests", None),
+    }
+
+
+def _sock_lowlevel_classes(mod):
+    from test.test_asyncio import utils as test_utils
+    return {"TonioSockTests": _create_variant(mod.BaseSockTestsMixin, test_utils.TestCase)}
+
+
+def _sendfile_classes(mod):
+    from test.test_asyncio import utils as test_utils
+    return {"TonioSendfileTests": _create_variant(mod.SendfileTestsBase, test_utils.TestCase)}
+
+
+def _buffered_proto_classes(mod):
+    return {"TonioBufferedProtocolTests":
+            _new_loop_variant(mod.BufferedProtocolSelectorTests)}
 
 
 def _unix_events_classes(mod):
     return {
         "TonioSelectorEventLoopSignalTests": _setup_variant(mod.SelectorEventLoopSignalTests),
+        "TonioSelectorEventLoopUnixSocketTests":
+            _setup_variant(mod.SelectorEventLoopUnixSocketTests),
+        "SelectorEventLoopUnixSockSendfileTests": mod.SelectorEventLoopUnixSockSendfileTests,
     }
+
+
+def _protocols_classes(mod):
+    return {"ProtocolsAbsTests": mod.ProtocolsAbsTests}
 
 
 SUITES = {
@@ -307,6 +362,12 @@ SUITES = {
     "test_context": _module_classes,
     "test_pep492": _pep492_classes,
     "test_runners": _runners_classes,
+    "test_streams": _streams_classes,
+    "test_server": _server_classes,
+    "test_sock_lowlevel": _sock_lowlevel_classes,
+    "test_sendfile": _sendfile_classes,
+    "test_buffered_proto": _buffered_proto_classes,
+    "test_protocols": _protocols_classes,
     "test_unix_events": _unix_events_classes,
 }
 if V >= (3, 12):
@@ -317,9 +378,7 @@ if V >= (3, 12):
 # "<Class>.<test>"; values are the reason.
 # --------------------------------------------------------------------------
 
-_LATER_STREAMS = "TCP/Unix streams, servers and the socket API arrive with the streams issue"
-_LATER_OS = "UDP, pipes, subprocesses and signal handlers arrive with the OS issue"
-_LATER_TLS = "TLS arrives with its own issue"
+_LATER_OS = "UDP and subprocesses arrive with the OS issue"
 _INTERNALS = "inspects asyncio.BaseEventLoop internals that tonio_loop keeps in C"
 _SELECTOR = "drives a mocked asyncio selector; tonio_loop polls with libev"
 _MOCKED_SIGNAL = ("patches asyncio.unix_events.signal, which only asyncio's own loop uses; "
@@ -339,35 +398,35 @@ _BORROWED = ("patches asyncio.BaseEventLoop.call_exception_handler; tonio_loop.L
 
 SKIPS = {
     "test_events": {
-        # streams / servers / sockets
-        "TonioEventLoopTests.test_create_connection*": _LATER_STREAMS,
-        "TonioEventLoopTests.test_create_unix_connection": _LATER_STREAMS,
-        "TonioEventLoopTests.test_create_server*": _LATER_STREAMS,
-        "TonioEventLoopTests.test_create_unix_server*": _LATER_STREAMS,
-        "TonioEventLoopTests.test_connect_accepted_socket*": _LATER_STREAMS,
-        "TonioEventLoopTests.test_server_close": _LATER_STREAMS,
         "TonioEventLoopTests.test_internal_fds": _INTERNALS,
-        "TonioEventLoopTests.test_prompt_cancellation": _LATER_STREAMS,
-        "TonioEventLoopTests.test_sock_*": _LATER_STREAMS,
-        "TonioEventLoopTests.test_create_ssl_*": _LATER_TLS,
-        "TonioEventLoopTests.test_ssl_connect_accepted_socket": _LATER_TLS,
-        "TonioEventLoopTests.test_create_server_ssl*": _LATER_TLS,
-        "TonioEventLoopTests.test_create_unix_server_ssl*": _LATER_TLS,
         # OS surface
         "TonioEventLoopTests.test_create_datagram_endpoint*": _LATER_OS,
-        "TonioEventLoopTests.test_read_pipe": _LATER_OS,
-        "TonioEventLoopTests.test_write_pipe*": _LATER_OS,
-        "TonioEventLoopTests.test_unclosed_pipe_transport": _LATER_OS,
-        "TonioEventLoopTests.test_read_pty_output": _LATER_OS,
-        "TonioEventLoopTests.test_write_pty": _LATER_OS,
-        "TonioEventLoopTests.test_bidirectional_pty": _LATER_OS,
         "TonioEventLoopTests.test_subprocess_*": _LATER_OS,
         "TonioEventLoopTests.test_datagram_*": _LATER_OS,
         "TonioEventLoopTests.test_timeout_rounding":
             "counts Python-level _run_once calls and reads loop._selector; "
             "tonio_loop iterates in C",
     },
+    "test_streams": {
+        "StreamTests.test_read_all_from_pipe_reader":
+            "spawns a subprocess through the policy's child watcher: " + _LATER_OS,
+    },
+    "test_sendfile": {
+        "TonioSendfileTests.test_sendfile_not_supported":
+            "sends over create_datagram_endpoint(): " + _LATER_OS,
+    },
     "test_unix_events": {
+        "SelectorEventLoopUnixSockSendfileTests.test_sock_sendfile_cancel*":
+            "drives asyncio's _sock_sendfile_native_impl() and loop._selector; "
+            "tonio_loop's sendfile loop is C (loop/sendfile.c)",
+        "SelectorEventLoopUnixSockSendfileTests.test_sock_sendfile_blocking_error":
+            "drives asyncio's _sock_sendfile_native_impl() and loop._selector",
+        "SelectorEventLoopUnixSockSendfileTests.test_sock_sendfile_os_error_*":
+            "drives asyncio's _sock_sendfile_native_impl() with a mocked os.sendfile",
+        "SelectorEventLoopUnixSockSendfileTests.test_sock_sendfile_exception":
+            "drives asyncio's _sock_sendfile_native_impl() with a mocked os.sendfile",
+        "SelectorEventLoopUnixSockSendfileTests.test_sock_sendfile_not_available":
+            "mocks asyncio.unix_events.os; tonio_loop calls sendfile(2) from C",
         "TonioSelectorEventLoopSignalTests.test_add_signal_handler": _OWN_HANDLES,
         "TonioSelectorEventLoopSignalTests.test_add_signal_handler_install_error*": _MOCKED_SIGNAL,
         "TonioSelectorEventLoopSignalTests.test_add_signal_handler_setup_error": _MOCKED_SIGNAL,

@@ -7,13 +7,20 @@ shutdown, exception handler plumbing - is taken from the running Python's own
 """
 
 import asyncio
+import io
+import os
+import socket
 import time
 import weakref
-from asyncio import base_events
+from asyncio import (base_events, constants, exceptions, selector_events, sslproto,
+                     unix_events)
+from asyncio.log import logger
 
 from . import _core
 
 _Base = base_events.BaseEventLoop
+_Selector = selector_events.BaseSelectorEventLoop
+_Unix = unix_events._UnixSelectorEventLoop
 
 
 class Loop(_core.Loop, asyncio.AbstractEventLoop):
@@ -28,6 +35,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self._clock_resolution = time.get_clock_info('monotonic').resolution
+        self._unix_server_sockets = {}   # create_unix_server(cleanup_socket=True)
 
     # exception handling
     call_exception_handler = _Base.call_exception_handler
@@ -49,7 +57,147 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
     _check_callback = _Base._check_callback
     _set_coroutine_origin_tracking = _Base._set_coroutine_origin_tracking
 
+    # streams and servers: transports, accepting and the socket operations
+    # are C (_core); the orchestration around them (address resolution,
+    # happy eyeballs, binding, error aggregation) is the running asyncio's
+    # own code, so arguments, semantics and messages match its version.
+    # create_connection itself is C: numeric addresses without options
+    # connect there, everything else comes here.
+    _create_connection_general = _Base.create_connection
+    _connect_sock = _Base._connect_sock
+    _create_connection_transport = _Base._create_connection_transport
+    _ensure_resolved = _Base._ensure_resolved
+    _getaddrinfo_debug = _Base._getaddrinfo_debug
+    create_server = _Base.create_server
+    _create_server_getaddrinfo = _Base._create_server_getaddrinfo
+    connect_accepted_socket = _Base.connect_accepted_socket
+    create_unix_connection = _Unix.create_unix_connection
+    create_unix_server = _Unix.create_unix_server
+    _accept_connection2 = _Selector._accept_connection2
+    start_tls = _Base.start_tls
+    connect_read_pipe = _Base.connect_read_pipe
+    connect_write_pipe = _Base.connect_write_pipe
+
+    # sendfile: the zero-copy path is C, the checks and fallbacks asyncio's
+    sendfile = _Base.sendfile
+    _sendfile_fallback = _Base._sendfile_fallback
+    sock_sendfile = _Base.sock_sendfile
+    _sock_sendfile_fallback = _Base._sock_sendfile_fallback
+    _check_sendfile_params = _Base._check_sendfile_params
+
+    async def sock_connect(self, sock, address):
+        """Connect sock to a remote address (selector_events.sock_connect)."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        if sock.family == socket.AF_INET or (
+                base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto,
+                loop=self,
+            )
+            _, _, _, _, address = resolved[0]
+        return await self._sock_connect(sock, address)
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        # numeric hosts and ports are answered here, without a thread
+        if not self._debug:
+            infos = self._getaddrinfo_numeric(host, port, family, type, proto, flags)
+            if infos is not None:
+                return infos
+        return await _Base.getaddrinfo(self, host, port, family=family, type=type,
+                                       proto=proto, flags=flags)
+
+    async def getnameinfo(self, sockaddr, flags=0):
+        info = self._getnameinfo_numeric(sockaddr, flags)
+        if info is not None:
+            return info
+        return await _Base.getnameinfo(self, sockaddr, flags)
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        # unix_events._sock_sendfile_native's checks; the sending is C
+        try:
+            os.sendfile
+        except AttributeError:
+            raise exceptions.SendfileNotAvailableError(
+                "os.sendfile() is not available")
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation) as err:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0  # empty file
+        return await self._sock_sendfile_op(sock, fileno, offset, count or 0, blocksize)
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        # selector_events._sendfile_native: the socket is sock_sendfile()'s
+        # while it runs, not the transport's
+        transp._release_fd()
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count,
+                                            fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+            transp._reclaim_fd()
+
+    def _make_ssl_transport(
+            self, rawsock, protocol, sslcontext, waiter=None,
+            *, server_side=False, server_hostname=None,
+            extra=None, server=None,
+            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        # The TLS hook. Every TLS connection (create_connection(ssl=...),
+        # create_server(ssl=...), accepted TLS connections) is made here:
+        # asyncio's own SSLProtocol over the C socket transport, exactly what
+        # asyncio's selector loop does. The TLS issue replaces this method
+        # with a native TLS transport; nothing else needs to change.
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter,
+            server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout
+        )
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _stop_serving(self, sock):
+        # selector_events._stop_serving, plus unix_events' cleanup of the
+        # socket file (3.13's create_unix_server(cleanup_socket=True))
+        if sock in self._unix_server_sockets:
+            path = sock.getsockname()
+        else:
+            path = None
+        self._remove_reader(sock.fileno())
+        sock.close()
+        if path is not None:
+            prev_ino = self._unix_server_sockets[sock]
+            del self._unix_server_sockets[sock]
+            try:
+                if os.stat(path).st_ino == prev_ino:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error('Unable to clean up listening UNIX socket '
+                             '%r: %r', path, err)
+
 
 def new_event_loop(**kwargs):
     """Return a new tonio_loop event loop."""
     return Loop(**kwargs)
+
+
+# asyncio's transports are documented with these
+_core.SocketTransport._start_tls_compatible = True
+_core.SocketTransport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE

@@ -1,0 +1,142 @@
+/* tl_stream.h - the fd transport core: a connected socket (TCP or Unix) or
+ * one end of a pipe (pipes, FIFOs, ttys, ptys, socketpairs).
+ *
+ * A pipe is a one-directional stream, so all three kinds share one struct
+ * and one implementation of reading, the write buffer, flow control and the
+ * close/abort/connection_lost life cycle; only the few places where asyncio's
+ * _SelectorSocketTransport, _UnixReadPipeTransport and
+ * _UnixWritePipeTransport differ look at the kind.
+ *
+ * How it works (the fast paths from DESIGN.md):
+ * - the transport owns two ev_io watchers on its fd; protocol callbacks run
+ *   straight from them, inside the contextvars context captured when the
+ *   transport was made;
+ * - write() sends at once and buffers only what the kernel refused; the
+ *   buffer is a ring of bytes objects flushed with one writev/sendmsg; the
+ *   writer watcher runs only while the buffer is not empty;
+ * - reads go into the loop's one read buffer and are sliced to bytes, or
+ *   straight into a BufferedProtocol's buffer;
+ * - the reader watcher is stopped while reading is paused (libev is
+ *   level-triggered).
+ * While a watcher is active the transport holds a reference to itself (as
+ * asyncio's selector holds its handles) and sits on the loop's link ring,
+ * so loop.close() can let go of it.
+ *
+ * Transports belong to the loop's thread, as asyncio's do. Under
+ * Py_GIL_DISABLED a transport method called from another thread would need
+ * a per-object critical section (Py_BEGIN_CRITICAL_SECTION) around the
+ * write buffer; the planned multi-threaded dispatch sends writes to the loop
+ * thread instead (DESIGN.md), so none is taken here.
+ */
+#ifndef TL_STREAM_H
+#define TL_STREAM_H
+
+#include "tl_common.h"
+#include "tl_loop.h"
+#include <sys/socket.h>
+
+typedef enum {
+    TL_STREAM_SOCKET = 0,   /* both directions: asyncio's socket transport */
+    TL_STREAM_READ_PIPE,    /* asyncio's _UnixReadPipeTransport */
+    TL_STREAM_WRITE_PIPE,   /* asyncio's _UnixWritePipeTransport */
+} tl_stream_kind;
+
+/* sockname and peername as the kernel gave them, converted on request */
+typedef struct tl_sockaddrs {
+    socklen_t sock_len;     /* 0: unknown */
+    socklen_t peer_len;
+    unsigned char data[];   /* sock_len bytes, then peer_len bytes */
+} tl_sockaddrs;
+
+typedef struct tl_stream {
+    PyObject_HEAD
+    PyObject *extra;            /* asyncio.BaseTransport's `_extra` slot: the
+                                   extra dict given by the creator, or NULL */
+    PyObject *flow_slots[4];    /* transports._FlowControlMixin's slots
+                                   (_loop, ...): the layout of the base
+                                   class, unused (getters below answer) */
+    PyObject *dict;
+    PyObject *weakreflist;
+    struct tl_loop *loop;
+    PyObject *protocol;         /* NULL once connection_lost() ran */
+    PyObject *context;          /* protocol callbacks run in it */
+    PyObject *fileobj;          /* socket or file object closed with the
+                                   transport; NULL: the transport owns fd */
+    PyObject *server;           /* asyncio.Server of an accepted connection */
+    PyObject *sock_view;        /* TransportSocket, made on first request */
+    PyObject *waiter;           /* told once connection_made() ran */
+    PyObject *empty_waiter;     /* sendfile: done when the buffer empties */
+    PyObject *lost_exc;         /* argument of the scheduled connection_lost */
+    tl_sockaddrs *addrs;        /* accepted sockets: addresses, raw */
+    tl_loop_link link;          /* on the loop's ring while held */
+    ev_io rio;                  /* reading (write pipes: peer-close check) */
+    ev_io wio;                  /* flushing the write buffer */
+    PyObject **wq;              /* ring of bytes objects not yet sent */
+    Py_ssize_t wq_off;          /* bytes of wq[head] already sent */
+    Py_ssize_t wsize;           /* bytes buffered */
+    Py_ssize_t high_water;
+    Py_ssize_t low_water;
+    uint32_t wq_head, wq_len, wq_cap;
+    int fd;
+    int conn_lost;              /* asyncio's counter (warns after 5 writes) */
+    int32_t last_read;          /* size of the last read (tl_read_bytes) */
+    uint8_t kind;
+    uint8_t closing;
+    uint8_t paused;             /* pause_reading() */
+    uint8_t eof;                /* write_eof() on a socket */
+    uint8_t protocol_paused;    /* pause_writing() was called */
+    uint8_t buffered;           /* the protocol is a BufferedProtocol */
+    uint8_t held;               /* holds a reference to itself */
+    uint8_t made;               /* connection_made() ran */
+    uint8_t lost_scheduled;     /* connection_lost() is queued or ran */
+    uint8_t lost_done;          /* connection_lost() ran, fd closed */
+    uint8_t is_socket;          /* fd is a socket: send() with MSG_NOSIGNAL */
+    uint8_t watch_close;        /* write pipe: read readiness = peer closed */
+} tl_stream;
+
+/* A new socket transport on a connected, non-blocking socket, as
+ * loop._make_socket_transport() makes it: connection_made() and then the
+ * reader start on the next iteration, then `waiter` (may be NULL) gets None.
+ * `sock` is the socket object to close at the end, or NULL when the
+ * transport owns `fd` (accepted connections; `peer` then holds the peer's
+ * address). `extra` (may be NULL) is the creator's extra dict; `server`
+ * (may be NULL) the asyncio.Server to attach to. NULL with an exception on
+ * failure; the caller still owns `fd` then. */
+PyObject *tl_stream_new_socket(struct tl_loop *loop, int fd, PyObject *sock,
+                               PyObject *protocol, PyObject *waiter,
+                               PyObject *extra, PyObject *server,
+                               const struct sockaddr *peer, socklen_t peer_len);
+
+/* A new pipe transport on fd, as loop.connect_read_pipe() /
+ * connect_write_pipe() make them (usable from C: subprocess pipes).
+ * `fileobj` (may be NULL) is the file object closed with the transport and
+ * shown as extra 'pipe'; with NULL the transport owns fd and closes it
+ * itself. fd must be a pipe, FIFO, socket or character device
+ * (ValueError otherwise, asyncio's message); it is made non-blocking.
+ * connection_made() runs on the next iteration, then `waiter` (may be NULL)
+ * gets None. `extra` may be NULL. NULL with an exception on failure; the
+ * caller still owns fd then. */
+PyObject *tl_pipe_transport_new(struct tl_loop *loop, int fd, PyObject *fileobj,
+                                PyObject *protocol, PyObject *waiter,
+                                PyObject *extra, int writable);
+
+/* Read up to `max` bytes from fd into a new bytes object (*out). After a
+ * read of some size on the same fd (*last, kept by the caller) the next one
+ * goes straight into an object of about that size, the loop's read buffer
+ * taking any excess; small reads go through the loop's buffer and are
+ * copied out. Returns the count
+ * read (0: end of file, *out untouched), -1 with errno set, or -2 with a
+ * Python exception set. use_recv: recv(MSG_DONTWAIT) instead of read(). */
+ssize_t tl_read_bytes(struct tl_loop *loop, int fd, Py_ssize_t max, int use_recv,
+                      int32_t *last, PyObject **out);
+
+/* Done with a bytes object tl_read_bytes() made: kept for the next read
+ * when nothing else holds it, released otherwise. Steals data. */
+void tl_read_recycle(struct tl_loop *loop, PyObject *data);
+
+/* Type creation and the stdlib objects the transports use. */
+int tl_stream_init_module(PyObject *module, tl_state *st);
+
+extern PyMethodDef tl_stream_loop_methods[];
+
+#endif
