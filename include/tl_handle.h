@@ -28,6 +28,7 @@ typedef struct tl_handle {
     PyObject *weakreflist;
     char cancelled;
     char is_timer;
+    int io_fd;                  /* add_reader/add_writer's fd (threaded loops) */
 } tl_handle;
 
 extern PyType_Spec tl_handle_spec;

@@ -20,6 +20,10 @@ typedef struct tl_io_watch {
     PyObject *reader;           /* Handle or NULL */
     PyObject *writer;           /* Handle or NULL */
     PyObject *owner;            /* transport using the fd (borrowed), NULL */
+    int busy;                   /* threaded loops: EV_READ/EV_WRITE whose
+                                   callback is queued or running; not
+                                   watched meanwhile (level-triggered fds
+                                   would queue it again and again) */
 } tl_io_watch;
 
 typedef struct {

@@ -5,9 +5,10 @@
  * Py_DECREF that may run a finalizer, or anything that could wait for the
  * collector. On 3.13+ it is CPython's PyMutex: one byte, one atomic
  * operation when free, and a waiter parks with its thread state detached, so
- * a free-threaded stop-the-world pause never waits for it. 3.11 and 3.12
- * always have the GIL, which every holder keeps for the whole critical
- * section: the lock is never contended there and a spin lock suffices.
+ * a free-threaded stop-the-world pause never waits for it (and the GIL is
+ * released while it waits). 3.11 and 3.12 always have the GIL: a spin lock
+ * that lets the GIL go while it waits, since the loop lock's holder may be
+ * waiting for the GIL itself.
  */
 #ifndef TL_LOCK_H
 #define TL_LOCK_H
@@ -26,10 +27,21 @@ typedef struct {
     atomic_uchar held;
 } tl_mutex;
 
-static inline void tl_mutex_lock(tl_mutex *m)
+/* Contended: the holder may be waiting for the GIL we hold (a worker in
+ * transport.write() while the loop thread wakes up): wait without it. */
+static inline void tl_mutex_lock_slow(tl_mutex *m)
 {
+    PyThreadState *ts = PyGILState_Check() ? PyEval_SaveThread() : NULL;
     while (atomic_exchange_explicit(&m->held, 1, memory_order_acquire))
         sched_yield();
+    if (ts != NULL)
+        PyEval_RestoreThread(ts);
+}
+
+static inline void tl_mutex_lock(tl_mutex *m)
+{
+    if (TL_UNLIKELY(atomic_exchange_explicit(&m->held, 1, memory_order_acquire)))
+        tl_mutex_lock_slow(m);
 }
 
 static inline void tl_mutex_unlock(tl_mutex *m)

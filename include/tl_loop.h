@@ -161,6 +161,51 @@ static inline void tl_loop_ev_unlock(tl_loop *loop, int locked)
  * running the loop: wake it so its poll takes notice. */
 void tl_loop_ev_changed(tl_loop *loop);
 
+/* Start an I/O watcher, from any thread that holds the loop lock. */
+static inline void tl_loop_io_start(tl_loop *loop, ev_io *w)
+{
+    ev_io_start(loop->ev, w);
+    if (TL_UNLIKELY(loop->shared))
+        tl_loop_ev_changed(loop);
+}
+
+/* Queue a transport's protocol callback (connection_made, eof_received,
+ * connection_lost). Classic loop: the ready queue. Threaded loop: the loop
+ * thread's own queue, run between polls with the loop lock held, where the
+ * transport's data_received runs too: one transport's callbacks run in
+ * order and never at the same time. Steals obj. */
+int tl_loop_push_io(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
+
+/* Method wrappers that hold the loop lock around a transport's or a socket
+ * operation's method: with worker threads they run beside the loop thread's
+ * I/O callbacks. Nothing but two predictable branches without workers. */
+#define TL_LOCKED_METHOD(name, fn, T, loop_of, params, args)                  \
+    static PyObject *name params                                              \
+    {                                                                         \
+        tl_loop *lk_loop_ = (loop_of);                                        \
+        int lk_ = lk_loop_ != NULL ? tl_loop_ev_lock(lk_loop_) : 0;           \
+        PyObject *lk_r_ = fn args;                                            \
+        if (lk_)                                                              \
+            tl_loop_ev_unlock(lk_loop_, lk_);                                 \
+        return lk_r_;                                                         \
+    }
+#define TL_LOCKED_NOARGS(name, fn, T, loop_of)                                \
+    TL_LOCKED_METHOD(name, fn, T, loop_of, (T *self, PyObject *unused), (self, unused))
+#define TL_LOCKED_O(name, fn, T, loop_of)                                     \
+    TL_LOCKED_METHOD(name, fn, T, loop_of, (T *self, PyObject *arg), (self, arg))
+#define TL_LOCKED_FASTCALL(name, fn, T, loop_of)                              \
+    TL_LOCKED_METHOD(name, fn, T, loop_of,                                    \
+                     (T *self, PyObject *const *args, Py_ssize_t nargs),      \
+                     (self, args, nargs))
+#define TL_LOCKED_FASTCALL_KW(name, fn, T, loop_of)                           \
+    TL_LOCKED_METHOD(name, fn, T, loop_of,                                    \
+                     (T *self, PyObject *const *args, Py_ssize_t nargsf,      \
+                      PyObject *kwnames),                                     \
+                     (self, args, nargsf, kwnames))
+#define TL_LOCKED_VARARGS_KW(name, fn, T, loop_of)                            \
+    TL_LOCKED_METHOD(name, fn, T, loop_of, (T *self, PyObject *args, PyObject *kwds), \
+                     (self, args, kwds))
+
 /* The Loop type's spec, with the method tables of every file joined. */
 PyType_Spec *tl_loop_spec_ready(void);
 

@@ -17,6 +17,7 @@
 #define TL_TASK_H
 
 #include "tl_future.h"
+#include "tl_dispatch.h"
 
 typedef struct tl_task {
     tl_future fut;
@@ -29,6 +30,7 @@ typedef struct tl_task {
     PyObject *fut_waiter;
     PyObject *step_exc;         /* what the scheduled step throws in */
     PyObject *registry_ref;     /* our entry in asyncio's set of tasks */
+    tl_serial serial;           /* threaded loops: one step at a time */
     uint64_t name_id;
     int num_cancels_requested;
     uint8_t must_cancel;

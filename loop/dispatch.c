@@ -687,6 +687,55 @@ int tl_strand_run(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner)
     return rc;
 }
 
+int tl_serial_push(tl_loop *loop, tl_serial *s, tl_ready_fn run, tl_ready_fn fn,
+                   PyObject *obj)
+{
+    for (;;) {
+        uint8_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+        if (st == TL_SERIAL_IDLE) {
+            atomic_store_explicit(&s->fn, fn, memory_order_relaxed);
+            if (atomic_compare_exchange_weak_explicit(&s->state, &st, TL_SERIAL_QUEUED,
+                                                      memory_order_acq_rel,
+                                                      memory_order_acquire))
+                return tl_dispatch_push(loop, run, obj);
+        } else if (st == TL_SERIAL_RUNNING) {
+            /* the running item queues it when it is done (our reference
+             * goes with it) */
+            atomic_store_explicit(&s->next, fn, memory_order_relaxed);
+            if (atomic_compare_exchange_weak_explicit(&s->state, &st, TL_SERIAL_PENDING,
+                                                      memory_order_acq_rel,
+                                                      memory_order_acquire))
+                return 0;
+        } else {
+            Py_DECREF(obj);
+            PyErr_Format(PyExc_RuntimeError, "%R was scheduled twice", obj);
+            return -1;
+        }
+    }
+}
+
+int tl_serial_run(tl_loop *loop, tl_serial *s, tl_ready_fn run, PyObject *obj)
+{
+    atomic_store_explicit(&s->state, TL_SERIAL_RUNNING, memory_order_release);
+    tl_ready_fn fn = atomic_load_explicit(&s->fn, memory_order_relaxed);
+    tl_ready_item it = {fn, obj};
+    int rc = tl_loop_run_ready(loop, it);
+    uint8_t st = TL_SERIAL_RUNNING;
+    if (atomic_compare_exchange_strong_explicit(&s->state, &st, TL_SERIAL_IDLE,
+                                                memory_order_acq_rel, memory_order_acquire))
+        return rc;
+    /* woken while it ran: now it may go (the waker's reference with it) */
+    atomic_store_explicit(&s->fn, atomic_load_explicit(&s->next, memory_order_relaxed),
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->state, TL_SERIAL_QUEUED, memory_order_release);
+    PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
+    if (tl_dispatch_push(loop, run, obj) < 0)
+        PyErr_WriteUnraisable(obj);
+    if (exc != NULL)
+        PyErr_SetRaisedException(exc);
+    return rc;
+}
+
 void tl_strand_clear(tl_strand *s)
 {
     tl_ready q = s->q;

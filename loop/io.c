@@ -58,12 +58,13 @@ static tl_io_watch *io_get_or_create(tl_loop *loop, int fd)
 static void io_update(tl_loop *loop, tl_io_watch *iw)
 {
     int events = (iw->reader ? EV_READ : 0) | (iw->writer ? EV_WRITE : 0);
+    int watched = events & ~iw->busy;
     if (loop->ev != NULL && (ev_is_active(&iw->io) || events)) {
         ev_io_stop(loop->ev, &iw->io);
-        if (events) {
+        if (watched) {
             /* ev_io_set also makes libev re-register the fd with the kernel,
              * which matters when the fd number was closed and reused */
-            ev_io_set(&iw->io, iw->fd, events);
+            ev_io_set(&iw->io, iw->fd, watched);
             ev_io_start(loop->ev, &iw->io);
         }
     }
@@ -71,6 +72,50 @@ static void io_update(tl_loop *loop, tl_io_watch *iw)
         loop->io.slots[iw->fd] = NULL;
         PyMem_Free(iw);
     }
+}
+
+/* Threaded loops: a reader's or writer's callback ran on a worker; watch
+ * the fd again for it, unless it was removed or replaced meanwhile. */
+static int io_done(tl_loop *loop, PyObject *obj, int event)
+{
+    int rc = tl_handle_ready_fn(loop, obj);
+    PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
+    int locked = tl_loop_ev_lock(loop);
+    tl_io_watch *iw = io_lookup(loop, ((tl_handle *)obj)->io_fd);
+    int changed = 0;
+    if (iw != NULL && (iw->busy & event) &&
+        (event == EV_READ ? iw->reader : iw->writer) == obj) {
+        iw->busy &= ~event;
+        io_update(loop, iw);
+        changed = 1;
+    }
+    tl_loop_ev_unlock(loop, locked);
+    if (changed)
+        tl_loop_ev_changed(loop);
+    if (exc != NULL)
+        PyErr_SetRaisedException(exc);
+    return rc;
+}
+
+static int io_reader_done_fn(tl_loop *loop, PyObject *obj)
+{
+    return io_done(loop, obj, EV_READ);
+}
+
+static int io_writer_done_fn(tl_loop *loop, PyObject *obj)
+{
+    return io_done(loop, obj, EV_WRITE);
+}
+
+/* Queue a ready fd's handle. */
+static int io_push(tl_loop *loop, tl_io_watch *iw, tl_handle *h, int event)
+{
+    if (TL_LIKELY(loop->dispatch == NULL))
+        return tl_loop_push_ready(loop, tl_handle_ready_fn, Py_NewRef(h));
+    iw->busy |= event;
+    io_update(loop, iw);
+    return tl_loop_push_ready(loop, event == EV_READ ? io_reader_done_fn : io_writer_done_fn,
+                              Py_NewRef(h));
 }
 
 static void io_cb(struct ev_loop *ev, ev_io *w, int revents)
@@ -87,7 +132,7 @@ static void io_cb(struct ev_loop *ev, ev_io *w, int revents)
             Py_CLEAR(iw->reader);
             io_update(loop, iw);
             iw = io_lookup(loop, fd);
-        } else if (tl_loop_push_ready(loop, tl_handle_ready_fn, Py_NewRef(h)) < 0) {
+        } else if (io_push(loop, iw, h, EV_READ) < 0) {
             tl_loop_defer_error(loop);
             return;
         }
@@ -97,7 +142,7 @@ static void io_cb(struct ev_loop *ev, ev_io *w, int revents)
         if (h->cancelled) {
             Py_CLEAR(iw->writer);
             io_update(loop, iw);
-        } else if (tl_loop_push_ready(loop, tl_handle_ready_fn, Py_NewRef(h)) < 0) {
+        } else if (io_push(loop, iw, h, EV_WRITE) < 0) {
             tl_loop_defer_error(loop);
         }
     }
@@ -197,6 +242,8 @@ static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
         PyObject **slot = writing ? &iw->writer : &iw->reader;
         old = *slot;
         *slot = Py_NewRef(h);
+        h->io_fd = fd;
+        iw->busy &= ~(writing ? EV_WRITE : EV_READ);   /* a new one: watch */
         io_update(loop, iw);
     }
     tl_loop_ev_unlock(loop, locked);
@@ -234,6 +281,7 @@ static PyObject *io_remove(tl_loop *loop, PyObject *fileobj, int writing, int ch
         PyObject **slot = writing ? &iw->writer : &iw->reader;
         old = *slot;
         *slot = NULL;
+        iw->busy &= ~(writing ? EV_WRITE : EV_READ);
         io_update(loop, iw);
     }
     tl_loop_ev_unlock(loop, locked);

@@ -109,6 +109,17 @@ int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
     return ready_push(&loop->ready, fn, obj);
 }
 
+int tl_loop_push_io(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
+{
+    if (TL_LIKELY(loop->dispatch == NULL))
+        return ready_push(&loop->ready, fn, obj);
+    int locked = tl_loop_ev_lock(loop);
+    int rc = ready_push(&loop->ready, fn, obj);
+    tl_loop_ev_unlock(loop, locked);
+    tl_loop_ev_changed(loop);
+    return rc;
+}
+
 void tl_loop_ev_changed(tl_loop *loop)
 {
     unsigned long running = loop->thread_id;
@@ -364,7 +375,7 @@ static int loop_poll(tl_loop *loop)
 static int loop_poll_threads(tl_loop *loop, int block)
 {
     int flags = EVRUN_NOWAIT;
-    if (block) {
+    if (block && loop->ready.len == 0) {
         flags = EVRUN_ONCE;
         if (loop->timers.len) {
             double timeout = tl_timer_heap_next(&loop->timers) - tl_monotonic();
@@ -391,6 +402,15 @@ static int loop_poll_threads(tl_loop *loop, int block)
     }
     if (loop->timers.len && tl_timer_heap_expire(loop, tl_monotonic()) < 0)
         return -1;
+    /* the transports' callbacks queued for this thread (tl_loop_push_io) */
+    size_t ntodo = loop->ready.len;
+    while (ntodo-- && loop->ready.len) {
+        tl_ready_item it = ready_pop(&loop->ready);
+        int rc = tl_loop_run_ready(loop, it);
+        tl_loop_unqueue(it.obj);
+        if (rc < 0)
+            return -1;
+    }
     return PyErr_CheckSignals();
 }
 

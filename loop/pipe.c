@@ -40,12 +40,18 @@ static PyObject *loop_make_write_pipe_transport(tl_loop *loop, PyObject *args, P
     return make_pipe_transport(loop, args, kwds, 1);
 }
 
+/* workers of a threaded loop call them too (tl_loop.h) */
+TL_LOCKED_VARARGS_KW(loop_make_read_pipe_transport_locked, loop_make_read_pipe_transport, tl_loop,
+                     self)
+TL_LOCKED_VARARGS_KW(loop_make_write_pipe_transport_locked, loop_make_write_pipe_transport,
+                     tl_loop, self)
+
 PyMethodDef tl_pipe_loop_methods[] = {
-    {"_make_read_pipe_transport", (PyCFunction)(void (*)(void))loop_make_read_pipe_transport,
+    {"_make_read_pipe_transport", (PyCFunction)(void (*)(void))loop_make_read_pipe_transport_locked,
      METH_VARARGS | METH_KEYWORDS,
      "_make_read_pipe_transport(pipe, protocol, waiter=None, extra=None)\n--\n\n"
      "A transport reading the pipe (or FIFO, tty, socket) for protocol."},
-    {"_make_write_pipe_transport", (PyCFunction)(void (*)(void))loop_make_write_pipe_transport,
+    {"_make_write_pipe_transport", (PyCFunction)(void (*)(void))loop_make_write_pipe_transport_locked,
      METH_VARARGS | METH_KEYWORDS,
      "_make_write_pipe_transport(pipe, protocol, waiter=None, extra=None)\n--\n\n"
      "A transport writing to the pipe (or FIFO, tty, socket) for protocol."},

@@ -332,8 +332,11 @@ int tl_server_init_module(PyObject *module, tl_state *st)
     return PyModule_AddType(module, st->listener_type);
 }
 
+/* workers of a threaded loop call it too (tl_loop.h) */
+TL_LOCKED_VARARGS_KW(loop_start_serving_locked, loop_start_serving, tl_loop, self)
+
 PyMethodDef tl_server_loop_methods[] = {
-    {"_start_serving", (PyCFunction)(void (*)(void))loop_start_serving,
+    {"_start_serving", (PyCFunction)(void (*)(void))loop_start_serving_locked,
      METH_VARARGS | METH_KEYWORDS,
      "Accept connections on a listening socket for an asyncio.Server."},
     {NULL, NULL, 0, NULL},

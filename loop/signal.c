@@ -16,6 +16,7 @@
 
 #include "tl_signal.h"
 #include "tl_loop.h"
+#include "tl_dispatch.h"
 #include "tl_handle.h"
 
 /* asyncio's _handle_signal: queue the handler's callback. */
@@ -378,11 +379,41 @@ PyObject *tl_signal_get_handlers(tl_loop *loop, void *c)
     return Py_NewRef(loop->signal_handlers);
 }
 
+/* Signals belong to the main thread, which runs the loop: from a worker of a
+ * threaded loop (where main() runs) the call goes over to it. */
+static PyObject *add_signal_handler_on_loop(tl_loop *loop, PyObject *argtuple)
+{
+    return loop_add_signal_handler(loop, &PyTuple_GET_ITEM(argtuple, 0),
+                                   PyTuple_GET_SIZE(argtuple));
+}
+
+static PyObject *loop_add_signal_handler_any(tl_loop *loop, PyObject *const *args,
+                                             Py_ssize_t nargs)
+{
+    if (TL_LIKELY(loop->dispatch == NULL))
+        return loop_add_signal_handler(loop, args, nargs);
+    PyObject *argtuple = PyTuple_New(nargs);
+    if (argtuple == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(argtuple, i, Py_NewRef(args[i]));
+    PyObject *r = tl_dispatch_call_on_loop(loop, add_signal_handler_on_loop, argtuple);
+    Py_DECREF(argtuple);
+    return r;
+}
+
+static PyObject *loop_remove_signal_handler_any(tl_loop *loop, PyObject *sig)
+{
+    if (TL_LIKELY(loop->dispatch == NULL))
+        return loop_remove_signal_handler(loop, sig);
+    return tl_dispatch_call_on_loop(loop, loop_remove_signal_handler, sig);
+}
+
 PyMethodDef tl_signal_loop_methods[] = {
-    {"add_signal_handler", (PyCFunction)(void (*)(void))loop_add_signal_handler, METH_FASTCALL,
+    {"add_signal_handler", (PyCFunction)(void (*)(void))loop_add_signal_handler_any, METH_FASTCALL,
      "add_signal_handler(sig, callback, *args)\n--\n\n"
      "Run callback(*args) as a loop callback whenever signal sig arrives."},
-    {"remove_signal_handler", (PyCFunction)loop_remove_signal_handler, METH_O,
+    {"remove_signal_handler", (PyCFunction)loop_remove_signal_handler_any, METH_O,
      "Remove the handler of sig; True if there was one."},
     {"_handle_signal", (PyCFunction)loop_handle_signal, METH_O, NULL},
     {"_check_signal", (PyCFunction)loop_check_signal, METH_O, NULL},

@@ -224,7 +224,7 @@ static int sockop_start_wait(tl_sockop *op)
     if (op->fut_iter == NULL)
         return -1;
     ev_io_set(&op->io, op->fd, op->kind->events);
-    ev_io_start(loop->ev, &op->io);
+    tl_loop_io_start(loop, &op->io);
     op->held = 1;
     Py_INCREF(op);
     tl_loop_link_add(loop, &op->link);
@@ -279,7 +279,7 @@ static PySendResult sockop_forward(tl_sockop *op, PyObject *arg, PyObject **resu
     }
 }
 
-static PySendResult sockop_am_send(tl_sockop *op, PyObject *arg, PyObject **result)
+static PySendResult sockop_am_send_unlocked(tl_sockop *op, PyObject *arg, PyObject **result)
 {
     *result = NULL;
     if (op->state == OP_WAITING)
@@ -372,6 +372,17 @@ out:
 }
 
 /* ---- the coroutine protocol -------------------------------------------------- */
+
+/* Steps run in tasks, on workers of a threaded loop: under the loop lock. */
+static PySendResult sockop_am_send(tl_sockop *op, PyObject *arg, PyObject **result)
+{
+    tl_loop *loop = op->loop;
+    int locked = loop != NULL ? tl_loop_ev_lock(loop) : 0;
+    PySendResult r = sockop_am_send_unlocked(op, arg, result);
+    if (locked)
+        tl_loop_ev_unlock(loop, locked);
+    return r;
+}
 
 static PyObject *result_to_stop(PySendResult r, PyObject *value)
 {
@@ -493,10 +504,13 @@ static PyGetSetDef sockop_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+TL_LOCKED_FASTCALL(sockop_throw_locked, sockop_throw, tl_sockop, self->loop)
+TL_LOCKED_NOARGS(sockop_close_locked, sockop_close, tl_sockop, self->loop)
+
 static PyMethodDef sockop_methods[] = {
     {"send", (PyCFunction)sockop_send, METH_O, NULL},
-    {"throw", (PyCFunction)(void (*)(void))sockop_throw, METH_FASTCALL, NULL},
-    {"close", (PyCFunction)sockop_close, METH_NOARGS, NULL},
+    {"throw", (PyCFunction)(void (*)(void))sockop_throw_locked, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)sockop_close_locked, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

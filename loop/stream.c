@@ -59,7 +59,7 @@ static void watch_start(tl_stream *t, ev_io *w)
 {
     if (ev_is_active(w) || t->loop->ev == NULL)
         return;
-    ev_io_start(t->loop->ev, w);
+    tl_loop_io_start(t->loop, w);
     stream_hold_update(t);
 }
 
@@ -445,7 +445,7 @@ static int stream_on_eof(tl_stream *t)
         t->lost_scheduled = 1;
         watch_stop(t, &t->rio);
         Py_INCREF(t);
-        return tl_loop_push_ready(t->loop, eof_then_lost_fn, (PyObject *)t) < 0
+        return tl_loop_push_io(t->loop, eof_then_lost_fn, (PyObject *)t) < 0
                    ? stream_fatal_error(t, read_error_message(t)) : 0;
     }
     debug_log(t, "debug", "%r received EOF");
@@ -1067,7 +1067,7 @@ static int stream_force_close(tl_stream *t, PyObject *exc)
     t->conn_lost++;
     Py_XSETREF(t->lost_exc, Py_XNewRef(exc));
     Py_INCREF(t);
-    return tl_loop_push_ready(t->loop, connection_lost_fn, (PyObject *)t);
+    return tl_loop_push_io(t->loop, connection_lost_fn, (PyObject *)t);
 }
 
 /* close(): stop reading; connection_lost(None) once the buffer is flushed */
@@ -1745,7 +1745,7 @@ static tl_stream *stream_alloc(tl_loop *loop, PyTypeObject *tp, int kind, int fd
 static int stream_schedule_made(tl_stream *t)
 {
     Py_INCREF(t);
-    return tl_loop_push_ready(t->loop, made_fn, (PyObject *)t);
+    return tl_loop_push_io(t->loop, made_fn, (PyObject *)t);
 }
 
 /* ---- socket transports ------------------------------------------------------------ */
@@ -1945,62 +1945,84 @@ fail:
 
 /* ---- types ------------------------------------------------------------------------- */
 
+
+/* Entry points that workers of a threaded loop may call (tl_loop.h). */
+TL_LOCKED_O(stream_write_locked, stream_write, tl_stream, self->loop)
+TL_LOCKED_O(stream_writelines_locked, stream_writelines, tl_stream, self->loop)
+TL_LOCKED_NOARGS(stream_write_eof_locked, stream_write_eof, tl_stream, self->loop)
+TL_LOCKED_NOARGS(stream_close_locked, stream_close, tl_stream, self->loop)
+TL_LOCKED_NOARGS(stream_abort_locked, stream_abort, tl_stream, self->loop)
+TL_LOCKED_NOARGS(stream_pause_reading_locked, stream_pause_reading, tl_stream, self->loop)
+TL_LOCKED_NOARGS(stream_resume_reading_locked, stream_resume_reading, tl_stream, self->loop)
+TL_LOCKED_VARARGS_KW(stream_set_write_buffer_limits_locked, stream_set_write_buffer_limits,
+                     tl_stream, self->loop)
+TL_LOCKED_NOARGS(stream_get_write_buffer_size_locked, stream_get_write_buffer_size, tl_stream,
+                 self->loop)
+TL_LOCKED_O(stream_set_protocol_locked, stream_set_protocol, tl_stream, self->loop)
+TL_LOCKED_O(stream_force_close_py_locked, stream_force_close_py, tl_stream, self->loop)
+TL_LOCKED_NOARGS(stream_make_empty_waiter_locked, stream_make_empty_waiter, tl_stream,
+                 self->loop)
+TL_LOCKED_NOARGS(stream_reset_empty_waiter_locked, stream_reset_empty_waiter, tl_stream,
+                 self->loop)
+TL_LOCKED_NOARGS(stream_release_fd_locked, stream_release_fd, tl_stream, self->loop)
+TL_LOCKED_NOARGS(stream_reclaim_fd_locked, stream_reclaim_fd, tl_stream, self->loop)
+
 #define M_NOARGS(name, fn) {name, (PyCFunction)(fn), METH_NOARGS, NULL}
 
 static PyMethodDef socket_methods[] = {
-    {"write", (PyCFunction)stream_write, METH_O, "Write data; buffers what the kernel refuses."},
-    {"writelines", (PyCFunction)stream_writelines, METH_O, NULL},
-    M_NOARGS("write_eof", stream_write_eof),
+    {"write", (PyCFunction)stream_write_locked, METH_O, "Write data; buffers what the kernel refuses."},
+    {"writelines", (PyCFunction)stream_writelines_locked, METH_O, NULL},
+    M_NOARGS("write_eof", stream_write_eof_locked),
     M_NOARGS("can_write_eof", stream_can_write_eof),
-    M_NOARGS("close", stream_close),
-    M_NOARGS("abort", stream_abort),
+    M_NOARGS("close", stream_close_locked),
+    M_NOARGS("abort", stream_abort_locked),
     M_NOARGS("is_closing", stream_is_closing),
     M_NOARGS("is_reading", stream_is_reading_py),
-    M_NOARGS("pause_reading", stream_pause_reading),
-    M_NOARGS("resume_reading", stream_resume_reading),
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits,
+    M_NOARGS("pause_reading", stream_pause_reading_locked),
+    M_NOARGS("resume_reading", stream_resume_reading_locked),
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits_locked,
      METH_VARARGS | METH_KEYWORDS, NULL},
     M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits),
-    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size),
+    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size_locked),
     {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
      METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL},
+    {"set_protocol", (PyCFunction)stream_set_protocol_locked, METH_O, NULL},
     M_NOARGS("get_protocol", stream_get_protocol),
-    {"_force_close", (PyCFunction)stream_force_close_py, METH_O, NULL},
-    M_NOARGS("_make_empty_waiter", stream_make_empty_waiter),
-    M_NOARGS("_reset_empty_waiter", stream_reset_empty_waiter),
-    M_NOARGS("_release_fd", stream_release_fd),
-    M_NOARGS("_reclaim_fd", stream_reclaim_fd),
+    {"_force_close", (PyCFunction)stream_force_close_py_locked, METH_O, NULL},
+    M_NOARGS("_make_empty_waiter", stream_make_empty_waiter_locked),
+    M_NOARGS("_reset_empty_waiter", stream_reset_empty_waiter_locked),
+    M_NOARGS("_release_fd", stream_release_fd_locked),
+    M_NOARGS("_reclaim_fd", stream_reclaim_fd_locked),
     {NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef read_pipe_methods[] = {
-    M_NOARGS("close", stream_close),
+    M_NOARGS("close", stream_close_locked),
     M_NOARGS("is_closing", stream_is_closing),
     M_NOARGS("is_reading", stream_is_reading_py),
-    M_NOARGS("pause_reading", stream_pause_reading),
-    M_NOARGS("resume_reading", stream_resume_reading),
+    M_NOARGS("pause_reading", stream_pause_reading_locked),
+    M_NOARGS("resume_reading", stream_resume_reading_locked),
     {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
      METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL},
+    {"set_protocol", (PyCFunction)stream_set_protocol_locked, METH_O, NULL},
     M_NOARGS("get_protocol", stream_get_protocol),
     {NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef write_pipe_methods[] = {
-    {"write", (PyCFunction)stream_write, METH_O, NULL},
-    M_NOARGS("write_eof", stream_write_eof),
+    {"write", (PyCFunction)stream_write_locked, METH_O, NULL},
+    M_NOARGS("write_eof", stream_write_eof_locked),
     M_NOARGS("can_write_eof", stream_can_write_eof),
-    M_NOARGS("close", stream_close),
-    M_NOARGS("abort", stream_abort),
+    M_NOARGS("close", stream_close_locked),
+    M_NOARGS("abort", stream_abort_locked),
     M_NOARGS("is_closing", stream_is_closing),
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits,
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits_locked,
      METH_VARARGS | METH_KEYWORDS, NULL},
     M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits),
-    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size),
+    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size_locked),
     {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
      METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL},
+    {"set_protocol", (PyCFunction)stream_set_protocol_locked, METH_O, NULL},
     M_NOARGS("get_protocol", stream_get_protocol),
     {NULL, NULL, 0, NULL},
 };
@@ -2127,8 +2149,11 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
     return 0;
 }
 
+/* workers of a threaded loop call it too (tl_loop.h) */
+TL_LOCKED_VARARGS_KW(loop_make_socket_transport_locked, loop_make_socket_transport, tl_loop, self)
+
 PyMethodDef tl_stream_loop_methods[] = {
-    {"_make_socket_transport", (PyCFunction)(void (*)(void))loop_make_socket_transport,
+    {"_make_socket_transport", (PyCFunction)(void (*)(void))loop_make_socket_transport_locked,
      METH_VARARGS | METH_KEYWORDS,
      "_make_socket_transport(sock, protocol, waiter=None, *, extra=None, server=None)\n--\n\n"
      "A transport for a connected, non-blocking stream socket."},

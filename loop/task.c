@@ -11,6 +11,7 @@
 #include "tl_task.h"
 #include "tl_handle.h"
 #include "tl_loop.h"
+#include "tl_dispatch.h"
 
 static int task_step(tl_task *task, PyObject *exc);
 static int task_step_ready(tl_loop *loop, PyObject *obj);
@@ -105,39 +106,69 @@ static void task_unregister(tl_task *task)
  * argument parsing (a sixth of a sleep(0) step otherwise). From 3.14 the
  * current task lives in the thread state, reachable only through asyncio's
  * own functions. */
+/* The key of this thread's entry: the loop, or on a worker of a threaded
+ * loop that worker's own key, which equals the loop only on its thread
+ * (tl_dispatch.h), so current_task() finds what the caller's thread runs.
+ * From 3.14 the current task is per thread anyway. */
+static inline PyObject *task_key(tl_task *task)
+{
+#if PY_VERSION_HEX < 0x030E0000
+    tl_loop *tloop = task->fut.tloop;
+    if (TL_UNLIKELY(tloop != NULL && tloop->dispatch != NULL)) {
+        PyObject *key = tl_dispatch_task_key(tloop);
+        if (key != NULL)
+            return key;
+    }
+#endif
+    return task->fut.loop;
+}
+
 #if PY_VERSION_HEX < 0x030E0000
 static int enter_task(tl_task *task)
 {
     tl_state *st = task->fut.st;
-    PyObject *loop = task->fut.loop;
-    PyObject *current = PyDict_GetItemWithError(st->current_tasks, loop);
+    PyObject *key = task_key(task);
+    int private = key != task->fut.loop;
+    if (private)
+        tl_dispatch_key_private(1);
+    PyObject *current = PyDict_GetItemWithError(st->current_tasks, key);
+    int rc;
     if (current != NULL) {
         Py_INCREF(current);
         PyErr_Format(PyExc_RuntimeError,
                      "Cannot enter into task %R while another task %R is being executed.",
                      (PyObject *)task, current);
         Py_DECREF(current);
-        return -1;
+        rc = -1;
+    } else {
+        rc = PyErr_Occurred() ? -1 : PyDict_SetItem(st->current_tasks, key, (PyObject *)task);
     }
-    if (PyErr_Occurred())
-        return -1;
-    return PyDict_SetItem(st->current_tasks, loop, (PyObject *)task);
+    if (private)
+        tl_dispatch_key_private(0);
+    return rc;
 }
 
 static int leave_task(tl_task *task)
 {
     tl_state *st = task->fut.st;
-    PyObject *loop = task->fut.loop;
-    PyObject *current = PyDict_GetItemWithError(st->current_tasks, loop);
+    PyObject *key = task_key(task);
+    int private = key != task->fut.loop;
+    if (private)
+        tl_dispatch_key_private(1);
+    PyObject *current = PyDict_GetItemWithError(st->current_tasks, key);
+    int rc;
     if (current != (PyObject *)task) {
-        if (current == NULL && PyErr_Occurred())
-            return -1;
-        PyErr_Format(PyExc_RuntimeError,
-                     "Leaving task %R does not match the current task %R.",
-                     (PyObject *)task, current ? current : Py_None);
-        return -1;
+        rc = -1;
+        if (current != NULL || !PyErr_Occurred())
+            PyErr_Format(PyExc_RuntimeError,
+                         "Leaving task %R does not match the current task %R.",
+                         (PyObject *)task, current ? current : Py_None);
+    } else {
+        rc = PyDict_DelItem(st->current_tasks, key);
     }
-    return PyDict_DelItem(st->current_tasks, loop);
+    if (private)
+        tl_dispatch_key_private(0);
+    return rc;
 }
 #else
 static int call2(PyObject *fn, PyObject *a, PyObject *b)
@@ -163,6 +194,25 @@ static int leave_task(tl_task *task)
 
 /* ---- scheduling the next step ------------------------------------------ */
 
+/* A threaded loop's item for a task: its step, never on two threads at once. */
+static int task_serial_ready(tl_loop *loop, PyObject *obj)
+{
+    return tl_serial_run(loop, &((tl_task *)obj)->serial, task_serial_ready, obj);
+}
+
+/* Queue fn(task); takes a new reference (threadsafe: the one the caller
+ * holds, from the future's waiter list). */
+static inline int task_push(tl_loop *loop, tl_ready_fn fn, tl_task *task, int threadsafe)
+{
+    PyObject *obj = (PyObject *)task;
+    if (!threadsafe)
+        Py_INCREF(obj);
+    if (TL_UNLIKELY(loop->dispatch != NULL))
+        return tl_serial_push(loop, &task->serial, task_serial_ready, fn, obj);
+    return threadsafe ? tl_loop_push_ready_threadsafe(loop, fn, obj)
+                      : tl_loop_push_ready(loop, fn, obj);
+}
+
 /* call_soon(step, exc) in the task's context. */
 static int task_schedule_step(tl_task *task, PyObject *exc)
 {
@@ -171,7 +221,7 @@ static int task_schedule_step(tl_task *task, PyObject *exc)
         if (tl_loop_check_closed(f->tloop) < 0)
             return -1;
         Py_XSETREF(task->step_exc, Py_XNewRef(exc));
-        return tl_loop_push_ready(f->tloop, task_step_ready, Py_NewRef((PyObject *)task));
+        return task_push(f->tloop, task_step_ready, task, 0);
     }
     PyObject *step = PyCFunction_New(&task_step_def, (PyObject *)task);
     if (step == NULL)
@@ -211,7 +261,7 @@ int tl_task_waiter_wake(tl_waiter *w, PyObject *source)
             return -1;
         }
         /* a future may be set from any thread: wake the loop if it sleeps */
-        return tl_loop_push_ready_threadsafe(f->tloop, task_wakeup_ready, (PyObject *)task);
+        return task_push(f->tloop, task_wakeup_ready, task, 1);
     }
     PyObject *wakeup = tl_task_wakeup_method(task);
     int rc = wakeup ? tl_call_soon(f->st, f->loop, NULL, wakeup, &source, 1, task->context) : -1;
@@ -633,8 +683,14 @@ static int task_eager_start(tl_task *task)
 {
     tl_state *st = task->fut.st;
     PyObject *loop = task->fut.loop;
-    PyObject *argv[2] = {loop, (PyObject *)task};
+    PyObject *key = task_key(task);
+    int private = key != loop;
+    PyObject *argv[2] = {key, (PyObject *)task};
+    if (private)
+        tl_dispatch_key_private(1);
     PyObject *prev = PyObject_Vectorcall(st->swap_current_task, argv, 2, NULL);
+    if (private)
+        tl_dispatch_key_private(0);
     if (prev == NULL)
         return -1;
     PyObject *r = PyObject_CallOneArg(st->register_eager_task, (PyObject *)task);
@@ -651,7 +707,11 @@ static int task_eager_start(tl_task *task)
     PyObject *error = retval < 0 ? PyErr_GetRaisedException() : NULL;
 
     argv[1] = prev;
+    if (private)
+        tl_dispatch_key_private(1);
     PyObject *cur = PyObject_Vectorcall(st->swap_current_task, argv, 2, NULL);
+    if (private)
+        tl_dispatch_key_private(0);
     Py_DECREF(prev);
     if (cur == NULL) {
         retval = -1;

@@ -1,0 +1,468 @@
+"""Loop(threads=N): the guarantees of the multi-threaded mode.
+
+Each scenario runs on asyncio's loop and on a tonio_loop loop with worker
+threads: the outcomes (counts, orders, which task is current) must be the
+same. Checks that only make sense with threads (work really spreads over
+several threads) are made on tonio_loop only.
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+import tonio_loop
+
+THREADS = 4
+
+FACTORIES = {
+    "asyncio": asyncio.new_event_loop,
+    "tonio-threads": lambda: tonio_loop.new_event_loop(threads=THREADS),
+}
+
+
+@pytest.fixture(params=list(FACTORIES))
+def tloop(request):
+    loop = FACTORIES[request.param]()
+    yield loop
+    if not loop.is_closed():
+        loop.close()
+
+
+def threaded(loop):
+    return isinstance(loop, tonio_loop.Loop)
+
+
+# ---- the API ------------------------------------------------------------
+
+
+def test_threads_attribute():
+    for n in (0, 1, 3):
+        loop = tonio_loop.new_event_loop(threads=n)
+        try:
+            assert loop.threads == n
+        finally:
+            loop.close()
+    loop = tonio_loop.Loop(threads=2)
+    assert loop.threads == 2
+    loop.close()
+    loop = tonio_loop.new_event_loop()
+    assert loop.threads == 0
+    loop.close()
+
+
+@pytest.mark.parametrize("bad, exc", [(-1, ValueError), ("2", TypeError), (2.0, TypeError),
+                                       (True, TypeError), (10**30, ValueError),
+                                       (100000, ValueError)])
+def test_threads_bad_values(bad, exc):
+    with pytest.raises(exc):
+        tonio_loop.new_event_loop(threads=bad)
+
+
+def test_threads_fixed_once_made():
+    loop = tonio_loop.Loop(threads=2)
+    try:
+        with pytest.raises(RuntimeError):
+            loop.__init__(threads=3)
+        loop.__init__(threads=2)   # the same number is no change
+        assert loop.threads == 2
+    finally:
+        loop.close()
+
+
+def test_run_with_threads():
+    async def main():
+        loop = asyncio.get_running_loop()
+        return loop.threads, asyncio.current_task() is not None
+
+    assert tonio_loop.run(main(), threads=2) == (2, True)
+
+
+# ---- tasks on workers ----------------------------------------------------
+
+
+def test_tasks_spread_over_workers(tloop):
+    """Steps that block (and let the GIL go) run side by side."""
+    async def work():
+        await asyncio.sleep(0)
+        time.sleep(0.02)
+        return threading.get_ident()
+
+    async def main():
+        return await asyncio.gather(*[work() for _ in range(16)])
+
+    idents = tloop.run_until_complete(main())
+    assert len(idents) == 16
+    if threaded(tloop):
+        assert len(set(idents)) > 1
+        assert threading.get_ident() not in idents
+    else:
+        assert set(idents) == {threading.get_ident()}
+
+
+def test_running_loop_and_current_task_on_workers(tloop):
+    seen = []
+
+    async def work(i):
+        me = asyncio.current_task()
+        for _ in range(5):
+            assert asyncio.get_running_loop() is tloop
+            assert asyncio.current_task() is me
+            time.sleep(0.001)
+            await asyncio.sleep(0)
+        seen.append((i, asyncio.current_task() is me, me.get_name()))
+
+    async def main():
+        tasks = [asyncio.create_task(work(i), name=f"w{i}") for i in range(20)]
+        await asyncio.gather(*tasks)
+        return asyncio.current_task()
+
+    main_task = tloop.run_until_complete(main())
+    assert main_task is not None
+    assert sorted(seen) == [(i, True, f"w{i}") for i in range(20)]
+
+
+def test_task_never_on_two_threads(tloop):
+    """One task hands futures to another, which sets them at once from its
+    own worker: the wake-up often comes while the waiting task's step is
+    still finishing on its thread. The task must not step twice at once
+    (the coroutine would raise 'already executing', steps would overlap)."""
+    rounds = 500
+    inside = []
+    overlaps = []
+
+    async def ping(box):
+        loop = asyncio.get_running_loop()
+        got = []
+        for i in range(rounds):
+            if inside:
+                overlaps.append(i)
+            inside.append(i)
+            fut = loop.create_future()
+            box.append(fut)
+            inside.pop()
+            got.append(await fut)
+        return got
+
+    async def pong(box):
+        for i in range(rounds):
+            while not box:
+                await asyncio.sleep(0)
+            box.pop(0).set_result(i)
+        return rounds
+
+    async def main():
+        box = []
+        return await asyncio.gather(ping(box), pong(box))
+
+    got, n = tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    assert got == list(range(rounds)) and n == rounds
+    assert overlaps == []
+
+
+def test_futures_across_workers_counts(tloop):
+    """Many tasks set and await each other's futures: nothing lost, nothing
+    doubled."""
+    n = 500
+    got = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in range(n)]
+
+        async def setter(i):
+            await asyncio.sleep(0)
+            futs[i].set_result(i)
+
+        async def waiter(i):
+            got.append(await futs[i])
+
+        tasks = [asyncio.create_task(waiter(i)) for i in range(n)]
+        tasks += [asyncio.create_task(setter(i)) for i in range(n)]
+        await asyncio.gather(*tasks)
+
+    tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    assert sorted(got) == list(range(n))
+
+
+def test_cancel_storm(tloop):
+    n = 400
+
+    async def sleeper():
+        await asyncio.sleep(3600)
+
+    async def main():
+        tasks = [asyncio.create_task(sleeper()) for _ in range(n)]
+        await asyncio.sleep(0)
+
+        async def cancel_some(part):
+            for t in part:
+                t.cancel()
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*[cancel_some(tasks[i::4]) for i in range(4)])
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return [type(r) for r in results]
+
+    kinds = tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    assert kinds == [asyncio.CancelledError] * n
+
+
+# ---- callbacks -----------------------------------------------------------
+
+
+def test_call_soon_from_workers(tloop):
+    """call_soon from many tasks at once: every callback runs once; each
+    task's callbacks run in the order it scheduled them."""
+    runs = []
+    active = []
+    overlap = []
+
+    def cb(task_no, i):
+        if active:
+            overlap.append((task_no, i))
+        active.append(1)
+        runs.append((task_no, i))
+        active.pop()
+
+    async def scheduler(task_no):
+        loop = asyncio.get_running_loop()
+        for i in range(100):
+            loop.call_soon(cb, task_no, i)
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+
+    async def main():
+        await asyncio.gather(*[scheduler(k) for k in range(8)])
+        await asyncio.sleep(0.05)
+
+    tloop.run_until_complete(main())
+    assert sorted(runs) == [(k, i) for k in range(8) for i in range(100)]
+    for k in range(8):
+        assert [i for kk, i in runs if kk == k] == list(range(100))
+    # plain callbacks keep asyncio's promise: one at a time
+    assert overlap == []
+
+
+def test_call_soon_threadsafe_from_plain_threads(tloop):
+    got = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        total = 4 * 200
+
+        def cb(x):
+            got.append(x)
+            if len(got) == total and not done.done():
+                done.set_result(None)
+
+        def feeder(k):
+            for i in range(200):
+                loop.call_soon_threadsafe(cb, (k, i))
+
+        threads = [threading.Thread(target=feeder, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        await asyncio.wait_for(done, 20)
+        for t in threads:
+            t.join()
+
+    tloop.run_until_complete(main())
+    assert sorted(got) == [(k, i) for k in range(4) for i in range(200)]
+    for k in range(4):
+        assert [i for kk, i in got if kk == k] == list(range(200))
+
+
+def test_timers_on_threaded_loop(tloop):
+    order = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for d in (0.03, 0.01, 0.02):
+            loop.call_later(d, order.append, d)
+        h = loop.call_later(0.015, order.append, "cancelled")
+        h.cancel()
+        await asyncio.sleep(0.06)
+        return loop.time() - t0
+
+    elapsed = tloop.run_until_complete(main())
+    assert order == [0.01, 0.02, 0.03]
+    assert elapsed >= 0.06
+
+
+def test_stop_and_run_again(tloop):
+    got = []
+    tloop.call_soon(got.append, 1)
+    tloop.call_soon(tloop.stop)
+    tloop.call_soon(got.append, 2)
+    tloop.run_forever()
+    assert got == [1, 2]
+    tloop.call_soon(got.append, 3)
+    tloop.call_soon(tloop.stop)
+    tloop.run_forever()
+    assert got == [1, 2, 3]
+
+
+def test_exception_in_callback_goes_to_handler(tloop):
+    caught = []
+    tloop.set_exception_handler(lambda loop, ctx: caught.append(type(ctx["exception"])))
+
+    def boom():
+        raise ZeroDivisionError
+
+    async def main():
+        asyncio.get_running_loop().call_soon(boom)
+        await asyncio.sleep(0.01)
+
+    tloop.run_until_complete(main())
+    assert caught == [ZeroDivisionError]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
+def test_signal_handler_from_main_task(tloop):
+    """main() runs on a worker; signal handlers still go to the main thread."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        got = loop.create_future()
+        loop.add_signal_handler(signal.SIGUSR1, got.set_result, "usr1")
+        try:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return await asyncio.wait_for(got, 10)
+        finally:
+            assert loop.remove_signal_handler(signal.SIGUSR1)
+
+    assert tloop.run_until_complete(main()) == "usr1"
+
+
+# ---- transports ------------------------------------------------------------
+
+
+class Checked(asyncio.Protocol):
+    """Records callbacks; flags any that overlap or come out of order."""
+
+    def __init__(self, echo=False):
+        self.events = []
+        self.busy = False
+        self.overlaps = 0
+        self.data = bytearray()
+        self.echo = echo
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def _enter(self):
+        if self.busy:
+            self.overlaps += 1
+        self.busy = True
+
+    def connection_made(self, transport):
+        self._enter()
+        self.transport = transport
+        self.events.append("made")
+        self.busy = False
+
+    def data_received(self, data):
+        self._enter()
+        time.sleep(0)   # let another thread in, if any could come
+        self.data += data
+        if self.echo:
+            self.transport.write(data)
+        if self.events[-1] != "data":
+            self.events.append("data")
+        self.busy = False
+
+    def eof_received(self):
+        self._enter()
+        self.events.append("eof")
+        self.busy = False
+
+    def connection_lost(self, exc):
+        self._enter()
+        self.events.append("lost")
+        self.busy = False
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def test_protocol_callbacks_in_order_never_concurrent(tloop):
+    nconn = 16
+    payload = b"x" * 5000
+    protos = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        def factory():
+            p = Checked(echo=True)
+            protos.append(p)
+            return p
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def client(k):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(payload)
+            got = await r.readexactly(len(payload))
+            w.write_eof()
+            rest = await r.read()
+            w.close()
+            await w.wait_closed()
+            return got + rest
+
+        results = await asyncio.gather(*[client(k) for k in range(nconn)])
+        await asyncio.wait_for(asyncio.gather(*[p.lost for p in protos]), 10)
+        server.close()
+        await server.wait_closed()
+        return results
+
+    results = tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    assert results == [payload] * nconn
+    assert len(protos) == nconn
+    for p in protos:
+        assert p.overlaps == 0
+        assert bytes(p.data) == payload
+        assert p.events == ["made", "data", "eof", "lost"]
+
+
+def test_transport_write_from_many_workers(tloop):
+    """Eight tasks write numbered chunks to one transport at once: every
+    chunk arrives whole, each task's chunks in order."""
+    nwriters, nchunks = 8, 200
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        received = bytearray()
+        b.setblocking(False)
+        transport, proto = await loop.create_connection(asyncio.Protocol, sock=a)
+
+        async def writer(k):
+            for i in range(nchunks):
+                transport.write(b"<%d:%d>" % (k, i))
+                if i % 16 == 0:
+                    await asyncio.sleep(0)
+
+        expected = sum(len(b"<%d:%d>" % (k, i)) for k in range(nwriters)
+                       for i in range(nchunks))
+        await asyncio.gather(*[writer(k) for k in range(nwriters)])
+        while len(received) < expected:
+            received += await loop.sock_recv(b, 65536)
+        transport.close()
+        await asyncio.sleep(0)
+        b.close()
+        return bytes(received)
+
+    data = tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    chunks = data[1:-1].split(b"><")
+    assert len(chunks) == nwriters * nchunks
+    seen = {}
+    for c in chunks:
+        k, i = map(int, c.split(b":"))
+        assert seen.get(k, -1) == i - 1
+        seen[k] = i
+    assert seen == {k: nchunks - 1 for k in range(nwriters)}
