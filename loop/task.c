@@ -131,23 +131,25 @@ static int enter_task(tl_task *task)
     int private = key != task->fut.loop;
     if (private)
         tl_dispatch_key_private(1);
-    PyObject *current = PyDict_GetItemWithError(st->current_tasks, key);
-    int rc;
-    if (current != NULL) {
-        Py_INCREF(current);
-        PyErr_Format(PyExc_RuntimeError,
-                     "Cannot enter into task %R while another task %R is being executed.",
-                     (PyObject *)task, current);
-        Py_DECREF(current);
-        rc = -1;
-    } else {
-        rc = PyErr_Occurred() ? -1 : PyDict_SetItem(st->current_tasks, key, (PyObject *)task);
-    }
+    /* one lookup: insert unless this thread's key already has a task */
+    Py_ssize_t before = PyDict_GET_SIZE(st->current_tasks);
+    PyObject *current = PyDict_SetDefault(st->current_tasks, key, (PyObject *)task);
+    int inserted = current != NULL && PyDict_GET_SIZE(st->current_tasks) != before;
     if (private)
         tl_dispatch_key_private(0);
-    return rc;
+    if (current == NULL)
+        return -1;
+    if (inserted)
+        return 0;
+    Py_INCREF(current);
+    PyErr_Format(PyExc_RuntimeError,
+                 "Cannot enter into task %R while another task %R is being executed.",
+                 (PyObject *)task, current);
+    Py_DECREF(current);
+    return -1;
 }
 
+/* Pops the loop's entry (one lookup); puts back one that is not ours. */
 static int leave_task(tl_task *task)
 {
     tl_state *st = task->fut.st;
@@ -155,20 +157,36 @@ static int leave_task(tl_task *task)
     int private = key != task->fut.loop;
     if (private)
         tl_dispatch_key_private(1);
-    PyObject *current = PyDict_GetItemWithError(st->current_tasks, key);
-    int rc;
-    if (current != (PyObject *)task) {
+    PyObject *current;
+    int rc = 0;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyDict_Pop(st->current_tasks, key, &current) < 0)
         rc = -1;
-        if (current != NULL || !PyErr_Occurred())
-            PyErr_Format(PyExc_RuntimeError,
-                         "Leaving task %R does not match the current task %R.",
-                         (PyObject *)task, current ? current : Py_None);
-    } else {
-        rc = PyDict_DelItem(st->current_tasks, key);
-    }
+#else
+    current = _PyDict_Pop(st->current_tasks, key, Py_None);
+    if (current == NULL)
+        rc = -1;
+    else if (current == Py_None)
+        Py_CLEAR(current);
+#endif
+    if (rc == 0 && current != (PyObject *)task && current != NULL &&
+        PyDict_SetItem(st->current_tasks, key, current) < 0)
+        rc = -1;
     if (private)
         tl_dispatch_key_private(0);
-    return rc;
+    if (rc < 0) {
+        Py_XDECREF(current);
+        return -1;
+    }
+    if (current == (PyObject *)task) {
+        Py_DECREF(current);
+        return 0;
+    }
+    PyErr_Format(PyExc_RuntimeError,
+                 "Leaving task %R does not match the current task %R.",
+                 (PyObject *)task, current ? current : Py_None);
+    Py_XDECREF(current);
+    return -1;
 }
 #else
 static int call2(PyObject *fn, PyObject *a, PyObject *b)
