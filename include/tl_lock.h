@@ -3,7 +3,9 @@
  *
  * Held only for a few pointer updates, never across a call into Python, a
  * Py_DECREF that may run a finalizer, or anything that could wait for the
- * collector. On 3.13+ it is CPython's PyMutex: one byte, one atomic
+ * collector - except the loop lock (tl_loop.h: ev_mutex), which the loop
+ * thread holds while it runs I/O callbacks and workers hold around
+ * transport methods; waiting for it therefore always lets the GIL go. On 3.13+ it is CPython's PyMutex: one byte, one atomic
  * operation when free, and a waiter parks with its thread state detached, so
  * a free-threaded stop-the-world pause never waits for it (and the GIL is
  * released while it waits). 3.11 and 3.12 always have the GIL: a spin lock
