@@ -107,6 +107,7 @@ typedef struct tl_worker {
     uint8_t idle;               /* on the idle stack (d->idle_lock) */
     _Atomic uint8_t searching;  /* woken to search (counted in nsearching) */
     uint32_t rng;               /* where to start stealing */
+    uint32_t tick;              /* items run: every 61st looks at the injector first */
     char debug;                 /* the loop's debug mode as last applied */
 } tl_worker;
 
@@ -528,7 +529,18 @@ static void worker_loop(tl_worker *w)
         }
         if (TL_UNLIKELY(w->debug != d->loop->debug))
             worker_sync_debug(w);
-        if (runq_get(w, &it) || injector_take(w, &it)) {
+        /* Go's fairness rule: now and then the injector goes first, or a
+         * worker whose tasks keep rescheduling themselves would leave the
+         * loop thread's wake-ups there forever */
+        int found = (++w->tick % 61 == 0 && injector_take(w, &it)) || runq_get(w, &it) ||
+                    injector_take(w, &it);
+        if (found) {
+            if (atomic_load_explicit(&w->searching, memory_order_relaxed)) {
+                /* woken to search and found: the next idle one may look */
+                end_search(w);
+                if (runq_len(w) || atomic_load(&d->inj_len))
+                    notify(d);
+            }
             run_item(w, it);
             continue;
         }

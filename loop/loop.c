@@ -1047,7 +1047,25 @@ static PyObject *loop_repr(tl_loop *loop)
                                 loop->debug ? "True" : "False");
 }
 
+/* The loop lock from Python, for the asyncio objects that transports call
+ * from the loop thread and tasks call from workers (asyncio.Server). */
+static PyObject *loop_lock_acquire(tl_loop *loop, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(loop->dispatch != NULL && tl_loop_ev_lock(loop));
+}
+
+static PyObject *loop_lock_release(tl_loop *loop, PyObject *taken)
+{
+    if (PyObject_IsTrue(taken) > 0)
+        tl_loop_ev_unlock(loop, 1);
+    Py_RETURN_NONE;
+}
+
 PyMethodDef tl_loop_core_methods[] = {
+    {"_lock_acquire", (PyCFunction)loop_lock_acquire, METH_NOARGS,
+     "Take the loop lock unless this thread holds it (threaded loops); True if taken."},
+    {"_lock_release", (PyCFunction)loop_lock_release, METH_O,
+     "Give back what _lock_acquire() took."},
     {"run_forever", (PyCFunction)loop_run_forever, METH_NOARGS,
      "Run until stop() is called."},
     {"run_until_complete", (PyCFunction)loop_run_until_complete, METH_O,

@@ -226,7 +226,7 @@ static PyObject *listener_retry(tl_listener *l, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static PyObject *listener_call(tl_listener *l, PyObject *args, PyObject *kwds)
+static PyObject *listener_call_unlocked(tl_listener *l, PyObject *args, PyObject *kwds)
 {
     if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
         PyErr_SetString(PyExc_TypeError, "Listener() takes no arguments");
@@ -260,8 +260,13 @@ static PyObject *listener_call(tl_listener *l, PyObject *args, PyObject *kwds)
     Py_RETURN_NONE;
 }
 
+/* The accept callback runs on a worker of a threaded loop: it makes
+ * transports, so it holds the loop lock (tl_loop.h). */
+TL_LOCKED_VARARGS_KW(listener_call, listener_call_unlocked, tl_listener, self->loop)
+TL_LOCKED_NOARGS(listener_retry_locked, listener_retry, tl_listener, self->loop)
+
 static PyMethodDef listener_methods[] = {
-    {"_retry", (PyCFunction)listener_retry, METH_NOARGS, NULL},
+    {"_retry", (PyCFunction)listener_retry_locked, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,7 +10,9 @@ import asyncio
 import io
 import os
 import socket
+import inspect
 import time
+import types
 import weakref
 from asyncio import (base_events, constants, exceptions, selector_events, sslproto,
                      unix_events)
@@ -68,11 +70,15 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
     _create_connection_transport = _Base._create_connection_transport
     _ensure_resolved = _Base._ensure_resolved
     _getaddrinfo_debug = _Base._getaddrinfo_debug
-    create_server = _Base.create_server
+    async def create_server(self, *args, **kwargs):
+        return _server_for(self, await _Base.create_server(self, *args, **kwargs))
+
     _create_server_getaddrinfo = _Base._create_server_getaddrinfo
     connect_accepted_socket = _Base.connect_accepted_socket
     create_unix_connection = _Unix.create_unix_connection
-    create_unix_server = _Unix.create_unix_server
+    async def create_unix_server(self, *args, **kwargs):
+        return _server_for(self, await _Unix.create_unix_server(self, *args, **kwargs))
+
     _accept_connection2 = _Selector._accept_connection2
     start_tls = _Base.start_tls
     connect_read_pipe = _Base.connect_read_pipe
@@ -201,3 +207,69 @@ def new_event_loop(**kwargs):
 # asyncio's transports are documented with these
 _core.SocketTransport._start_tls_compatible = True
 _core.SocketTransport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+
+# ---- threaded loops (Loop(threads=N)) ----------------------------------------
+
+class _LoopLock:
+    __slots__ = ("loop", "taken")
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def __enter__(self):
+        self.taken = self.loop._lock_acquire()
+
+    def __exit__(self, *exc):
+        self.loop._lock_release(self.taken)
+
+
+@types.coroutine
+def _stepped_locked(loop, coro):
+    """Drive coro with every step under the loop lock."""
+    lock = _LoopLock(loop)
+    value, exc = None, None
+    while True:
+        with lock:
+            try:
+                yielded = coro.send(value) if exc is None else coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        value, exc = None, None
+        try:
+            value = yield yielded
+        except BaseException as e:
+            exc = e
+
+
+def _locked_method(name):
+    base = getattr(base_events.Server, name)
+    if inspect.iscoroutinefunction(base):
+        async def method(self, *args, **kwargs):
+            return await _stepped_locked(self._loop, base(self, *args, **kwargs))
+    else:
+        def method(self, *args, **kwargs):
+            with _LoopLock(self._loop):
+                return base(self, *args, **kwargs)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = base.__doc__
+    return method
+
+
+class _ThreadedServer(base_events.Server):
+    """asyncio.Server whose state changes hold the loop lock: its
+    transports call _attach/_detach from the loop thread while tasks call
+    close()/wait_closed() from workers. Named as asyncio's in reprs."""
+
+for _name in ("_attach", "_detach", "_wakeup", "close", "close_clients", "abort_clients",
+              "_start_serving", "start_serving", "serve_forever", "wait_closed"):
+    if hasattr(base_events.Server, _name):
+        setattr(_ThreadedServer, _name, _locked_method(_name))
+del _name
+_ThreadedServer.__name__ = _ThreadedServer.__qualname__ = "Server"
+
+
+def _server_for(loop, server):
+    if loop.threads and type(server) is base_events.Server:
+        server.__class__ = _ThreadedServer
+    return server
