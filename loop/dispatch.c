@@ -308,8 +308,9 @@ static int injector_put_many(tl_dispatch *d, tl_ready_item *items, size_t n)
     return 0;
 }
 
-/* One item for w, and a share of the rest into w's (empty) queue. */
-static int injector_take(tl_worker *w, tl_ready_item *out)
+/* One item for w, and (`share`) a share of the rest into w's queue, as
+ * much as fits. */
+static int injector_take(tl_worker *w, tl_ready_item *out, int share_rest)
 {
     tl_dispatch *d = w->d;
     if (atomic_load_explicit(&d->inj_len, memory_order_acquire) == 0)
@@ -321,11 +322,14 @@ static int injector_take(tl_worker *w, tl_ready_item *out)
         return 0;
     }
     *out = tl_ready_pop(&d->inj);
-    size_t share = n / (size_t)d->nworkers;
+    size_t share = share_rest ? n / (size_t)d->nworkers : 0;
     if (share > TL_RUNQ / 2)
         share = TL_RUNQ / 2;
     if (share > n - 1)
         share = n - 1;
+    size_t room = TL_RUNQ - runq_len(w);
+    if (share > room)
+        share = room;
     uint32_t t = atomic_load_explicit(&w->tail, memory_order_relaxed);
     for (size_t i = 0; i < share; i++) {
         tl_ready_item it = tl_ready_pop(&d->inj);
@@ -532,8 +536,8 @@ static void worker_loop(tl_worker *w)
         /* Go's fairness rule: now and then the injector goes first, or a
          * worker whose tasks keep rescheduling themselves would leave the
          * loop thread's wake-ups there forever */
-        int found = (++w->tick % 61 == 0 && injector_take(w, &it)) || runq_get(w, &it) ||
-                    injector_take(w, &it);
+        int found = (++w->tick % 61 == 0 && injector_take(w, &it, 0)) || runq_get(w, &it) ||
+                    injector_take(w, &it, 1);
         if (found) {
             if (atomic_load_explicit(&w->searching, memory_order_relaxed)) {
                 /* woken to search and found: the next idle one may look */
@@ -552,7 +556,7 @@ static void worker_loop(tl_worker *w)
                 atomic_store_explicit(&w->searching, 1, memory_order_relaxed);
         }
         if (searching) {
-            int found = steal(w, &it) || injector_take(w, &it);
+            int found = steal(w, &it) || injector_take(w, &it, 1);
             end_search(w);
             if (found) {
                 /* more where that came from: let another one look */

@@ -127,6 +127,8 @@ static callback_node *callback_new(tl_state *st, PyObject *fn, PyObject *ctx)
 #if TL_FREELIST_MAX
     if (st->callback_nfree > 0)
         n = st->callback_free[--st->callback_nfree];
+#else
+    TL_UNUSED(st);
 #endif
     if (n == NULL) {
         n = PyMem_Malloc(sizeof(*n));

@@ -329,6 +329,8 @@ void tl_read_recycle(tl_loop *loop, PyObject *data)
                 return;
         }
     }
+#else
+    TL_UNUSED(loop);
 #endif
     Py_DECREF(data);
 }
