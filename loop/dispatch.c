@@ -439,6 +439,11 @@ static void worker_idle(tl_worker *w)
         tl_mutex_unlock(&d->idle_lock);
         if (still) {
             idle_remove(d, w);
+            /* work seen but not taken (a race with its owner): let the
+             * others run before looking again, never spin on the GIL */
+            Py_BEGIN_ALLOW_THREADS
+            sched_yield();
+            Py_END_ALLOW_THREADS
             return;
         }
         /* a waker took us off the stack: its token is on the way */
@@ -555,7 +560,9 @@ static void worker_loop(tl_worker *w)
             if (searching)
                 atomic_store_explicit(&w->searching, 1, memory_order_relaxed);
         }
-        if (searching) {
+        /* Not the searcher: still take what is in sight rather than idle
+         * beside it (the searcher may be busy waiting for the GIL). */
+        if (searching || work_visible(d)) {
             int found = steal(w, &it) || injector_take(w, &it, 1);
             end_search(w);
             if (found) {

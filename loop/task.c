@@ -134,7 +134,10 @@ static int enter_task(tl_task *task)
     /* one lookup: insert unless this thread's key already has a task */
     Py_ssize_t before = PyDict_GET_SIZE(st->current_tasks);
     PyObject *current = PyDict_SetDefault(st->current_tasks, key, (PyObject *)task);
-    int inserted = current != NULL && PyDict_GET_SIZE(st->current_tasks) != before;
+    /* other workers add and remove their own entries meanwhile: the size
+     * tells nothing there, and a worker's key can only hold what it runs */
+    int inserted = current != NULL && (private ? current == (PyObject *)task
+                                               : PyDict_GET_SIZE(st->current_tasks) != before);
     if (private)
         tl_dispatch_key_private(0);
     if (current == NULL)
