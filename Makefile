@@ -1,7 +1,8 @@
 # tonio_loop - build, test and benchmark.
 #
 #   make bench        the quick benchmark: tonio_loop against asyncio and uvloop
-#   make test         build, then run the whole test suite
+#   make test         build, then run the whole test suite (also with threads=4)
+#   make test-threads the pytest suite on loops with 4 worker threads
 #   make conformance  CPython's own test_asyncio suites on tonio_loop
 #   make PY=python3.12 test   the same on another interpreter
 #
@@ -18,7 +19,7 @@ SYSTEM_DEPS := libev-dev
 BENCH_DEPS := wrk
 PYTEST_ARGS ?=
 
-.PHONY: all build deps bench-deps test conformance bench bench-full refcheck valgrind clean check-python
+.PHONY: all build deps bench-deps test test-threads conformance bench bench-full refcheck valgrind clean check-python
 
 all: build
 
@@ -43,6 +44,12 @@ build: deps $(VENV)/.built
 test: build
 	$(VPY) -m pytest $(PYTEST_ARGS)
 	$(VPY) -m tests.conformance --quiet
+	$(MAKE) --no-print-directory test-threads
+
+# the whole pytest suite again with worker threads: tonio's loops are then
+# Loop(threads=4) (tests/conftest.py)
+test-threads: build
+	TONIO_THREADS=4 $(VPY) -m pytest -q --timeout-method=thread $(PYTEST_ARGS)
 
 conformance: build
 	$(VPY) -m tests.conformance
