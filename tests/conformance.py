@@ -349,6 +349,19 @@ def _protocols_classes(mod):
     return {"ProtocolsAbsTests": mod.ProtocolsAbsTests}
 
 
+def _ssl_classes(mod):
+    # TestSSL asks the policy for its loop
+    return {"TestSSL": mod.TestSSL}
+
+
+def _sslproto_classes(mod):
+    return {
+        # asyncio's own SSLProtocol over mocked transports, on our loop
+        "SslProtoHandshakeTests": mod.SslProtoHandshakeTests,
+        "TonioSelectorStartTLSTests": _new_loop_variant(mod.SelectorStartTLSTests),
+    }
+
+
 SUITES = {
     "test_events": _events_classes,
     "test_base_events": _base_events_classes,
@@ -369,6 +382,8 @@ SUITES = {
     "test_buffered_proto": _buffered_proto_classes,
     "test_protocols": _protocols_classes,
     "test_unix_events": _unix_events_classes,
+    "test_ssl": _ssl_classes,
+    "test_sslproto": _sslproto_classes,
 }
 if V >= (3, 12):
     SUITES["test_eager_task_factory"] = _eager_classes
