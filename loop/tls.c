@@ -1891,8 +1891,19 @@ static PyObject *tls_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
                       sd, 0);
 }
 
+/* tp_new did the work: the inherited _FlowControlMixin.__init__ would
+ * reject our arguments */
+static int tls_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    TL_UNUSED(self);
+    TL_UNUSED(args);
+    TL_UNUSED(kwds);
+    return 0;
+}
+
 static PyType_Slot tls_slots[] = {
     {Py_tp_new, tls_new},
+    {Py_tp_init, tls_init},
     {Py_tp_dealloc, tls_dealloc},
     {Py_tp_finalize, tls_finalize},
     {Py_tp_traverse, tls_traverse},
