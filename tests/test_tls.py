@@ -271,10 +271,15 @@ async def test_argument_errors(certs):
         (dict(ssl_shutdown_timeout=-1.5),
          "ssl_shutdown_timeout should be a positive number, got -1.5"),
     ]:
-        with pytest.raises(ValueError) as info:
-            await loop.create_connection(Recorder, *addr, ssl=ctx, server_hostname="localhost",
-                                         **kwargs)
-        assert str(info.value) == msg
+        # (on our own socket: 3.12's create_connection leaves it open then)
+        sock = socket.create_connection(addr)
+        try:
+            with pytest.raises(ValueError) as info:
+                await loop.create_connection(Recorder, sock=sock, ssl=ctx,
+                                             server_hostname="localhost", **kwargs)
+            assert str(info.value) == msg
+        finally:
+            sock.close()
     await close_server(server)
 
 

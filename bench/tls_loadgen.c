@@ -1,0 +1,337 @@
+/* tls_loadgen.c - the client side of the TLS benchmarks: loadgen.c's echo
+ * load over TLS (OpenSSL), single-threaded epoll, pinned to its own CPU.
+ *
+ *   tls_loadgen --port P [--mode echo|handshake] [--conns N] [--size S]
+ *               [--warmup SECONDS] [--duration SECONDS] [--cpu C]
+ *
+ *   echo       N TLS connections, each sending S bytes and waiting until
+ *              the same S bytes came back, one request at a time;
+ *   handshake  N connections at a time, each connecting, completing a TLS
+ *              handshake, sending close_notify and closing: one request
+ *              per handshake.
+ *
+ * The certificate is not verified (the load is what is measured, not the
+ * PKI); TLS 1.3 unless the server only speaks 1.2. Output as loadgen.c:
+ * "START", "END", then one line of JSON.
+ *
+ * Built by the benchmark runner (bench/net.py) with the system cc, linked
+ * with -lssl -lcrypto.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pin.h"
+
+#define HIST_US 100000
+#define RECV_CHUNK (256 * 1024)
+
+enum mode { MODE_ECHO, MODE_HANDSHAKE };
+
+typedef struct conn {
+    int fd;
+    SSL *ssl;
+    int handshaken;
+    size_t sent;
+    size_t received;
+    uint32_t events;        /* what epoll watches */
+    uint64_t started_ns;
+} conn;
+
+static enum mode mode = MODE_ECHO;
+static SSL_CTX *ctx;
+static struct sockaddr_in addr;
+static char *request;
+static size_t request_len;
+static uint64_t hist[HIST_US + 1];
+static uint64_t completed, lat_sum_us, lat_max_us;
+static int measuring;
+static const char *error;
+static char error_buf[256];
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void fail(const char *what)
+{
+    if (error != NULL)
+        return;
+    unsigned long e = ERR_get_error();
+    if (e) {
+        snprintf(error_buf, sizeof(error_buf), "%s: %s", what, ERR_reason_error_string(e));
+        error = error_buf;
+    } else {
+        error = what;
+    }
+}
+
+static void record(conn *c)
+{
+    if (!measuring)
+        return;
+    uint64_t us = (now_ns() - c->started_ns) / 1000u;
+    hist[us < HIST_US ? us : HIST_US]++;
+    completed++;
+    lat_sum_us += us;
+    if (us > lat_max_us)
+        lat_max_us = us;
+}
+
+static int watch(int ep, conn *c, uint32_t events)
+{
+    if (c->events == events)
+        return 0;
+    struct epoll_event ev = {.events = events, .data.ptr = c};
+    c->events = events;
+    return epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* a new TCP connection and SSL object for c */
+static int conn_open(int ep, conn *c)
+{
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (c->fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 && errno != EINPROGRESS) {
+        fail("could not connect");
+        return -1;
+    }
+    c->ssl = SSL_new(ctx);
+    if (c->ssl == NULL || !SSL_set_fd(c->ssl, c->fd)) {
+        fail("SSL_new");
+        return -1;
+    }
+    SSL_set_connect_state(c->ssl);
+    c->handshaken = 0;
+    c->sent = c->received = 0;
+    c->started_ns = now_ns();
+    c->events = EPOLLIN | EPOLLOUT;
+    struct epoll_event ev = {.events = c->events, .data.ptr = c};
+    return epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+}
+
+static void conn_close(conn *c)
+{
+    if (c->ssl) {
+        SSL_shutdown(c->ssl);   /* our close_notify; no wait for theirs */
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+}
+
+/* 0: wait for the events now watched; -1: failed */
+static int want(int ep, conn *c, int r, const char *what)
+{
+    switch (SSL_get_error(c->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        return watch(ep, c, EPOLLIN);
+    case SSL_ERROR_WANT_WRITE:
+        return watch(ep, c, EPOLLIN | EPOLLOUT);
+    case SSL_ERROR_ZERO_RETURN:
+        fail("the server closed a connection");
+        return -1;
+    default:
+        fail(what);
+        return -1;
+    }
+}
+
+static int conn_step(int ep, conn *c, char *scratch)
+{
+    for (;;) {
+        if (!c->handshaken) {
+            int r = SSL_do_handshake(c->ssl);
+            if (r != 1)
+                return want(ep, c, r, "handshake failed");
+            c->handshaken = 1;
+            if (mode == MODE_HANDSHAKE) {
+                record(c);
+                conn_close(c);
+                if (conn_open(ep, c) < 0)
+                    return -1;
+                continue;
+            }
+            c->started_ns = now_ns();
+        }
+        while (c->sent < request_len) {
+            size_t written = 0;
+            int r = SSL_write_ex(c->ssl, request + c->sent, request_len - c->sent, &written);
+            if (r <= 0)
+                return want(ep, c, r, "SSL_write failed");
+            c->sent += written;
+        }
+        size_t got = 0;
+        int r = SSL_read_ex(c->ssl, scratch, RECV_CHUNK, &got);
+        if (r <= 0)
+            return want(ep, c, r, "SSL_read failed");
+        c->received += got;
+        if (c->received > request_len) {
+            fail("the server sent more bytes than it was sent");
+            return -1;
+        }
+        if (c->received == request_len) {
+            record(c);
+            c->sent = c->received = 0;
+            c->started_ns = now_ns();
+        }
+    }
+}
+
+static void print_result(double seconds, int nconns, size_t size)
+{
+    double pct[3] = {0.50, 0.90, 0.99};
+    uint64_t at[3] = {0, 0, 0};
+    for (int k = 0; k < 3; k++) {
+        uint64_t rank = (uint64_t)(pct[k] * (double)completed);
+        uint64_t seen = 0;
+        for (int i = 0; i <= HIST_US; i++) {
+            seen += hist[i];
+            if (seen > rank) {
+                at[k] = (uint64_t)i;
+                break;
+            }
+        }
+    }
+    printf("{\"requests\": %llu, \"seconds\": %.6f, \"rps\": %.1f, \"conns\": %d, "
+           "\"size\": %zu, \"latency_us\": {\"mean\": %.1f, \"p50\": %llu, "
+           "\"p90\": %llu, \"p99\": %llu, \"max\": %llu}",
+           (unsigned long long)completed, seconds,
+           seconds > 0 ? (double)completed / seconds : 0.0, nconns, size,
+           completed ? (double)lat_sum_us / (double)completed : 0.0,
+           (unsigned long long)at[0], (unsigned long long)at[1],
+           (unsigned long long)at[2], (unsigned long long)lat_max_us);
+    if (error)
+        printf(", \"error\": \"%s\"", error);
+    printf("}\n");
+    fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+    int port = 0, nconns = 10, cpu = -1;
+    size_t size = 1024;
+    double warmup = 0.5, duration = 2.0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (v == NULL)
+            goto usage;
+        if (!strcmp(a, "--port"))
+            port = atoi(v);
+        else if (!strcmp(a, "--mode") && (!strcmp(v, "echo") || !strcmp(v, "handshake")))
+            mode = !strcmp(v, "handshake") ? MODE_HANDSHAKE : MODE_ECHO;
+        else if (!strcmp(a, "--conns"))
+            nconns = atoi(v);
+        else if (!strcmp(a, "--size"))
+            size = strtoul(v, NULL, 10);
+        else if (!strcmp(a, "--warmup"))
+            warmup = atof(v);
+        else if (!strcmp(a, "--duration"))
+            duration = atof(v);
+        else if (!strcmp(a, "--cpu"))
+            cpu = atoi(v);
+        else
+            goto usage;
+        i++;
+    }
+    if (port <= 0 || nconns <= 0 || size == 0 || duration <= 0)
+        goto usage;
+    pin_to_cpu(cpu);
+
+    ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL)
+        return 1;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);  /* full handshakes */
+
+    request = malloc(size);
+    if (request == NULL)
+        return 1;
+    for (size_t i = 0; i < size; i++)
+        request[i] = (char)('a' + i % 26);
+    request_len = mode == MODE_ECHO ? size : 0;
+    addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    conn *conns = calloc((size_t)nconns, sizeof(conn));
+    char *scratch = malloc(RECV_CHUNK);
+    if (ep < 0 || conns == NULL || scratch == NULL)
+        return 1;
+
+    uint64_t t0 = now_ns();
+    uint64_t start_at = t0 + (uint64_t)(warmup * 1e9);
+    uint64_t end_at = start_at + (uint64_t)(duration * 1e9);
+    uint64_t measured_from = t0;
+    if (warmup <= 0) {
+        measuring = 1;
+        printf("START\n");
+        fflush(stdout);
+    }
+    for (int i = 0; i < nconns && !error; i++) {
+        conns[i].fd = -1;
+        if (conn_open(ep, &conns[i]) < 0) {
+            fail("could not connect");
+            print_result(0, nconns, size);
+            return 1;
+        }
+    }
+
+    struct epoll_event events[256];
+    while (!error) {
+        uint64_t now = now_ns();
+        if (!measuring && now >= start_at) {
+            measuring = 1;
+            measured_from = now;
+            printf("START\n");
+            fflush(stdout);
+        }
+        if (now >= end_at)
+            break;
+        uint64_t next = measuring ? end_at : start_at;
+        int timeout_ms = (int)((next - now) / 1000000u) + 1;
+        int n = epoll_wait(ep, events, 256, timeout_ms);
+        if (n < 0 && errno != EINTR) {
+            fail("epoll_wait failed");
+            break;
+        }
+        for (int i = 0; i < n && !error; i++)
+            if (conn_step(ep, events[i].data.ptr, scratch) < 0)
+                break;
+    }
+    double seconds = (double)(now_ns() - measured_from) / 1e9;
+    printf("END\n");
+    print_result(seconds, nconns, mode == MODE_ECHO ? size : 0);
+    for (int i = 0; i < nconns; i++)
+        conn_close(&conns[i]);
+    close(ep);
+    SSL_CTX_free(ctx);
+    return error ? 1 : 0;
+usage:
+    fprintf(stderr,
+            "usage: %s --port P [--mode echo|handshake] [--conns N] [--size S] "
+            "[--warmup SECONDS] [--duration SECONDS] [--cpu C]\n", argv[0]);
+    return 2;
+}
