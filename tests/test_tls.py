@@ -733,3 +733,22 @@ async def test_no_garbage_left(certs):
     gc.collect()
     assert tr_ref() is None
     assert ctx_ref() is None
+
+
+async def test_sni_and_alpn(certs):
+    """SNI and ALPN go through the SSLContexts, as with asyncio."""
+    loop = asyncio.get_running_loop()
+    seen = []
+    server_ctx = certs.server_context()
+    server_ctx.set_alpn_protocols(["h2", "http/1.1"])
+    server_ctx.sni_callback = lambda obj, name, ctx: seen.append((name, obj.server_side))
+    client_ctx = certs.client_context()
+    client_ctx.set_alpn_protocols(["http/1.1"])
+    server, tr, pr, sp = await tls_pair(certs, server_ctx=server_ctx, client_ctx=client_ctx)
+    assert seen == [("localhost", True)]
+    assert tr.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+    assert sp.transport.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+    tr.close()
+    await wait_for(pr.lost)
+    await wait_for(sp.lost)
+    await close_server(server)
