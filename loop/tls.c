@@ -1133,15 +1133,22 @@ static int tls_sink_received(PyObject *protocol, const char *data, Py_ssize_t n)
 
 static const tl_stream_sink tls_sink = {tls_sink_received};
 
-static PyObject *tls_connection_made(tl_tls *s, PyObject *transport)
+/* step(s) with s kept alive across it (callbacks may drop the last other
+ * reference): None, or NULL with the error set */
+static PyObject *held_step(tl_tls *s, int (*step)(tl_tls *))
 {
     Py_INCREF(s);
-    Py_XSETREF(s->transport, Py_NewRef(transport));
-    int rc = start_handshake(s);
+    int rc = step(s);
     Py_DECREF(s);
     if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
+}
+
+static PyObject *tls_connection_made(tl_tls *s, PyObject *transport)
+{
+    Py_XSETREF(s->transport, Py_NewRef(transport));
+    return held_step(s, start_handshake);
 }
 
 static PyObject *tls_connection_lost(tl_tls *s, PyObject *exc)
@@ -1302,12 +1309,7 @@ static PyObject *tls_resume_writing(tl_tls *s, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     s->ssl_writing_paused = 0;
-    Py_INCREF(s);
-    int rc = process_outgoing(s);
-    Py_DECREF(s);
-    if (rc < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return held_step(s, process_outgoing);
 }
 
 /* ---- callbacks the loop runs (call_soon / call_later) ------------------------------------- */
@@ -1347,26 +1349,24 @@ static PyObject *tls_check_shutdown_timeout(tl_tls *s, PyObject *Py_UNUSED(ignor
 
 static PyObject *tls_do_read_py(tl_tls *s, PyObject *Py_UNUSED(ignored))
 {
-    if (do_read(s) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return held_step(s, do_read);
+}
+
+static int resume_step(tl_tls *s)
+{
+    if (s->state == ST_WRAPPED)
+        return do_read(s);
+    if (s->state == ST_FLUSHING)
+        return do_flush(s);
+    if (s->state == ST_SHUTDOWN)
+        return do_shutdown(s);
+    return 0;
 }
 
 /* resume_reading()'s deferred part */
 static PyObject *tls_resume(tl_tls *s, PyObject *Py_UNUSED(ignored))
 {
-    int rc = 0;
-    Py_INCREF(s);
-    if (s->state == ST_WRAPPED)
-        rc = do_read(s);
-    else if (s->state == ST_FLUSHING)
-        rc = do_flush(s);
-    else if (s->state == ST_SHUTDOWN)
-        rc = do_shutdown(s);
-    Py_DECREF(s);
-    if (rc < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return held_step(s, resume_step);
 }
 
 /* ---- the application's transport ------------------------------------------------------------ */
@@ -1414,12 +1414,7 @@ static PyObject *tls_close(tl_tls *s, PyObject *Py_UNUSED(ignored))
     if (s->closed)
         Py_RETURN_NONE;
     s->closed = 1;
-    Py_INCREF(s);
-    int rc = start_shutdown(s);
-    Py_DECREF(s);
-    if (rc < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return held_step(s, start_shutdown);
 }
 
 static PyObject *tls_is_reading(tl_tls *s, PyObject *Py_UNUSED(ignored))
