@@ -119,29 +119,31 @@ static void conn_close(conn *c)
 }
 
 /* 0: wait for the events now watched; -1: failed */
-static int want(int ep, conn *c, int r, const char *what)
+/* 1: the call would block (the SSL_ERROR_WANT_* it gave in *err), 0: it
+ * failed (reported) */
+static int would_block(conn *c, int r, const char *what, int *err)
 {
-    switch (SSL_get_error(c->ssl, r)) {
-    case SSL_ERROR_WANT_READ:
-        return watch(ep, c, EPOLLIN);
-    case SSL_ERROR_WANT_WRITE:
-        return watch(ep, c, EPOLLIN | EPOLLOUT);
-    case SSL_ERROR_ZERO_RETURN:
-        fail("the server closed a connection");
-        return -1;
-    default:
-        fail(what);
-        return -1;
-    }
+    *err = SSL_get_error(c->ssl, r);
+    if (*err == SSL_ERROR_WANT_READ || *err == SSL_ERROR_WANT_WRITE)
+        return 1;
+    fail(*err == SSL_ERROR_ZERO_RETURN ? "the server closed a connection" : what);
+    return 0;
 }
 
+/* Everything c can do now: handshake, then write the rest of the request
+ * and read what came back, both as far as they go (reading while a write
+ * waits keeps a server that echoes as it reads from stalling on us). */
 static int conn_step(int ep, conn *c, char *scratch)
 {
     for (;;) {
+        int err;
         if (!c->handshaken) {
             int r = SSL_do_handshake(c->ssl);
-            if (r != 1)
-                return want(ep, c, r, "handshake failed");
+            if (r != 1) {
+                if (!would_block(c, r, "handshake failed", &err))
+                    return -1;
+                return watch(ep, c, err == SSL_ERROR_WANT_WRITE ? EPOLLIN | EPOLLOUT : EPOLLIN);
+            }
             c->handshaken = 1;
             if (mode == MODE_HANDSHAKE) {
                 record_latency(c->started_ns);
@@ -152,27 +154,38 @@ static int conn_step(int ep, conn *c, char *scratch)
             }
             c->started_ns = now_ns();
         }
-        while (c->sent < request_len) {
+        int progressed = 0, write_blocked = 0;
+        if (c->sent < request_len) {
             size_t written = 0;
             int r = SSL_write_ex(c->ssl, request + c->sent, request_len - c->sent, &written);
-            if (r <= 0)
-                return want(ep, c, r, "SSL_write failed");
-            c->sent += written;
+            if (r > 0) {
+                c->sent += written;
+                progressed = 1;
+            } else if (!would_block(c, r, "SSL_write failed", &err)) {
+                return -1;
+            } else {
+                write_blocked = err == SSL_ERROR_WANT_WRITE;
+            }
         }
         size_t got = 0;
         int r = SSL_read_ex(c->ssl, scratch, RECV_CHUNK, &got);
-        if (r <= 0)
-            return want(ep, c, r, "SSL_read failed");
-        c->received += got;
-        if (c->received > request_len) {
-            fail("the server sent more bytes than it was sent");
+        if (r > 0) {
+            progressed = 1;
+            c->received += got;
+            if (c->received > request_len) {
+                fail("the server sent more bytes than it was sent");
+                return -1;
+            }
+            if (c->received == request_len) {
+                record_latency(c->started_ns);
+                c->sent = c->received = 0;
+                c->started_ns = now_ns();
+            }
+        } else if (!would_block(c, r, "SSL_read failed", &err)) {
             return -1;
         }
-        if (c->received == request_len) {
-            record_latency(c->started_ns);
-            c->sent = c->received = 0;
-            c->started_ns = now_ns();
-        }
+        if (!progressed)
+            return watch(ep, c, write_blocked ? EPOLLIN | EPOLLOUT : EPOLLIN);
     }
 }
 
