@@ -177,9 +177,13 @@ static int conn_step(int ep, conn *c, char *scratch)
                 return -1;
             }
             if (c->received == request_len) {
+                /* the next request starts on the next round of epoll (level
+                 * triggered), so one fast connection cannot keep the client
+                 * from the others and from its clock */
                 record_latency(c->started_ns);
                 c->sent = c->received = 0;
                 c->started_ns = now_ns();
+                return watch(ep, c, EPOLLIN | EPOLLOUT);
             }
         } else if (!would_block(c, r, "SSL_read failed", &err)) {
             return -1;
