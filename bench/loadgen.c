@@ -32,9 +32,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "latency.h"
 #include "pin.h"
 
-#define HIST_US 100000          /* 1 us buckets up to 100 ms, then one more */
 #define RECV_CHUNK (256 * 1024)
 #define HTTP_BUF 65536
 
@@ -52,17 +52,6 @@ typedef struct conn {
 static enum mode mode = MODE_ECHO;
 static const char *request;
 static size_t request_len;
-static uint64_t hist[HIST_US + 1];
-static uint64_t completed, lat_sum_us, lat_max_us;
-static int measuring;
-static const char *error;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void fail(const char *what)
 {
@@ -103,18 +92,6 @@ static int conn_start(int ep, conn *c)
     c->received = 0;
     c->started_ns = now_ns();
     return conn_send(ep, c);
-}
-
-static void record(conn *c)
-{
-    if (!measuring)
-        return;
-    uint64_t us = (now_ns() - c->started_ns) / 1000u;
-    hist[us < HIST_US ? us : HIST_US]++;
-    completed++;
-    lat_sum_us += us;
-    if (us > lat_max_us)
-        lat_max_us = us;
 }
 
 /* The length of a complete HTTP response at the start of buf, or 0. */
@@ -175,7 +152,7 @@ static int conn_read(int ep, conn *c, char *scratch)
                 return -1;
             }
             if (c->received == request_len && c->sent == request_len) {
-                record(c);
+                record_latency(c->started_ns);
                 if (conn_start(ep, c) < 0)
                     return -1;
             }
@@ -188,41 +165,12 @@ static int conn_read(int ep, conn *c, char *scratch)
                     fail("bytes after the response (pipelining is not used)");
                     return -1;
                 }
-                record(c);
+                record_latency(c->started_ns);
                 if (conn_start(ep, c) < 0)
                     return -1;
             }
         }
     }
-}
-
-static void print_result(double seconds, int nconns, size_t size)
-{
-    double pct[3] = {0.50, 0.90, 0.99};
-    uint64_t at[3] = {0, 0, 0};
-    for (int k = 0; k < 3; k++) {
-        uint64_t rank = (uint64_t)(pct[k] * (double)completed);
-        uint64_t seen = 0;
-        for (int i = 0; i <= HIST_US; i++) {
-            seen += hist[i];
-            if (seen > rank) {
-                at[k] = (uint64_t)i;
-                break;
-            }
-        }
-    }
-    printf("{\"requests\": %llu, \"seconds\": %.6f, \"rps\": %.1f, \"conns\": %d, "
-           "\"size\": %zu, \"latency_us\": {\"mean\": %.1f, \"p50\": %llu, "
-           "\"p90\": %llu, \"p99\": %llu, \"max\": %llu}",
-           (unsigned long long)completed, seconds,
-           seconds > 0 ? (double)completed / seconds : 0.0, nconns, size,
-           completed ? (double)lat_sum_us / (double)completed : 0.0,
-           (unsigned long long)at[0], (unsigned long long)at[1],
-           (unsigned long long)at[2], (unsigned long long)lat_max_us);
-    if (error)
-        printf(", \"error\": \"%s\"", error);
-    printf("}\n");
-    fflush(stdout);
 }
 
 int main(int argc, char **argv)

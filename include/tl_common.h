@@ -141,6 +141,12 @@ typedef struct tl_state {
     PyObject *str_detach;
     int server_attach_takes_transport;  /* Server._attach(transport), 3.13 */
 
+    /* TLS (tl_tls.h): the transport type, the hook our streams feed it
+     * through, and the ssl objects it caches */
+    PyTypeObject *tls_type;
+    const struct tl_stream_sink *tls_sink;
+    struct tl_tls_state *tls;
+
     /* free lists (see TL_FREELIST_MAX) */
     PyObject *handle_free[TL_FREELIST_MAX ? TL_FREELIST_MAX : 1];
     int handle_nfree;

@@ -48,6 +48,16 @@ typedef struct tl_sockaddrs {
     unsigned char data[];   /* sock_len bytes, then peer_len bytes */
 } tl_sockaddrs;
 
+/* A protocol written in C that takes what the stream reads without a
+ * Python call per read: the TLS layer (tl_tls.h). The stream reads into the
+ * loop's read buffer and hands the bytes over; errors, EOF and everything
+ * else go through the protocol's methods as usual. received() returns -1
+ * with an exception set when it failed (the stream then fails as a
+ * BufferedProtocol's failing buffer_updated() makes it fail). */
+typedef struct tl_stream_sink {
+    int (*received)(PyObject *protocol, const char *data, Py_ssize_t n);
+} tl_stream_sink;
+
 typedef struct tl_stream {
     PyObject_HEAD
     PyObject *extra;            /* asyncio.BaseTransport's `_extra` slot: the
@@ -68,6 +78,7 @@ typedef struct tl_stream {
     PyObject *empty_waiter;     /* sendfile: done when the buffer empties */
     PyObject *lost_exc;         /* argument of the scheduled connection_lost */
     tl_sockaddrs *addrs;        /* accepted sockets: addresses, raw */
+    const tl_stream_sink *sink; /* the protocol reads through C (or NULL) */
     tl_loop_link link;          /* on the loop's ring while held */
     ev_io rio;                  /* reading (write pipes: peer-close check) */
     ev_io wio;                  /* flushing the write buffer */
@@ -133,6 +144,17 @@ ssize_t tl_read_bytes(struct tl_loop *loop, int fd, Py_ssize_t max, int use_recv
 /* Done with a bytes object tl_read_bytes() made: kept for the next read
  * when nothing else holds it, released otherwise. Steals data. */
 void tl_read_recycle(struct tl_loop *loop, PyObject *data);
+
+/* get_extra_info(name, default=None)'s arguments, checked as Python checks
+ * them; -1 with TypeError set. */
+int tl_parse_extra_info_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                             PyObject **name, PyObject **dflt);
+
+/* Write buffer limits from set_write_buffer_limits(high, low) arguments
+ * (NULL or None: the default, high = default_kb KiB), checked with
+ * asyncio's message. -1 with an exception set. */
+int tl_flow_limits(PyObject *high, PyObject *low, long default_kb, Py_ssize_t *hi,
+                   Py_ssize_t *lo);
 
 /* Type creation and the stdlib objects the transports use. */
 int tl_stream_init_module(PyObject *module, tl_state *st);

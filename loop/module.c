@@ -12,6 +12,7 @@
 #include "tl_stream.h"
 #include "tl_server.h"
 #include "tl_sock.h"
+#include "tl_tls.h"
 
 PyObject *tl_import_attr(const char *module, const char *name)
 {
@@ -163,7 +164,7 @@ static int core_exec(PyObject *module)
         return -1;
 
     if (tl_stream_init_module(module, st) < 0 || tl_server_init_module(module, st) < 0 ||
-        tl_sock_init_module(module, st) < 0)
+        tl_sock_init_module(module, st) < 0 || tl_tls_init_module(module, st) < 0)
         return -1;
 
     return PyModule_AddIntConstant(module, "EV_VERSION",
@@ -202,7 +203,7 @@ static int core_exec(PyObject *module)
     X(str_connection_lost) X(str_pause_writing) X(str_resume_writing)           \
     X(str_set_result) X(str_set_exception) X(str_cancelled) X(str_done)         \
     X(str_create_future) X(str_fileno) X(str_close)               \
-    X(str_attach) X(str_detach)
+    X(str_attach) X(str_detach) X(tls_type)
 
 static int core_traverse(PyObject *module, visitproc visit, void *arg)
 {
@@ -212,7 +213,7 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg)
 #define X(f) Py_VISIT(st->f);
     TL_STATE_OBJECTS(X)
 #undef X
-    return 0;
+    return tl_tls_traverse_state(st, visit, arg);
 }
 
 static void free_list_drain(PyObject **items, int *n)
@@ -234,6 +235,7 @@ static int core_clear(PyObject *module)
 #define X(f) Py_CLEAR(st->f);
     TL_STATE_OBJECTS(X)
 #undef X
+    tl_tls_clear_state(st);
     return 0;
 }
 

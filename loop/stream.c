@@ -505,6 +505,25 @@ static int stream_read_into_protocol(tl_stream *t)
     return 0;
 }
 
+/* A protocol written in C reads what came without a Python call. */
+static int stream_read_into_sink(tl_stream *t)
+{
+    char *buf = loop_read_buffer(t->loop);
+    if (buf == NULL)
+        return stream_fatal_error(t, read_error_message(t));
+    ssize_t n = read(t->fd, buf, TL_READ_MAX);
+    if (n < 0) {
+        if (would_block(errno))
+            return 0;
+        return stream_fatal_errno(t, read_error_message(t));
+    }
+    if (n == 0)
+        return stream_on_eof(t);
+    if (t->sink->received(t->protocol, buf, n) < 0)
+        return stream_fatal_error(t, "Fatal error: protocol.buffer_updated() call failed.");
+    return 0;
+}
+
 static int stream_read_ready(tl_stream *t)
 {
     if (t->kind == TL_STREAM_WRITE_PIPE) {
@@ -521,6 +540,8 @@ static int stream_read_ready(tl_stream *t)
     }
     if (t->conn_lost)
         return 0;
+    if (t->sink != NULL)
+        return stream_read_into_sink(t);
     if (t->buffered)
         return stream_read_into_protocol(t);
     PyObject *data = NULL;
@@ -690,27 +711,27 @@ static int stream_maybe_resume_protocol(tl_stream *t)
                              "protocol.resume_writing() failed");
 }
 
-static PyObject *stream_set_write_buffer_limits(tl_stream *t, PyObject *args, PyObject *kwds)
+int tl_flow_limits(PyObject *high, PyObject *low, long default_kb, Py_ssize_t *hi,
+                   Py_ssize_t *lo)
 {
-    static char *kwlist[] = {"high", "low", NULL};
-    PyObject *high = Py_None, *low = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:set_write_buffer_limits", kwlist,
-                                     &high, &low))
-        return NULL;
-    /* transports._FlowControlMixin._set_write_buffer_limits */
+    /* transports._FlowControlMixin._set_write_buffer_limits and
+     * sslproto.add_flowcontrol_defaults */
     PyObject *four = PyLong_FromLong(4);
     if (four == NULL)
-        return NULL;
+        return -1;
     PyObject *h, *l;
-    if (high == Py_None)
-        h = low == Py_None ? PyLong_FromLong(64 * 1024) : PyNumber_Multiply(four, low);
+    if (high == NULL || high == Py_None)
+        h = (low == NULL || low == Py_None) ? PyLong_FromLong(default_kb * 1024)
+                                            : PyNumber_Multiply(four, low);
     else
         h = Py_NewRef(high);
-    l = h == NULL ? NULL : low == Py_None ? PyNumber_FloorDivide(h, four) : Py_NewRef(low);
+    l = h == NULL ? NULL
+                  : (low == NULL || low == Py_None) ? PyNumber_FloorDivide(h, four)
+                                                    : Py_NewRef(low);
     Py_DECREF(four);
     if (l == NULL) {
         Py_XDECREF(h);
-        return NULL;
+        return -1;
     }
     PyObject *zero = PyLong_FromLong(0);
     int ok1 = zero ? PyObject_RichCompareBool(h, l, Py_GE) : -1;
@@ -721,16 +742,28 @@ static PyObject *stream_set_write_buffer_limits(tl_stream *t, PyObject *args, Py
             PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", h, l);
         Py_DECREF(h);
         Py_DECREF(l);
-        return NULL;
+        return -1;
     }
     Py_ssize_t hv = PyNumber_AsSsize_t(h, NULL);
     Py_ssize_t lv = PyNumber_AsSsize_t(l, NULL);
     Py_DECREF(h);
     Py_DECREF(l);
     if ((hv == -1 || lv == -1) && PyErr_Occurred())
+        return -1;
+    *hi = hv;
+    *lo = lv;
+    return 0;
+}
+
+static PyObject *stream_set_write_buffer_limits(tl_stream *t, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"high", "low", NULL};
+    PyObject *high = Py_None, *low = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:set_write_buffer_limits", kwlist,
+                                     &high, &low))
         return NULL;
-    t->high_water = hv;
-    t->low_water = lv;
+    if (tl_flow_limits(high, low, 64, &t->high_water, &t->low_water) < 0)
+        return NULL;
     if (stream_maybe_pause_protocol(t) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -1353,7 +1386,10 @@ static PyObject *stream_resume_reading(tl_stream *t, PyObject *Py_UNUSED(ignored
 static int stream_set_protocol_impl(tl_stream *t, PyObject *protocol)
 {
     if (t->kind != TL_STREAM_WRITE_PIPE) {
-        int b = PyObject_IsInstance(protocol, t->loop->st->buffered_protocol_cls);
+        tl_state *st = t->loop->st;
+        t->sink = (st->tls_type != NULL && Py_IS_TYPE(protocol, st->tls_type)) ? st->tls_sink
+                                                                                : NULL;
+        int b = t->sink ? 1 : PyObject_IsInstance(protocol, st->buffered_protocol_cls);
         if (b < 0)
             return -1;
         t->buffered = (uint8_t)b;
@@ -1407,8 +1443,8 @@ static PyObject *stream_socket_view(tl_stream *t)
     return Py_XNewRef(t->sock_view);
 }
 
-static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_ssize_t nargs,
-                                       PyObject *kwnames)
+int tl_parse_extra_info_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                             PyObject **name_out, PyObject **default_out)
 {
     static const char *const names[] = {"name", "default", NULL};
     PyObject *name = NULL, *dflt = Py_None;
@@ -1417,7 +1453,7 @@ static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_s
         PyErr_Format(PyExc_TypeError,
                      "get_extra_info() takes from 2 to 3 positional arguments but %zd were given",
                      nargs + 1);
-        return NULL;
+        return -1;
     }
     if (nargs > 0)
         name = args[0];
@@ -1434,7 +1470,7 @@ static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_s
                          which < 0 ? "get_extra_info() got an unexpected keyword argument '%S'"
                                    : "get_extra_info() got multiple values for argument '%S'",
                          k);
-            return NULL;
+            return -1;
         }
         if (which == 0)
             name = args[nargs + i];
@@ -1444,8 +1480,19 @@ static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_s
     if (name == NULL) {
         PyErr_SetString(PyExc_TypeError,
                         "get_extra_info() missing 1 required positional argument: 'name'");
-        return NULL;
+        return -1;
     }
+    *name_out = name;
+    *default_out = dflt;
+    return 0;
+}
+
+static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_ssize_t nargs,
+                                       PyObject *kwnames)
+{
+    PyObject *name, *dflt;
+    if (tl_parse_extra_info_args(args, nargs, kwnames, &name, &dflt) < 0)
+        return NULL;
     if (t->extra != NULL) {
         PyObject *v = PyDict_GetItemWithError(t->extra, name);
         if (v != NULL)

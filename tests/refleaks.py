@@ -402,6 +402,75 @@ def event_core_threads():
         t.join()
 
 
+_TLS = {}
+
+
+def _tls_contexts():
+    """(server, client) SSLContexts over certificates made once by openssl."""
+    if not _TLS:
+        import ssl
+        import tempfile
+
+        from tests.tlsutil import make_certs
+        certs = make_certs(tempfile.mkdtemp(prefix="tonio-refleaks-"))
+        if certs is None:
+            return None
+        _TLS["certs"] = certs
+    certs = _TLS["certs"]
+    return certs.server_context(), certs.client_context()
+
+
+@scenario
+def tls_every_path():
+    """TLS: echo, close_notify both ways, start_tls, a failed handshake, a
+    handshake timeout, flow control."""
+    import ssl
+
+    contexts = _tls_contexts()
+    if contexts is None:
+        return
+    server_ctx, client_ctx = contexts
+    loop = tonio_loop.new_event_loop()
+    loop.set_exception_handler(_quiet)
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.tr = tr
+
+        def data_received(self, data):
+            self.tr.write(data)
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx)
+        addr = server.sockets[0].getsockname()
+        r, w = await asyncio.open_connection(*addr, ssl=client_ctx, server_hostname="localhost")
+        w.write(b"x" * 300_000)
+        await r.readexactly(300_000)
+        w.get_extra_info("peercert"), w.get_extra_info("cipher")
+        w.close()
+        await w.wait_closed()
+        try:
+            await asyncio.open_connection(*addr, ssl=client_ctx, server_hostname="wrong")
+        except ssl.SSLCertVerificationError:
+            pass
+        # plain, then start_tls
+        plain = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection(*plain.sockets[0].getsockname())
+        try:
+            await w.start_tls(client_ctx, server_hostname="localhost",
+                              ssl_handshake_timeout=0.05)
+        except ConnectionAbortedError:
+            pass
+        w.close()
+        plain.close()
+        server.close()
+        await server.wait_closed()
+        await plain.wait_closed()
+
+    loop.run_until_complete(main())
+    loop.close()
+
+
 def measure(fn, warmup=4, runs=6):
     for _ in range(warmup):
         fn()

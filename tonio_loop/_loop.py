@@ -12,8 +12,12 @@ import os
 import socket
 import time
 import weakref
-from asyncio import (base_events, constants, exceptions, selector_events, sslproto,
-                     unix_events)
+
+try:
+    import ssl
+except ImportError:  # pragma: no cover
+    ssl = None
+from asyncio import base_events, constants, exceptions, selector_events, unix_events
 from asyncio.log import logger
 
 from . import _core
@@ -74,7 +78,6 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
     create_unix_connection = _Unix.create_unix_connection
     create_unix_server = _Unix.create_unix_server
     _accept_connection2 = _Selector._accept_connection2
-    start_tls = _Base.start_tls
     connect_read_pipe = _Base.connect_read_pipe
     connect_write_pipe = _Base.connect_write_pipe
 
@@ -150,26 +153,48 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
                 transp.resume_reading()
             transp._reclaim_fd()
 
-    def _make_ssl_transport(
-            self, rawsock, protocol, sslcontext, waiter=None,
-            *, server_side=False, server_hostname=None,
-            extra=None, server=None,
-            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
-            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
-    ):
-        # The TLS hook. Every TLS connection (create_connection(ssl=...),
-        # create_server(ssl=...), accepted TLS connections) is made here:
-        # asyncio's own SSLProtocol over the C socket transport, exactly what
-        # asyncio's selector loop does. The TLS issue replaces this method
-        # with a native TLS transport; nothing else needs to change.
-        ssl_protocol = sslproto.SSLProtocol(
+    async def start_tls(self, transport, protocol, sslcontext, *,
+                        server_side=False,
+                        server_hostname=None,
+                        ssl_handshake_timeout=None,
+                        ssl_shutdown_timeout=None):
+        """Upgrade transport to TLS (base_events.start_tls with our TLS
+        transport, loop/tls.c, in place of asyncio's SSLProtocol)."""
+        if ssl is None:
+            raise RuntimeError('Python ssl module is not available')
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(
+                f'sslcontext is expected to be an instance of ssl.SSLContext, '
+                f'got {sslcontext!r}')
+        if not getattr(transport, '_start_tls_compatible', False):
+            raise TypeError(
+                f'transport {transport!r} is not supported by start_tls()')
+
+        waiter = self.create_future()
+        ssl_transport = _core.SSLTransport(
             self, protocol, sslcontext, waiter,
             server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout
-        )
-        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
-        return ssl_protocol._app_transport
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=False)
+
+        # Pause early so that the TLS transport's data_received() doesn't
+        # have a chance to get called before its connection_made().
+        transport.pause_reading()
+
+        transport.set_protocol(ssl_transport)
+        conmade_cb = self.call_soon(ssl_transport.connection_made, transport)
+        resume_cb = self.call_soon(transport.resume_reading)
+
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            conmade_cb.cancel()
+            resume_cb.cancel()
+            raise
+
+        return ssl_transport
 
     def _stop_serving(self, sock):
         # selector_events._stop_serving, plus unix_events' cleanup of the
