@@ -345,12 +345,14 @@ def run_wrk(port, *, seconds, conns=CONNS, cpu=None, path="/"):
             "conns": conns, "latency_us": latency}
 
 
-def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CONNS):
-    """uvicorn (httptools) with `--loop` set to the implementation, in its own
-    process on the server CPU, loaded by wrk (or loadgen's HTTP mode)."""
+def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CONNS,
+                    http="httptools"):
+    """uvicorn (`--http` httptools or h11) with `--loop` set to the
+    implementation, in its own process on the server CPU, loaded by wrk (or
+    loadgen's HTTP mode)."""
     try:
-        import httptools  # noqa: F401
         import uvicorn  # noqa: F401
+        __import__(http)
     except ImportError as exc:
         raise Unavailable(f"{exc.name} is not installed (pip install -e '.[bench]')")
     server_cpu, client_cpu = cpus()
@@ -358,7 +360,7 @@ def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CON
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
            "--port", str(port), "--loop", loop_import_string(new_loop),
-           "--http", "httptools", "--no-access-log", "--log-level", "warning",
+           "--http", http, "--no-access-log", "--log-level", "warning",
            "--lifespan", "off"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH")) if p))
