@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 
-from bench.registry import Unavailable, duration
+from bench.registry import Unavailable, duration, scale
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "bin")
@@ -113,14 +113,17 @@ class LoadError(RuntimeError):
 
 
 def run_loadgen(port, *, mode="echo", size=1024, conns=CONNS, warmup=0.5,
-                seconds=2.0, cpu=None, on_start=None, on_end=None):
+                seconds=2.0, cpu=None, on_start=None, on_end=None, requests=None):
     """Load 127.0.0.1:port with bench/loadgen; returns its JSON result.
 
     on_start/on_end are called (from this thread) when the measured window
-    begins and ends, to read the server's CPU time."""
+    begins and ends, to read the server's CPU time. With `requests`, the
+    window ends after that many requests (or after `seconds`, if sooner)."""
     cmd = [tool("loadgen"), "--port", str(port), "--mode", mode,
            "--conns", str(conns), "--size", str(size),
            "--warmup", str(warmup), "--duration", str(seconds)]
+    if requests is not None:
+        cmd += ["--requests", str(requests)]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
     result = None
@@ -395,4 +398,67 @@ def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CON
                     proc.wait()
     figures = _figures(result, window.seconds)
     figures["client"] = "wrk" if use_wrk else "loadgen"
+    return figures
+
+
+# ---- uvicorn in-process, a fixed number of requests ------------------------
+#
+# The workloads above run uvicorn in a child process for a fixed time. These
+# run uvicorn's Server on the loop under test inside the measuring process,
+# for a fixed number of requests from bench/loadgen (a child process, which
+# valgrind does not follow): `python -m bench --callgrind` can then count
+# the server's instructions per request, free of the machine's noise.
+
+def measure_uvicorn_requests(new_loop, app, *, quick=True, conns=CONNS):
+    """uvicorn (httptools) serving bench.http_app's `app` on new_loop() in
+    this process, pinned to the server CPU, for a warm-up of a tenth and then
+    scale(20000) requests (60000 full) from loadgen on the client CPU."""
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise Unavailable(f"{exc.name} is not installed (pip install -e '.[bench]')")
+    import asyncio
+
+    from bench import http_app
+
+    server_cpu, client_cpu = cpus()
+    pin_self(server_cpu)
+    n = scale(20000 if quick else 60000)
+    warm = max(1, n // 10)
+    port = free_port()
+    config = uvicorn.Config(getattr(http_app, app), host="127.0.0.1", port=port,
+                            http="httptools", loop="none", lifespan="off",
+                            access_log=False, log_level="warning")
+    server = uvicorn.Server(config)
+    window = _CpuWindow(lambda: proc_cpu_seconds(os.getpid()))
+
+    def load():
+        run_loadgen(port, mode="http", conns=conns, warmup=0, seconds=600,
+                    cpu=client_cpu, requests=warm)
+        return run_loadgen(port, mode="http", conns=conns, warmup=0, seconds=600,
+                           cpu=client_cpu, requests=n, on_start=window.on_start,
+                           on_end=window.on_end)
+
+    async def main():
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:
+            if serving.done():
+                return serving.result()
+            await asyncio.sleep(0.01)
+        try:
+            # a thread waits for the load generator: the loop only serves
+            return await asyncio.get_running_loop().run_in_executor(None, load)
+        finally:
+            server.should_exit = True
+            await serving
+
+    loop = new_loop()
+    try:
+        result = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    if result is None:
+        raise RuntimeError("uvicorn did not start")
+    figures = _figures(result, window.seconds)
+    figures["total_ops"] = result["requests"] + warm
     return figures

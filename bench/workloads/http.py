@@ -26,3 +26,18 @@ def http_uvicorn_100c(new_loop, quick):
 def http_uvicorn_h11(new_loop, quick):
     """uvicorn + h11 (pure Python HTTP), 'Hello, world!', 10 connections"""
     return net.measure_uvicorn(new_loop, quick=quick, http="h11")
+
+
+# In-process, a fixed number of requests: what `python -m bench --callgrind`
+# counts instructions of (see net.measure_uvicorn_requests).
+
+@workload("http_uvicorn_requests", group="http", unit="requests/s", callgrind=True)
+def http_uvicorn_requests(new_loop, quick):
+    """uvicorn in-process, 'Hello, world!': a fixed number of requests, 10 connections"""
+    return net.measure_uvicorn_requests(new_loop, "app", quick=quick)
+
+
+@workload("http_uvicorn_json_requests", group="http", unit="requests/s", callgrind=True)
+def http_uvicorn_json_requests(new_loop, quick):
+    """uvicorn in-process, JSON per request: a fixed number of requests, 10 connections"""
+    return net.measure_uvicorn_requests(new_loop, "json_app", quick=quick)
