@@ -179,10 +179,12 @@ def make_certificates(directory):
             builder = builder.add_extension(ext, critical=critical)
         return builder.sign(signer, hashes.SHA256())
 
+    # Python 3.13 verifies with VERIFY_X509_STRICT, which wants key identifiers
     def ca(cn):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = build(name(cn), name(cn), key.public_key(), key,
                      (x509.BasicConstraints(ca=True, path_length=None), True),
+                     (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
                      (x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                     content_commitment=False, key_encipherment=False,
                                     data_encipherment=False, key_agreement=False,
@@ -196,7 +198,10 @@ def make_certificates(directory):
                  (x509.SubjectAlternativeName([
                      x509.DNSName("localhost"),
                      x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False),
-                 (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False))
+                 (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False),
+                 (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+                 (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                  False))
 
     pem = serialization.Encoding.PEM
     files = {
