@@ -7,11 +7,13 @@ still leaves nothing running: `Child.stop()` signals the whole process group
 it started and waits for it.
 """
 
+import contextlib
 import datetime
 import ipaddress
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -148,6 +150,27 @@ def python_env():
     """The environment of a Python child that imports tonio_loop and tests."""
     path = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(path), PYTHONUNBUFFERED="1")
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_site(app, tls=None):
+    """Serve an aiohttp app on 127.0.0.1 from the running loop, with TLS
+    when given tls_files; yields the base URL."""
+    from aiohttp import web
+
+    server_ssl = None
+    if tls is not None:
+        server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ssl.load_cert_chain(tls["cert"], tls["key"])
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def skip_unavailable(what, why):

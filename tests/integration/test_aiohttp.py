@@ -13,6 +13,8 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 
+from tests.integration.support import aiohttp_site  # noqa: E402
+
 
 ABORTED = web.AppKey("aborted", asyncio.Event)
 
@@ -71,22 +73,10 @@ async def site(request):
     app[ABORTED] = asyncio.Event()
     app.add_routes([web.get("/json", json_handler), web.post("/upload", upload_handler),
                     web.get("/stream", stream_handler), web.get("/ws", ws_handler)])
-    server_ssl, client_ssl = None, True
-    if request.param:
-        tls = request.getfixturevalue("tls_files")
-        server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_ssl.load_cert_chain(tls["cert"], tls["key"])
-        client_ssl = ssl.create_default_context(cafile=tls["ca"])
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    scheme = "https" if request.param else "http"
-    try:
-        yield f"{scheme}://127.0.0.1:{port}", client_ssl, app
-    finally:
-        await runner.cleanup()
+    tls = request.getfixturevalue("tls_files") if request.param else None
+    client_ssl = ssl.create_default_context(cafile=tls["ca"]) if tls else True
+    async with aiohttp_site(app, tls) as url:
+        yield url, client_ssl, app
 
 
 def session():

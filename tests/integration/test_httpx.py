@@ -12,6 +12,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 web = pytest.importorskip("aiohttp.web")
 
+from tests.integration.support import aiohttp_site  # noqa: E402
+
 CONNECTIONS = web.AppKey("connections", set)
 
 
@@ -36,21 +38,9 @@ async def server(request):
     app = web.Application()
     app[CONNECTIONS] = set()
     app.add_routes([web.get("/hello", hello), web.get("/slow", slow), web.post("/echo", echo)])
-    server_ssl = tls = None
-    if request.param:
-        tls = request.getfixturevalue("tls_files")
-        server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_ssl.load_cert_chain(tls["cert"], tls["key"])
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        yield {"url": f"{'https' if tls else 'http'}://127.0.0.1:{port}",
-               "ca": tls and tls["ca"], "tls_files": tls, "app": app}
-    finally:
-        await runner.cleanup()
+    tls = request.getfixturevalue("tls_files") if request.param else None
+    async with aiohttp_site(app, tls) as url:
+        yield {"url": url, "ca": tls and tls["ca"], "tls_files": tls, "app": app}
 
 
 def client(server, **kwargs):
