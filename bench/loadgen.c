@@ -329,6 +329,9 @@ int main(int argc, char **argv)
         if (!measuring && now >= start_at) {
             measuring = 1;
             measured_from = now;
+            /* the window is the full duration from here, even when this
+             * process was not scheduled for a while after the warm-up */
+            end_at = now + (uint64_t)(duration * 1e9);
             printf("START\n");
             fflush(stdout);
         }
