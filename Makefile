@@ -14,11 +14,14 @@ VENV ?= $(if $(filter python3,$(PY)),.venv,.venv-$(PY))
 VPY := $(VENV)/bin/python
 SOURCES := $(wildcard loop/*.c include/*.h) setup.py
 SYSTEM_DEPS := libev-dev
+# the servers tests/integration talks to (its fixtures skip, saying why, when
+# one cannot be installed or started)
+TEST_DEPS := postgresql redis-server
 # the benchmark's HTTP load (it falls back to its own C client without it)
 BENCH_DEPS := wrk
 PYTEST_ARGS ?=
 
-.PHONY: all build deps bench-deps test conformance bench bench-full refcheck valgrind clean check-python
+.PHONY: all build deps test-deps bench-deps test conformance bench bench-full refcheck valgrind clean check-python
 
 all: build
 
@@ -40,12 +43,15 @@ $(VENV)/.built: $(VENV)/.installed $(SOURCES)
 
 build: deps $(VENV)/.built
 
-test: build
-	$(VPY) -m pytest $(PYTEST_ARGS)
+test: build test-deps
+	$(VPY) -m pytest -rsx $(PYTEST_ARGS)
 	$(VPY) -m tests.conformance --quiet
 
 conformance: build
 	$(VPY) -m tests.conformance
+
+test-deps:
+	-@tools/install-system-deps $(TEST_DEPS) || echo "could not install $(TEST_DEPS): their integration tests will skip"
 
 bench-deps:
 	-@tools/install-system-deps $(BENCH_DEPS) || echo "could not install $(BENCH_DEPS): HTTP load comes from bench/loadgen.c"

@@ -4,13 +4,15 @@
  *
  *   loadgen --port P [--mode echo|http] [--conns N] [--size S]
  *           [--warmup SECONDS] [--duration SECONDS] [--cpu C] [--path /]
+ *           [--requests N]
  *
  * Each of N connections to 127.0.0.1:P runs one request at a time:
  *   echo  sends S bytes and waits until the same S bytes came back;
  *   http  sends "GET PATH HTTP/1.1" (keep-alive) and reads one response,
  *         framed by its Content-Length.
  * After the warm-up it prints "START", measures for the duration, prints
- * "END", then one line of JSON: requests, seconds, requests per second and
+ * "END" (or, with --requests, once N requests were measured: a fixed amount
+ * of work, for instruction counts), then one line of JSON: requests, seconds, requests per second and
  * the latency distribution in microseconds. Lines are flushed at once: the
  * runner reads the server's CPU time when START and END arrive. Exit status
  * 1 (with "error" in the JSON) when the server misbehaves.
@@ -178,6 +180,7 @@ int main(int argc, char **argv)
     int port = 0, nconns = 10, cpu = -1;
     size_t size = 1024;
     double warmup = 0.5, duration = 2.0;
+    unsigned long long max_requests = 0;     /* 0: until the duration is over */
     const char *path = "/";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -199,6 +202,8 @@ int main(int argc, char **argv)
             cpu = atoi(v);
         else if (!strcmp(a, "--path"))
             path = v;
+        else if (!strcmp(a, "--requests"))
+            max_requests = strtoull(v, NULL, 10);
         else
             goto usage;
         i++;
@@ -272,10 +277,13 @@ int main(int argc, char **argv)
         if (!measuring && now >= start_at) {
             measuring = 1;
             measured_from = now;
+            /* the window is the full duration from here, even when this
+             * process was not scheduled for a while after the warm-up */
+            end_at = now + (uint64_t)(duration * 1e9);
             printf("START\n");
             fflush(stdout);
         }
-        if (now >= end_at)
+        if (now >= end_at || (max_requests && measuring && completed >= max_requests))
             break;
         uint64_t next = measuring ? end_at : start_at;
         int timeout_ms = (int)((next - now) / 1000000u) + 1;
@@ -304,6 +312,7 @@ int main(int argc, char **argv)
 usage:
     fprintf(stderr,
             "usage: %s --port P [--mode echo|http] [--conns N] [--size S] "
-            "[--warmup SECONDS] [--duration SECONDS] [--cpu C] [--path /]\n", argv[0]);
+            "[--warmup SECONDS] [--duration SECONDS] [--cpu C] [--path /] "
+            "[--requests N]\n", argv[0]);
     return 2;
 }

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 
-from bench.registry import Unavailable, duration
+from bench.registry import Unavailable, duration, scale
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "bin")
@@ -118,15 +118,19 @@ class LoadError(RuntimeError):
 
 
 def run_loadgen(port, *, mode="echo", size=1024, conns=CONNS, warmup=0.5,
-                seconds=2.0, cpu=None, on_start=None, on_end=None, client="loadgen"):
+                seconds=2.0, cpu=None, on_start=None, on_end=None, client="loadgen",
+                requests=None):
     """Load 127.0.0.1:port with bench/loadgen (or another client tool with
     the same command line and output: tls_loadgen); returns its JSON result.
 
     on_start/on_end are called (from this thread) when the measured window
-    begins and ends, to read the server's CPU time."""
+    begins and ends, to read the server's CPU time. With `requests`, the
+    window ends after that many requests (or after `seconds`, if sooner)."""
     cmd = [tool(client), "--port", str(port), "--mode", mode,
            "--conns", str(conns), "--size", str(size),
            "--warmup", str(warmup), "--duration", str(seconds)]
+    if requests is not None:
+        cmd += ["--requests", str(requests)]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
     result = None
@@ -392,12 +396,14 @@ def run_wrk(port, *, seconds, conns=CONNS, cpu=None, path="/"):
             "conns": conns, "latency_us": latency}
 
 
-def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CONNS):
-    """uvicorn (httptools) with `--loop` set to the implementation, in its own
-    process on the server CPU, loaded by wrk (or loadgen's HTTP mode)."""
+def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CONNS,
+                    http="httptools"):
+    """uvicorn (`--http` httptools or h11) with `--loop` set to the
+    implementation, in its own process on the server CPU, loaded by wrk (or
+    loadgen's HTTP mode)."""
     try:
-        import httptools  # noqa: F401
         import uvicorn  # noqa: F401
+        __import__(http)
     except ImportError as exc:
         raise Unavailable(f"{exc.name} is not installed (pip install -e '.[bench]')")
     server_cpu, client_cpu = cpus()
@@ -405,7 +411,7 @@ def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CON
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
            "--port", str(port), "--loop", loop_import_string(new_loop),
-           "--http", "httptools", "--no-access-log", "--log-level", "warning",
+           "--http", http, "--no-access-log", "--log-level", "warning",
            "--lifespan", "off"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH")) if p))
@@ -440,4 +446,67 @@ def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CON
                     proc.wait()
     figures = _figures(result, window.seconds)
     figures["client"] = "wrk" if use_wrk else "loadgen"
+    return figures
+
+
+# ---- uvicorn in-process, a fixed number of requests ------------------------
+#
+# The workloads above run uvicorn in a child process for a fixed time. These
+# run uvicorn's Server on the loop under test inside the measuring process,
+# for a fixed number of requests from bench/loadgen (a child process, which
+# valgrind does not follow): `python -m bench --callgrind` can then count
+# the server's instructions per request, free of the machine's noise.
+
+def measure_uvicorn_requests(new_loop, app, *, quick=True, conns=CONNS):
+    """uvicorn (httptools) serving bench.http_app's `app` on new_loop() in
+    this process, pinned to the server CPU, for a warm-up of a tenth and then
+    scale(20000) requests (60000 full) from loadgen on the client CPU."""
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise Unavailable(f"{exc.name} is not installed (pip install -e '.[bench]')")
+    import asyncio
+
+    from bench import http_app
+
+    server_cpu, client_cpu = cpus()
+    pin_self(server_cpu)
+    n = scale(20000 if quick else 60000)
+    warm = max(1, n // 10)
+    port = free_port()
+    config = uvicorn.Config(getattr(http_app, app), host="127.0.0.1", port=port,
+                            http="httptools", loop="none", lifespan="off",
+                            access_log=False, log_level="warning")
+    server = uvicorn.Server(config)
+    window = _CpuWindow(lambda: proc_cpu_seconds(os.getpid()))
+
+    def load():
+        run_loadgen(port, mode="http", conns=conns, warmup=0, seconds=600,
+                    cpu=client_cpu, requests=warm)
+        return run_loadgen(port, mode="http", conns=conns, warmup=0, seconds=600,
+                           cpu=client_cpu, requests=n, on_start=window.on_start,
+                           on_end=window.on_end)
+
+    async def main():
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:
+            if serving.done():
+                return serving.result()
+            await asyncio.sleep(0.01)
+        try:
+            # a thread waits for the load generator: the loop only serves
+            return await asyncio.get_running_loop().run_in_executor(None, load)
+        finally:
+            server.should_exit = True
+            await serving
+
+    loop = new_loop()
+    try:
+        result = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    if result is None:
+        raise RuntimeError("uvicorn did not start")
+    figures = _figures(result, window.seconds)
+    figures["total_ops"] = result["requests"] + warm
     return figures
