@@ -73,7 +73,9 @@ $(DBG_VENV)/.installed:
 	$(DBG_VENV)/bin/python -m pip install -q pytest pytest-asyncio pytest-timeout
 	@touch $@
 
+# The debug build has the same file name as .venv's: .venv rebuilds after it.
 refcheck: $(DBG_VENV)/.installed
+	rm -f .venv/.built
 	TONIO_DEBUG=1 $(DBG_VENV)/bin/python setup.py -q build_ext --inplace
 	$(DBG_VENV)/bin/python -m tests.refleaks
 	$(DBG_VENV)/bin/python -m pytest -q -p no:cacheprovider \
