@@ -76,6 +76,8 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
     _accept_connection2 = _Selector._accept_connection2
     start_tls = _Base.start_tls
     connect_read_pipe = _Base.connect_read_pipe
+    # datagrams: the transport is C (_make_datagram_transport)
+    create_datagram_endpoint = _Base.create_datagram_endpoint
     connect_write_pipe = _Base.connect_write_pipe
 
     # sendfile: the zero-copy path is C, the checks and fallbacks asyncio's
