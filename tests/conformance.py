@@ -347,6 +347,24 @@ def _unix_events_classes(mod):
     }
 
 
+def _subprocess_classes(mod):
+    from test.test_asyncio import utils as test_utils
+
+    class TonioSubprocessTests(mod.SubprocessMixin, test_utils.TestCase):
+        # SubprocessWatcherMixin without a child watcher: tonio_loop reaps
+        # its children itself
+        def setUp(self):
+            super().setUp()
+            self.loop = tonio_loop.new_event_loop()
+            self.set_event_loop(self.loop)
+
+    return {
+        "TonioSubprocessTests": TonioSubprocessTests,
+        "SubprocessTransportTests": mod.SubprocessTransportTests,
+        "GenericWatcherTests": getattr(mod, "GenericWatcherTests", None),
+    }
+
+
 def _protocols_classes(mod):
     return {"ProtocolsAbsTests": mod.ProtocolsAbsTests}
 
@@ -371,6 +389,7 @@ SUITES = {
     "test_buffered_proto": _buffered_proto_classes,
     "test_protocols": _protocols_classes,
     "test_unix_events": _unix_events_classes,
+    "test_subprocess": _subprocess_classes,
 }
 if V >= (3, 12):
     SUITES["test_eager_task_factory"] = _eager_classes
@@ -380,7 +399,9 @@ if V >= (3, 12):
 # "<Class>.<test>"; values are the reason.
 # --------------------------------------------------------------------------
 
-_LATER_OS = "UDP and subprocesses arrive with the OS issue"
+_CHILD_WATCHER = ("sets an asyncio child watcher (deprecated in 3.12, gone in 3.14): "
+                  "tonio_loop reaps its children itself (a pidfd on its poll) and, "
+                  "like uvloop, its policy has no child watchers")
 _INTERNALS = "inspects asyncio.BaseEventLoop internals that tonio_loop keeps in C"
 _SELECTOR = "drives a mocked asyncio selector; tonio_loop polls with libev"
 _MOCKED_SIGNAL = ("patches asyncio.unix_events.signal, which only asyncio's own loop uses; "
@@ -405,7 +426,6 @@ SKIPS = {
     "test_events": {
         "TonioEventLoopTests.test_internal_fds": _INTERNALS,
         # OS surface
-        "TonioEventLoopTests.test_subprocess_*": _LATER_OS,
         "TonioEventLoopTests.test_datagram_send_to_non_listening_address":
             "relies on asyncio's order within one iteration (callbacks already ready, "
             "here a task step creating the future, run before the I/O callbacks of the "
@@ -416,8 +436,14 @@ SKIPS = {
             "tonio_loop iterates in C",
     },
     "test_streams": {
-        "StreamTests.test_read_all_from_pipe_reader":
-            "spawns a subprocess through the policy's child watcher: " + _LATER_OS,
+        "StreamTests.test_read_all_from_pipe_reader": _CHILD_WATCHER,
+    },
+    "test_subprocess": {
+        "GenericWatcherTests.test_create_subprocess_fails_with_inactive_watcher":
+            _CHILD_WATCHER + "; an inactive one cannot stop it",
+        "GenericWatcherTests.test_create_subprocess_with_pidfd":
+            _CHILD_WATCHER + " (a loop in another thread spawning children is in "
+            "tests/test_subprocess.py)",
     },
     "test_unix_events": {
         "SelectorEventLoopUnixSockSendfileTests.test_sock_sendfile_cancel*":
