@@ -101,7 +101,8 @@ async def test_popen_options():
         proc = await asyncio.create_subprocess_exec(
             *py("import os, sys; os.write(int(sys.argv[1]), b'passed'); "
                 "print(os.getsid(0) == os.getpid(), oct(os.umask(0)))"),
-            str(w), pass_fds=(w,), start_new_session=True, umask=0o027, stdout=PIPE)
+            str(w), pass_fds=(w,), start_new_session=True, umask=0o027, stdout=PIPE,
+            user=os.getuid(), group=os.getgid())
         out, _ = await proc.communicate()
         os.close(w)
         w = None
@@ -345,3 +346,33 @@ async def test_many_concurrent_children():
     results = await wait_for(asyncio.gather(*(one(i) for i in range(200))), 60)
     assert all(ok for ok, _ in results)
     assert all(reaped(pid) for _, pid in results)
+
+
+async def test_without_pidfds(monkeypatch):
+    """Where the kernel has no pidfd_open() (Linux < 5.3, or a seccomp
+    sandbox refusing it), a thread waits for each child instead."""
+    if not is_tonio():
+        pytest.skip("asyncio picks its child watcher once per policy, not per child")
+
+    def no_pidfd(pid, flags=0):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    procs = [await asyncio.create_subprocess_exec(*CAT, stdin=PIPE, stdout=PIPE)
+             for _ in range(3)]
+    results = await wait_for(asyncio.gather(*(p.communicate(b"%d" % i)
+                                              for i, p in enumerate(procs))))
+    assert results == [(b"0", None), (b"1", None), (b"2", None)]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    killed = await asyncio.create_subprocess_exec("sleep", "30")
+    killed.kill()
+    assert await wait_for(killed.wait()) == -signal.SIGKILL
+    assert await _threads_gone()       # each thread ends with its child
+
+
+async def _threads_gone():
+    for _ in range(100):
+        if not any(t.name.startswith("tonio_loop waitpid") for t in threading.enumerate()):
+            return True
+        await asyncio.sleep(0.01)
+    return False

@@ -219,30 +219,37 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         self._add_reader(pidfd, self._child_ready, pidfd, transp)
 
     def _child_ready(self, pidfd, transp):
+        try:
+            # waiting on the pidfd, not the pid: were the child reaped by
+            # someone else and its pid reused, this still cannot block
+            info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            returncode = None
+        else:
+            if info is None:
+                return      # not exited after all: keep watching
+            returncode = info.si_status
+            if info.si_code != os.CLD_EXITED:
+                returncode = -returncode     # killed (or dumped) by that signal
         pid = self._child_pidfds.pop(pidfd)
         self._remove_reader(pidfd)
         os.close(pidfd)
-        try:
-            # a readable pidfd is an exited child: this does not block
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            status = None
-        self._child_reaped(transp, pid, status)
+        self._child_reaped(transp, pid, returncode)
 
     def _wait_child_thread(self, pid, transp):
         try:
             _, status = os.waitpid(pid, 0)
+            returncode = os.waitstatus_to_exitcode(status)
         except ChildProcessError:
-            status = None
+            returncode = None
         try:
-            self.call_soon_threadsafe(self._child_reaped, transp, pid, status)
+            self.call_soon_threadsafe(self._child_reaped, transp, pid, returncode)
         except RuntimeError:
             pass    # the loop was closed meanwhile; the child is reaped all the same
 
-    def _child_reaped(self, transp, pid, status):
+    def _child_reaped(self, transp, pid, returncode):
         proc = transp._proc
-        if status is not None:
-            returncode = os.waitstatus_to_exitcode(status)
+        if returncode is not None:
             # the subprocess module must not wait for it again (it would take
             # ECHILD for an exit status of 0)
             if proc.returncode is None:
