@@ -2008,6 +2008,23 @@ fail:
 
 #define M_NOARGS(name, fn) {name, (PyCFunction)(fn), METH_NOARGS, NULL}
 
+/* Groups of methods that several transport kinds share */
+#define M_READING                                                   \
+    M_NOARGS("is_reading", stream_is_reading_py),                   \
+    M_NOARGS("pause_reading", stream_pause_reading),                \
+    M_NOARGS("resume_reading", stream_resume_reading)
+#define M_WRITE_BUFFER                                              \
+    {"set_write_buffer_limits",                                     \
+     (PyCFunction)(void (*)(void))stream_set_write_buffer_limits,   \
+     METH_VARARGS | METH_KEYWORDS, NULL},                           \
+    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits), \
+    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size)
+#define M_EXTRA_AND_PROTOCOL                                        \
+    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info, \
+     METH_FASTCALL | METH_KEYWORDS, NULL},                          \
+    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL}, \
+    M_NOARGS("get_protocol", stream_get_protocol)
+
 static PyMethodDef socket_methods[] = {
     {"write", (PyCFunction)stream_write, METH_O, "Write data; buffers what the kernel refuses."},
     {"writelines", (PyCFunction)stream_writelines, METH_O, NULL},
@@ -2016,17 +2033,9 @@ static PyMethodDef socket_methods[] = {
     M_NOARGS("close", stream_close),
     M_NOARGS("abort", stream_abort),
     M_NOARGS("is_closing", stream_is_closing),
-    M_NOARGS("is_reading", stream_is_reading_py),
-    M_NOARGS("pause_reading", stream_pause_reading),
-    M_NOARGS("resume_reading", stream_resume_reading),
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits,
-     METH_VARARGS | METH_KEYWORDS, NULL},
-    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits),
-    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size),
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL},
-    M_NOARGS("get_protocol", stream_get_protocol),
+    M_READING,
+    M_WRITE_BUFFER,
+    M_EXTRA_AND_PROTOCOL,
     {"_force_close", (PyCFunction)stream_force_close_py, METH_O, NULL},
     M_NOARGS("_make_empty_waiter", stream_make_empty_waiter),
     M_NOARGS("_reset_empty_waiter", stream_reset_empty_waiter),
@@ -2038,13 +2047,8 @@ static PyMethodDef socket_methods[] = {
 static PyMethodDef read_pipe_methods[] = {
     M_NOARGS("close", stream_close),
     M_NOARGS("is_closing", stream_is_closing),
-    M_NOARGS("is_reading", stream_is_reading_py),
-    M_NOARGS("pause_reading", stream_pause_reading),
-    M_NOARGS("resume_reading", stream_resume_reading),
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL},
-    M_NOARGS("get_protocol", stream_get_protocol),
+    M_READING,
+    M_EXTRA_AND_PROTOCOL,
     {NULL, NULL, 0, NULL},
 };
 
@@ -2055,14 +2059,8 @@ static PyMethodDef write_pipe_methods[] = {
     M_NOARGS("close", stream_close),
     M_NOARGS("abort", stream_abort),
     M_NOARGS("is_closing", stream_is_closing),
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits,
-     METH_VARARGS | METH_KEYWORDS, NULL},
-    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits),
-    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size),
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL},
-    M_NOARGS("get_protocol", stream_get_protocol),
+    M_WRITE_BUFFER,
+    M_EXTRA_AND_PROTOCOL,
     {NULL, NULL, 0, NULL},
 };
 
@@ -2073,17 +2071,9 @@ static PyMethodDef datagram_methods[] = {
     M_NOARGS("close", stream_close),
     M_NOARGS("abort", stream_abort),
     M_NOARGS("is_closing", stream_is_closing),
-    M_NOARGS("is_reading", stream_is_reading_py),
-    M_NOARGS("pause_reading", stream_pause_reading),
-    M_NOARGS("resume_reading", stream_resume_reading),
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits,
-     METH_VARARGS | METH_KEYWORDS, NULL},
-    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits),
-    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size),
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL},
-    M_NOARGS("get_protocol", stream_get_protocol),
+    M_READING,
+    M_WRITE_BUFFER,
+    M_EXTRA_AND_PROTOCOL,
     {"_force_close", (PyCFunction)stream_force_close_py, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
