@@ -63,19 +63,25 @@ class DgramRecorder(asyncio.DatagramProtocol):
         if self.waiting is not None and not self.waiting.done():
             self.waiting.set_result(None)
 
-    async def wait_datagrams(self, n, timeout=5):
+    async def _wait_count(self, items, n, timeout):
         async with asyncio.timeout(timeout):
-            while len(self.datagrams) < n:
+            while len(items) < n:
                 self.waiting = asyncio.get_running_loop().create_future()
                 await self.waiting
-        return self.datagrams
+        return items
+
+    async def wait_datagrams(self, n, timeout=5):
+        return await self._wait_count(self.datagrams, n, timeout)
 
     async def wait_errors(self, n, timeout=5):
-        async with asyncio.timeout(timeout):
-            while len(self.errors) < n:
-                self.waiting = asyncio.get_running_loop().create_future()
-                await self.waiting
-        return self.errors
+        return await self._wait_count(self.errors, n, timeout)
+
+
+def dead_address():
+    """A UDP address on 127.0.0.1 where nobody listens (any more)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()
 
 
 async def endpoint(**kwargs):
@@ -208,11 +214,7 @@ async def test_empty_datagram():
 
 async def test_error_received_for_refused_port():
     # a connected UDP socket hears about ICMP port unreachable
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    dead = probe.getsockname()
-    probe.close()
-    tr, pr = await endpoint(remote_addr=dead)
+    tr, pr = await endpoint(remote_addr=dead_address())
     for _ in range(3):
         tr.sendto(b"anyone?")
         await asyncio.sleep(0.01)
@@ -574,11 +576,7 @@ async def test_flood_with_slow_protocol():
     assert all(d == payload for d, _ in sp.datagrams)
     assert ticks > 10           # other work ran during the flood
     # a dead peer's refusals arrive as error_received, the transport stays
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    dead = probe.getsockname()
-    probe.close()
-    ct, cp = await endpoint(remote_addr=dead)
+    ct, cp = await endpoint(remote_addr=dead_address())
     for _ in range(50):
         ct.sendto(payload)
         await asyncio.sleep(0)
