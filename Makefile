@@ -70,7 +70,8 @@ $(DBG_VENV)/.installed:
 refcheck: $(DBG_VENV)/.installed
 	TONIO_DEBUG=1 $(DBG_VENV)/bin/python setup.py -q build_ext --inplace
 	$(DBG_VENV)/bin/python -m tests.refleaks
-	$(DBG_VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(DBG_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+	    --ignore=tests/test_bench.py --ignore=tests/integration
 
 valgrind: build
 	PYTHONMALLOC=malloc valgrind --leak-check=full --show-leak-kinds=definite \

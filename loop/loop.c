@@ -104,6 +104,25 @@ int tl_loop_visit_queued(PyObject *obj, visitproc visit, void *arg)
     return 0;
 }
 
+/* A loop that is not running may be dropped without being closed: what its
+ * queue holds must be visible to the collector then, so cycles through it
+ * (a queued task whose coroutine refers to the loop) stay collectable.
+ * Handles are the exception: the loop traverses their contents itself. */
+static void ready_track_queued(tl_loop *loop)
+{
+#ifndef Py_GIL_DISABLED
+    tl_ready *q = &loop->ready;
+    for (size_t i = 0; i < q->len; i++) {
+        PyObject *obj = q->items[(q->head + i) & (q->cap - 1)].obj;
+        if (PyObject_IS_GC(obj) && !PyObject_GC_IsTracked(obj) &&
+            !PyObject_TypeCheck(obj, loop->st->handle_type))
+            PyObject_GC_Track(obj);
+    }
+#else
+    (void)loop;
+#endif
+}
+
 static void ready_clear(tl_ready *q)
 {
     while (q->len) {
@@ -465,6 +484,7 @@ static PyObject *loop_run_forever_cleanup(tl_loop *loop, PyObject *Py_UNUSED(ign
     int failed = 0;
     loop->stopping = 0;
     loop->thread_id = 0;
+    ready_track_queued(loop);
     tl_signal_detach(loop);
     PyObject *r = PyObject_CallOneArg(st->set_running_loop, Py_None);
     failed |= r == NULL;
@@ -492,7 +512,10 @@ static PyObject *loop_run_forever_cleanup(tl_loop *loop, PyObject *Py_UNUSED(ign
 
 static PyObject *loop_run_once_py(tl_loop *loop, PyObject *Py_UNUSED(ignored))
 {
-    if (loop_run_once(loop) < 0)
+    int rc = loop_run_once(loop);
+    if (!loop->thread_id)
+        ready_track_queued(loop);
+    if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
 }
