@@ -12,6 +12,7 @@
 
 static uint64_t hist[HIST_US + 1];
 static uint64_t completed, lat_sum_us, lat_max_us;
+static uint64_t resent;         /* udp: datagrams sent again after a loss */
 static int measuring;           /* inside the measured window */
 static const char *error;       /* the first failure, reported in the JSON */
 
@@ -58,6 +59,8 @@ static void print_result(double seconds, int nconns, size_t size)
            completed ? (double)lat_sum_us / (double)completed : 0.0,
            (unsigned long long)at[0], (unsigned long long)at[1],
            (unsigned long long)at[2], (unsigned long long)lat_max_us);
+    if (resent)
+        printf(", \"resent\": %llu", (unsigned long long)resent);
     if (error)
         printf(", \"error\": \"%s\"", error);
     printf("}\n");

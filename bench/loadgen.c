@@ -2,14 +2,17 @@
  * epoll load generator, pinned to its own CPU so that it does not compete
  * with the server under test.
  *
- *   loadgen --port P [--mode echo|http] [--conns N] [--size S]
+ *   loadgen --port P [--mode echo|http|udp] [--conns N] [--size S]
  *           [--warmup SECONDS] [--duration SECONDS] [--cpu C] [--path /]
  *           [--requests N]
  *
  * Each of N connections to 127.0.0.1:P runs one request at a time:
  *   echo  sends S bytes and waits until the same S bytes came back;
  *   http  sends "GET PATH HTTP/1.1" (keep-alive) and reads one response,
- *         framed by its Content-Length.
+ *         framed by its Content-Length;
+ *   udp   sends one S-byte datagram from a connected UDP socket and waits
+ *         for one datagram of S bytes back (a datagram lost on the way is
+ *         sent again after RESEND_MS, and counted).
  * After the warm-up it prints "START", measures for the duration, prints
  * "END" (or, with --requests, once N requests were measured: a fixed amount
  * of work, for instruction counts), then one line of JSON: requests, seconds, requests per second and
@@ -39,8 +42,9 @@
 
 #define RECV_CHUNK (256 * 1024)
 #define HTTP_BUF 65536
+#define RESEND_MS 200
 
-enum mode { MODE_ECHO, MODE_HTTP };
+enum mode { MODE_ECHO, MODE_HTTP, MODE_UDP };
 
 typedef struct conn {
     int fd;
@@ -80,7 +84,8 @@ static int conn_send(int ep, conn *c)
                 continue;
             if (errno == EAGAIN)
                 return arm(ep, c, 1);
-            fail("send failed: the server closed the connection");
+            fail(mode == MODE_UDP ? "send failed: is the server there?"
+                                  : "send failed: the server closed the connection");
             return -1;
         }
         c->sent += (size_t)n;
@@ -126,7 +131,7 @@ static int conn_read(int ep, conn *c, char *scratch)
 {
     for (;;) {
         ssize_t n;
-        if (mode == MODE_ECHO) {
+        if (mode != MODE_HTTP) {
             n = recv(c->fd, scratch, RECV_CHUNK, 0);
         } else {
             if (c->received >= HTTP_BUF - 1) {
@@ -142,6 +147,16 @@ static int conn_read(int ep, conn *c, char *scratch)
                 return 0;
             fail("recv failed");
             return -1;
+        }
+        if (mode == MODE_UDP) {
+            if ((size_t)n != request_len) {
+                fail("the server sent back a datagram of another size");
+                return -1;
+            }
+            record_latency(c->started_ns);
+            if (conn_start(ep, c) < 0)
+                return -1;
+            continue;
         }
         if (n == 0) {
             fail("the server closed a connection");
@@ -188,8 +203,12 @@ int main(int argc, char **argv)
             goto usage;
         if (!strcmp(a, "--port"))
             port = atoi(v);
-        else if (!strcmp(a, "--mode") && (!strcmp(v, "echo") || !strcmp(v, "http")))
-            mode = !strcmp(v, "http") ? MODE_HTTP : MODE_ECHO;
+        else if (!strcmp(a, "--mode") && !strcmp(v, "echo"))
+            mode = MODE_ECHO;
+        else if (!strcmp(a, "--mode") && !strcmp(v, "http"))
+            mode = MODE_HTTP;
+        else if (!strcmp(a, "--mode") && !strcmp(v, "udp"))
+            mode = MODE_UDP;
         else if (!strcmp(a, "--conns"))
             nconns = atoi(v);
         else if (!strcmp(a, "--size"))
@@ -212,7 +231,7 @@ int main(int argc, char **argv)
         goto usage;
     pin_to_cpu(cpu);
 
-    if (mode == MODE_ECHO) {
+    if (mode != MODE_HTTP) {
         char *msg = malloc(size);
         if (msg == NULL)
             return 1;
@@ -242,13 +261,14 @@ int main(int argc, char **argv)
     int one = 1;
     for (int i = 0; i < nconns; i++) {
         conn *c = &conns[i];
-        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        c->fd = socket(AF_INET, (mode == MODE_UDP ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC, 0);
         if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
             fail("could not connect");
             print_result(0, nconns, size);
             return 1;
         }
-        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (mode != MODE_UDP)
+            setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         int flags = fcntl(c->fd, F_GETFL);
         if (flags < 0 || fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) < 0)
             return 1;
@@ -287,6 +307,17 @@ int main(int argc, char **argv)
             break;
         uint64_t next = measuring ? end_at : start_at;
         int timeout_ms = (int)((next - now) / 1000000u) + 1;
+        if (mode == MODE_UDP) {
+            /* datagrams may be dropped: send again what got no answer */
+            for (int i = 0; i < nconns && !error; i++) {
+                if (now - conns[i].started_ns >= RESEND_MS * 1000000ull) {
+                    resent++;
+                    conn_start(ep, &conns[i]);
+                }
+            }
+            if (timeout_ms > RESEND_MS)
+                timeout_ms = RESEND_MS;
+        }
         int n = epoll_wait(ep, events, 256, timeout_ms);
         if (n < 0 && errno != EINTR) {
             fail("epoll_wait failed");
@@ -311,7 +342,7 @@ int main(int argc, char **argv)
     return error ? 1 : 0;
 usage:
     fprintf(stderr,
-            "usage: %s --port P [--mode echo|http] [--conns N] [--size S] "
+            "usage: %s --port P [--mode echo|http|udp] [--conns N] [--size S] "
             "[--warmup SECONDS] [--duration SECONDS] [--cpu C] [--path /] "
             "[--requests N]\n", argv[0]);
     return 2;

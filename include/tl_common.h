@@ -114,6 +114,7 @@ typedef struct tl_state {
     PyTypeObject *socket_transport_type;
     PyTypeObject *read_pipe_type;
     PyTypeObject *write_pipe_type;
+    PyTypeObject *datagram_transport_type;
     PyTypeObject *listener_type;
     PyTypeObject *sockop_type;
     PyObject *buffered_protocol_cls; /* asyncio.BufferedProtocol */
@@ -139,6 +140,8 @@ typedef struct tl_state {
     PyObject *str_close;
     PyObject *str_attach;
     PyObject *str_detach;
+    PyObject *str_datagram_received;
+    PyObject *str_error_received;
     int server_attach_takes_transport;  /* Server._attach(transport), 3.13 */
 
     /* TLS (tl_tls.h): the transport type, the hook our streams feed it

@@ -1245,7 +1245,8 @@ static void loop_join_methods(void)
                              tl_stream_loop_methods, tl_server_loop_methods,
                              tl_sock_loop_methods, tl_sendfile_loop_methods,
                              tl_pipe_loop_methods, tl_dns_loop_methods,
-                             tl_tcp_loop_methods, tl_tls_loop_methods, NULL};
+                             tl_tcp_loop_methods, tl_tls_loop_methods, tl_dgram_loop_methods,
+                             NULL};
     size_t n = 0;
     for (PyMethodDef **t = tables; *t; t++)
         for (PyMethodDef *m = *t; m->ml_name; m++)

@@ -203,7 +203,8 @@ static int core_exec(PyObject *module)
     X(str_connection_lost) X(str_pause_writing) X(str_resume_writing)           \
     X(str_set_result) X(str_set_exception) X(str_cancelled) X(str_done)         \
     X(str_create_future) X(str_fileno) X(str_close)               \
-    X(str_attach) X(str_detach) X(tls_type)
+    X(str_attach) X(str_detach) X(tls_type)                                   \
+    X(datagram_transport_type) X(str_datagram_received) X(str_error_received)
 
 static int core_traverse(PyObject *module, visitproc visit, void *arg)
 {

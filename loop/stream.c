@@ -18,7 +18,7 @@
 #include "tl_io.h"
 #include "tl_sockaddr.h"
 
-#define TL_READ_MAX (256 * 1024)        /* asyncio's max_size */
+#define TL_READ_MAX TL_STREAM_READ_MAX  /* asyncio's max_size */
 #define TL_IOV_MAX 64                   /* buffers per writev/sendmsg */
 #define TL_CONNLOST_LOG_THRESHOLD 5     /* LOG_THRESHOLD_FOR_CONNLOST_WRITES */
 
@@ -29,6 +29,12 @@ static int stream_read_ready(tl_stream *t);
 static int stream_write_ready(tl_stream *t);
 static int stream_force_close(tl_stream *t, PyObject *exc);
 static int stream_close_impl(tl_stream *t);
+
+/* socket and datagram transports: asyncio's _SelectorTransport */
+static inline int is_selector(tl_stream *t)
+{
+    return t->kind == TL_STREAM_SOCKET || t->kind == TL_STREAM_DATAGRAM;
+}
 
 static inline int is_exit_exception(void)
 {
@@ -429,8 +435,9 @@ static inline int would_block(int err)
 
 static const char *read_error_message(tl_stream *t)
 {
-    return t->kind == TL_STREAM_SOCKET ? "Fatal read error on socket transport"
-                                       : "Fatal read error on pipe transport";
+    return t->kind == TL_STREAM_SOCKET     ? "Fatal read error on socket transport"
+           : t->kind == TL_STREAM_DATAGRAM ? "Fatal read error on datagram transport"
+                                           : "Fatal read error on pipe transport";
 }
 
 static int eof_then_lost_fn(tl_loop *loop, PyObject *obj);
@@ -526,6 +533,8 @@ static int stream_read_into_sink(tl_stream *t)
 
 static int stream_read_ready(tl_stream *t)
 {
+    if (t->kind == TL_STREAM_DATAGRAM)
+        return tl_dgram_read_ready(t);
     if (t->kind == TL_STREAM_WRITE_PIPE) {
         /* the read end went away (asyncio's _UnixWritePipeTransport._read_ready) */
         debug_log(t, "info", "%r was closed by peer");
@@ -575,7 +584,8 @@ static int stream_read_ready(tl_stream *t)
 
 /* ---- the write buffer ---------------------------------------------------- */
 
-static int wq_push(tl_stream *t, PyObject *bytes)
+/* Append to the ring (grown as needed); the caller keeps the size. */
+static int wq_push_item(tl_stream *t, PyObject *item)
 {
     if (t->wq_len == t->wq_cap) {
         uint32_t cap = t->wq_cap ? t->wq_cap * 2 : 4;
@@ -591,8 +601,15 @@ static int wq_push(tl_stream *t, PyObject *bytes)
         t->wq_head = 0;
         t->wq_cap = cap;
     }
-    t->wq[(t->wq_head + t->wq_len) & (t->wq_cap - 1)] = bytes;
+    t->wq[(t->wq_head + t->wq_len) & (t->wq_cap - 1)] = item;
     t->wq_len++;
+    return 0;
+}
+
+static int wq_push(tl_stream *t, PyObject *bytes)
+{
+    if (wq_push_item(t, bytes) < 0)
+        return -1;
     t->wsize += PyBytes_GET_SIZE(bytes) - (t->wq_len == 1 ? t->wq_off : 0);
     return 0;
 }
@@ -674,8 +691,9 @@ static ssize_t fd_sendv(tl_stream *t, struct iovec *iov, int cnt)
 
 static const char *write_error_message(tl_stream *t)
 {
-    return t->kind == TL_STREAM_SOCKET ? "Fatal write error on socket transport"
-                                       : "Fatal write error on pipe transport";
+    return t->kind == TL_STREAM_SOCKET     ? "Fatal write error on socket transport"
+           : t->kind == TL_STREAM_DATAGRAM ? "Fatal write error on datagram transport"
+                                           : "Fatal write error on pipe transport";
 }
 
 /* ---- flow control (transports._FlowControlMixin) ------------------------ */
@@ -830,6 +848,8 @@ static int stream_write_done(tl_stream *t)
 
 static int stream_write_ready(tl_stream *t)
 {
+    if (t->kind == TL_STREAM_DATAGRAM)
+        return tl_dgram_write_ready(t);
     if (t->conn_lost && t->kind == TL_STREAM_SOCKET)
         return 0;
     if (t->wq_len == 0) {
@@ -890,7 +910,7 @@ static int check_bytes_like(tl_stream *t, PyObject *data)
 static void warn_lost_writes(tl_stream *t)
 {
     if (t->conn_lost >= TL_CONNLOST_LOG_THRESHOLD) {
-        const char *msg = t->kind == TL_STREAM_SOCKET
+        const char *msg = is_selector(t)
             ? "socket.send() raised exception."
             : "pipe closed by peer or os.write(pipe, data) raised exception.";
         PyObject *r = PyObject_CallMethod(t->loop->st->logger, "warning", "s", msg);
@@ -1086,7 +1106,7 @@ static int stream_force_close(tl_stream *t, PyObject *exc)
 {
     if (t->lost_scheduled)
         return 0;
-    if (t->kind == TL_STREAM_SOCKET && t->conn_lost)
+    if (is_selector(t) && t->conn_lost)
         return 0;
     if (stream_check_loop(t) < 0)   /* asyncio's call_soon refuses */
         return -1;
@@ -1162,7 +1182,7 @@ static PyObject *stream_is_closing(tl_stream *t, PyObject *Py_UNUSED(ignored))
 static int stream_close_fd(tl_stream *t)
 {
     int rc = 0;
-    if (t->kind == TL_STREAM_SOCKET)
+    if (is_selector(t))
         tl_io_set_owner(t->loop, t->fd, NULL);
     if (t->fileobj != NULL) {
         PyObject *f = t->fileobj;
@@ -1385,7 +1405,7 @@ static PyObject *stream_resume_reading(tl_stream *t, PyObject *Py_UNUSED(ignored
 
 static int stream_set_protocol_impl(tl_stream *t, PyObject *protocol)
 {
-    if (t->kind != TL_STREAM_WRITE_PIPE) {
+    if (t->kind == TL_STREAM_SOCKET || t->kind == TL_STREAM_READ_PIPE) {
         tl_state *st = t->loop->st;
         t->sink = (st->tls_type != NULL && Py_IS_TYPE(protocol, st->tls_type)) ? st->tls_sink
                                                                                 : NULL;
@@ -1418,7 +1438,7 @@ static PyObject *stream_socket_object(tl_stream *t)
 {
     if (t->fileobj != NULL)
         return Py_NewRef(t->fileobj);
-    if (t->lost_done || t->kind != TL_STREAM_SOCKET)
+    if (t->lost_done || !is_selector(t))
         Py_RETURN_NONE;
     PyObject *kw = Py_BuildValue("{si}", "fileno", t->fd);
     PyObject *noargs = kw ? PyTuple_New(0) : NULL;
@@ -1501,7 +1521,7 @@ static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_s
             return NULL;
     }
     if (PyUnicode_Check(name)) {
-        if (t->kind == TL_STREAM_SOCKET) {
+        if (is_selector(t)) {
             if (PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
                 PyObject *v = stream_socket_view(t);
                 if (v != Py_None)
@@ -1569,7 +1589,7 @@ static PyObject *stream_repr(tl_stream *t)
     const char *name = tl_type_name(Py_TYPE(t));
     const char *state = t->lost_done ? " closed" : (t->closing ? " closing" : "");
     int alive = !t->lost_done && t->loop->ev != NULL;
-    if (t->kind == TL_STREAM_SOCKET) {
+    if (is_selector(t)) {
         if (!alive)
             return PyUnicode_FromFormat("<%s%s fd=%d>", name, state, t->fd);
         return PyUnicode_FromFormat("<%s%s fd=%d read=%s write=<%s, bufsize=%zd>>", name,
@@ -1678,6 +1698,21 @@ static PyMemberDef socket_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+static PyGetSetDef datagram_getset[] = {
+    {"_sock", (getter)get_sock, NULL, NULL, NULL},
+    {"_loop", (getter)get_loop, NULL, NULL, NULL},
+    OBJECT_OR_NONE("_protocol", protocol),
+    {"_address", (getter)tl_dgram_get_address, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef datagram_members[] = {
+    STREAM_STATE_MEMBERS,
+    {"_sock_fd", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
+    {"_buffer_size", Py_T_PYSSIZET, offsetof(tl_stream, wsize), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyMemberDef pipe_members[] = {
     STREAM_STATE_MEMBERS,
     {"_fileno", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
@@ -1700,7 +1735,7 @@ static int stream_traverse(tl_stream *t, visitproc visit, void *arg)
     Py_VISIT(t->waiter);
     Py_VISIT(t->empty_waiter);
     Py_VISIT(t->lost_exc);
-    return 0;
+    return t->dgram ? tl_dgram_traverse(t, visit, arg) : 0;
 }
 
 static int stream_clear(tl_stream *t)
@@ -1714,6 +1749,8 @@ static int stream_clear(tl_stream *t)
     Py_CLEAR(t->waiter);
     Py_CLEAR(t->empty_waiter);
     Py_CLEAR(t->lost_exc);
+    if (t->dgram)
+        tl_dgram_clear(t);
     return 0;
 }
 
@@ -1750,6 +1787,8 @@ static void stream_dealloc(tl_stream *t)
     stream_clear(t);
     wq_clear(t);
     PyMem_Free(t->addrs);
+    if (t->dgram)
+        tl_dgram_free(t);
     if (t->fileobj != NULL) {
         /* a socket object we made around an accepted fd owns it */
         Py_CLEAR(t->fileobj);
@@ -1867,13 +1906,15 @@ static int sock_extra_from_object(tl_stream *t, PyObject *sock)
     return 0;
 }
 
-PyObject *tl_stream_new_socket(tl_loop *loop, int fd, PyObject *sock, PyObject *protocol,
-                               PyObject *waiter, PyObject *extra, PyObject *server,
-                               const struct sockaddr *peer, socklen_t peer_len)
+/* A socket or datagram transport (asyncio's _SelectorTransport.__init__);
+ * `address` is the datagram kind's peer. */
+static PyObject *selector_new(tl_loop *loop, PyTypeObject *tp, int kind, int fd, PyObject *sock,
+                              PyObject *protocol, PyObject *waiter, PyObject *extra,
+                              PyObject *server, const struct sockaddr *peer,
+                              socklen_t peer_len, PyObject *address)
 {
     tl_state *st = loop->st;
-    tl_stream *t = stream_alloc(loop, st->socket_transport_type, TL_STREAM_SOCKET, fd,
-                                sock, protocol, waiter, extra);
+    tl_stream *t = stream_alloc(loop, tp, kind, fd, sock, protocol, waiter, extra);
     if (t == NULL)
         return NULL;
     t->is_socket = 1;
@@ -1899,7 +1940,9 @@ PyObject *tl_stream_new_socket(tl_loop *loop, int fd, PyObject *sock, PyObject *
             PyErr_Clear();
         Py_SETREF(t->extra, copy);
     }
-    if (family == AF_INET || family == AF_INET6) {
+    if (kind == TL_STREAM_DATAGRAM && tl_dgram_init(t, address) < 0)
+        goto fail;
+    if (kind == TL_STREAM_SOCKET && (family == AF_INET || family == AF_INET6)) {
         /* small writes go out at once, without waiting for ACKs */
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -1927,6 +1970,24 @@ fail:
     }
     Py_DECREF(t);
     return NULL;
+}
+
+PyObject *tl_stream_new_socket(tl_loop *loop, int fd, PyObject *sock, PyObject *protocol,
+                               PyObject *waiter, PyObject *extra, PyObject *server,
+                               const struct sockaddr *peer, socklen_t peer_len)
+{
+    return selector_new(loop, loop->st->socket_transport_type, TL_STREAM_SOCKET, fd, sock,
+                        protocol, waiter, extra, server, peer, peer_len, NULL);
+}
+
+PyObject *tl_datagram_transport_new(tl_loop *loop, PyObject *sock, PyObject *protocol,
+                                    PyObject *address, PyObject *waiter, PyObject *extra)
+{
+    int fd = tl_io_fileobj_to_fd(sock);
+    if (fd < 0)
+        return NULL;
+    return selector_new(loop, loop->st->datagram_transport_type, TL_STREAM_DATAGRAM, fd, sock,
+                        protocol, waiter, extra, NULL, NULL, 0, address);
 }
 
 /* loop._make_socket_transport(sock, protocol, waiter=None, *, extra=None,
@@ -1994,6 +2055,23 @@ fail:
 
 #define M_NOARGS(name, fn) {name, (PyCFunction)(fn), METH_NOARGS, NULL}
 
+/* Groups of methods that several transport kinds share */
+#define M_READING                                                   \
+    M_NOARGS("is_reading", stream_is_reading_py),                   \
+    M_NOARGS("pause_reading", stream_pause_reading),                \
+    M_NOARGS("resume_reading", stream_resume_reading)
+#define M_WRITE_BUFFER                                              \
+    {"set_write_buffer_limits",                                     \
+     (PyCFunction)(void (*)(void))stream_set_write_buffer_limits,   \
+     METH_VARARGS | METH_KEYWORDS, NULL},                           \
+    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits), \
+    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size)
+#define M_EXTRA_AND_PROTOCOL                                        \
+    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info, \
+     METH_FASTCALL | METH_KEYWORDS, NULL},                          \
+    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL}, \
+    M_NOARGS("get_protocol", stream_get_protocol)
+
 static PyMethodDef socket_methods[] = {
     {"write", (PyCFunction)stream_write, METH_O, "Write data; buffers what the kernel refuses."},
     {"writelines", (PyCFunction)stream_writelines, METH_O, NULL},
@@ -2002,17 +2080,9 @@ static PyMethodDef socket_methods[] = {
     M_NOARGS("close", stream_close),
     M_NOARGS("abort", stream_abort),
     M_NOARGS("is_closing", stream_is_closing),
-    M_NOARGS("is_reading", stream_is_reading_py),
-    M_NOARGS("pause_reading", stream_pause_reading),
-    M_NOARGS("resume_reading", stream_resume_reading),
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits,
-     METH_VARARGS | METH_KEYWORDS, NULL},
-    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits),
-    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size),
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL},
-    M_NOARGS("get_protocol", stream_get_protocol),
+    M_READING,
+    M_WRITE_BUFFER,
+    M_EXTRA_AND_PROTOCOL,
     {"_force_close", (PyCFunction)stream_force_close_py, METH_O, NULL},
     M_NOARGS("_make_empty_waiter", stream_make_empty_waiter),
     M_NOARGS("_reset_empty_waiter", stream_reset_empty_waiter),
@@ -2024,13 +2094,8 @@ static PyMethodDef socket_methods[] = {
 static PyMethodDef read_pipe_methods[] = {
     M_NOARGS("close", stream_close),
     M_NOARGS("is_closing", stream_is_closing),
-    M_NOARGS("is_reading", stream_is_reading_py),
-    M_NOARGS("pause_reading", stream_pause_reading),
-    M_NOARGS("resume_reading", stream_resume_reading),
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL},
-    M_NOARGS("get_protocol", stream_get_protocol),
+    M_READING,
+    M_EXTRA_AND_PROTOCOL,
     {NULL, NULL, 0, NULL},
 };
 
@@ -2041,14 +2106,22 @@ static PyMethodDef write_pipe_methods[] = {
     M_NOARGS("close", stream_close),
     M_NOARGS("abort", stream_abort),
     M_NOARGS("is_closing", stream_is_closing),
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits,
-     METH_VARARGS | METH_KEYWORDS, NULL},
-    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits),
-    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size),
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol, METH_O, NULL},
-    M_NOARGS("get_protocol", stream_get_protocol),
+    M_WRITE_BUFFER,
+    M_EXTRA_AND_PROTOCOL,
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef datagram_methods[] = {
+    {"sendto", (PyCFunction)(void (*)(void))tl_dgram_sendto, METH_FASTCALL | METH_KEYWORDS,
+     "Send data to addr (the connected peer by default); buffers only what the kernel "
+     "refuses."},
+    M_NOARGS("close", stream_close),
+    M_NOARGS("abort", stream_abort),
+    M_NOARGS("is_closing", stream_is_closing),
+    M_READING,
+    M_WRITE_BUFFER,
+    M_EXTRA_AND_PROTOCOL,
+    {"_force_close", (PyCFunction)stream_force_close_py, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2069,6 +2142,9 @@ static PyMethodDef write_pipe_methods[] = {
 static PyType_Slot socket_slots[] = STREAM_SLOTS(
     socket_methods, socket_getset, socket_members,
     "A TCP or Unix stream socket transport (asyncio's _SelectorSocketTransport).");
+static PyType_Slot datagram_slots[] = STREAM_SLOTS(
+    datagram_methods, datagram_getset, datagram_members,
+    "A UDP or Unix datagram socket transport (asyncio's _SelectorDatagramTransport).");
 static PyType_Slot read_pipe_slots[] = STREAM_SLOTS(
     read_pipe_methods, pipe_getset, pipe_members,
     "The read end of a pipe, FIFO, tty or socket (asyncio's _UnixReadPipeTransport).");
@@ -2080,15 +2156,27 @@ static PyType_Slot write_pipe_slots[] = STREAM_SLOTS(
 
 static PyType_Spec socket_spec = {"tonio_loop._core.SocketTransport", sizeof(tl_stream), 0,
                                   STREAM_FLAGS, socket_slots};
+static PyType_Spec datagram_spec = {"tonio_loop._core.DatagramTransport", sizeof(tl_stream),
+                                    0, STREAM_FLAGS, datagram_slots};
 static PyType_Spec read_pipe_spec = {"tonio_loop._core.ReadPipeTransport", sizeof(tl_stream), 0,
                                      STREAM_FLAGS, read_pipe_slots};
 static PyType_Spec write_pipe_spec = {"tonio_loop._core.WritePipeTransport", sizeof(tl_stream),
                                       0, STREAM_FLAGS, write_pipe_slots};
 
+/* base_name: one class of asyncio.transports, or two separated by a space */
 static int add_stream_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
                            const char *base_name)
 {
-    PyObject *base = tl_import_attr("asyncio.transports", base_name);
+    char first[64];
+    const char *space = strchr(base_name, ' ');
+    size_t n = space ? (size_t)(space - base_name) : strlen(base_name);
+    PyOS_snprintf(first, sizeof(first), "%.*s", (int)n, base_name);
+    PyObject *base = tl_import_attr("asyncio.transports", first);
+    if (base != NULL && space != NULL) {
+        PyObject *second = tl_import_attr("asyncio.transports", space + 1);
+        Py_SETREF(base, second ? PyTuple_Pack(2, base, second) : NULL);
+        Py_XDECREF(second);
+    }
     if (base == NULL)
         return -1;
     *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, base);
@@ -2111,7 +2199,11 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
                         "_FlowControlMixin") < 0 ||
         add_stream_type(module, &st->read_pipe_type, &read_pipe_spec, "ReadTransport") < 0 ||
         add_stream_type(module, &st->write_pipe_type, &write_pipe_spec,
-                        "_FlowControlMixin") < 0)
+                        "_FlowControlMixin") < 0 ||
+        /* asyncio 3.11's own lacks the DatagramTransport base (added in
+         * 3.12); isinstance(t, DatagramTransport) holds on every version */
+        add_stream_type(module, &st->datagram_transport_type, &datagram_spec,
+                        "_FlowControlMixin DatagramTransport") < 0)
         return -1;
 
     struct { PyObject **slot; const char *module, *name; } imports[] = {
@@ -2152,6 +2244,8 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
         {&st->str_close, "close"},
         {&st->str_attach, "_attach"},
         {&st->str_detach, "_detach"},
+        {&st->str_datagram_received, "datagram_received"},
+        {&st->str_error_received, "error_received"},
     };
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         *strings[i].slot = PyUnicode_InternFromString(strings[i].s);
@@ -2181,3 +2275,85 @@ PyMethodDef tl_stream_loop_methods[] = {
      "A transport for a connected, non-blocking stream socket."},
     {NULL, NULL, 0, NULL},
 };
+
+/* ---- for the kinds outside this file (tl_stream.h) ----------------------------- */
+
+PyObject *tl_stream_call_protocol(tl_stream *t, PyObject *name, PyObject *arg)
+{
+    return call_protocol(t, name, arg);
+}
+
+PyObject *tl_stream_call_protocol2(tl_stream *t, PyObject *name, PyObject *a, PyObject *b)
+{
+    if (TL_UNLIKELY(t->protocol == NULL))
+        Py_RETURN_NONE;
+    PyObject *stack[4] = {NULL, t->protocol, a, b};
+    return PyObject_VectorcallMethod(name, stack + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+int tl_stream_fatal_error(tl_stream *t, const char *message)
+{
+    return stream_fatal_error(t, message);
+}
+
+int tl_stream_report_callback_error(tl_stream *t, PyObject *proto, const char *method)
+{
+    return report_callback_error(t, proto, method);
+}
+
+void tl_stream_watch(tl_stream *t, ev_io *w, int on)
+{
+    if (on)
+        watch_start(t, w);
+    else
+        watch_stop(t, w);
+}
+
+int tl_stream_maybe_pause_protocol(tl_stream *t)
+{
+    return stream_maybe_pause_protocol(t);
+}
+
+int tl_stream_maybe_resume_protocol(tl_stream *t)
+{
+    return stream_maybe_resume_protocol(t);
+}
+
+void tl_stream_warn_lost_writes(tl_stream *t)
+{
+    warn_lost_writes(t);
+}
+
+int tl_stream_call_connection_lost(tl_stream *t, PyObject *exc)
+{
+    return call_connection_lost(t, exc);
+}
+
+int tl_stream_wq_push(tl_stream *t, PyObject *item)
+{
+    Py_ssize_t wsize = t->wsize;
+    /* wq_push counts bytes objects; the caller counts its items itself */
+    if (wq_push_item(t, item) < 0) {
+        Py_DECREF(item);
+        return -1;
+    }
+    t->wsize = wsize;
+    return 0;
+}
+
+void tl_stream_wq_drop(tl_stream *t)
+{
+    Py_DECREF(t->wq[t->wq_head]);
+    t->wq_head = (t->wq_head + 1) & (t->wq_cap - 1);
+    if (--t->wq_len == 0) {
+        Py_ssize_t wsize = t->wsize;
+        wq_clear(t);    /* give the ring's memory back to an idle transport */
+        t->wsize = wsize;
+    }
+}
+
+char *tl_stream_read_buffer(tl_loop *loop)
+{
+    return loop_read_buffer(loop);
+}

@@ -467,6 +467,84 @@ def tls_every_path():
         await server.wait_closed()
         await plain.wait_closed()
 
+
+@scenario
+def datagrams_every_path():
+    """Echo, unconnected sendto (cached and new addresses), a bad address
+    (fatal), a refused peer (error_received), buffered sends, close, abort."""
+    loop = tonio_loop.new_event_loop()
+    loop.set_exception_handler(_quiet)
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, tr):
+            self.tr = tr
+            self.got = []
+            self.errors = []
+
+        def datagram_received(self, data, addr):
+            self.got.append(data)
+            if data.startswith(b"ping"):
+                self.tr.sendto(b"pong", addr)
+
+        def error_received(self, exc):
+            self.errors.append(exc)
+
+    async def main():
+        st, sp = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        addr = st.get_extra_info("sockname")
+        ct, cp = await loop.create_datagram_endpoint(Echo, remote_addr=addr)
+        ut, up = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        for i in range(20):
+            ct.sendto(b"ping %d" % i)
+            ut.sendto(bytearray(b"ping"), addr)
+            ut.sendto(memoryview(b"xping")[1:], addr)
+        while len(cp.got) < 20 or len(up.got) < 40:
+            await asyncio.sleep(0.001)
+        try:
+            ct.sendto(b"x", ("127.0.0.1", 9))
+        except ValueError:
+            pass
+        try:
+            ct.sendto("text")
+        except TypeError:
+            pass
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead = probe.getsockname()
+        dt, dp = await loop.create_datagram_endpoint(Echo, remote_addr=dead)
+        for _ in range(5):
+            dt.sendto(b"anyone")
+            await asyncio.sleep(0.002)
+        bad, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        bad.sendto(b"x", ("127.0.0.1",))      # fatal: TypeError from the socket
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        bt, _ = await loop.create_datagram_endpoint(Echo, sock=a)
+        bt.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        repr(st), repr(bt)
+        st.close(), ct.close(), ut.close(), dt.close(), bt.abort()
+        await asyncio.sleep(0.01)
+        b.close()
+
+    loop.run_until_complete(main())
+    loop.close()
+
+
+@scenario
+def subprocesses():
+    loop = tonio_loop.new_event_loop()
+
+    async def main():
+        p = await asyncio.create_subprocess_exec(
+            "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        await p.communicate(b"x" * 100000)
+        p = await asyncio.create_subprocess_exec("sleep", "5")
+        p.kill()
+        await p.wait()
+        try:
+            await asyncio.create_subprocess_exec("/nonexistent/program")
+        except FileNotFoundError:
+            pass
+
     loop.run_until_complete(main())
     loop.close()
 
