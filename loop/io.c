@@ -111,7 +111,7 @@ int tl_io_fileobj_to_fd(PyObject *fileobj)
         if (fd == -1 && PyErr_Occurred())
             return -1;
     } else {
-        PyObject *r = PyObject_CallMethod(fileobj, "fileno", NULL);
+        PyObject *r = tl_call_method(fileobj, "fileno", NULL);
         if (r == NULL || !PyLong_Check(r)) {
             Py_XDECREF(r);
             PyErr_Clear();
@@ -136,7 +136,7 @@ int tl_io_ensure_no_transport(tl_loop *loop, PyObject *fileobj, int fd)
     tl_io_watch *iw = io_lookup(loop, fd);
     if (iw == NULL || iw->owner == NULL)
         return 0;
-    PyObject *closing = PyObject_CallMethod(iw->owner, "is_closing", NULL);
+    PyObject *closing = tl_call_method(iw->owner, "is_closing", NULL);
     int is_closing = closing ? PyObject_IsTrue(closing) : -1;
     Py_XDECREF(closing);
     if (is_closing < 0)
@@ -197,7 +197,7 @@ static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
     io_update(loop, iw);
     if (old != NULL) {
         /* asyncio cancels the handle it replaces */
-        PyObject *r = PyObject_CallMethod(old, "cancel", NULL);
+        PyObject *r = tl_call_method(old, "cancel", NULL);
         Py_DECREF(old);
         if (r == NULL) {
             Py_DECREF(h);
@@ -226,7 +226,7 @@ static PyObject *io_remove(tl_loop *loop, PyObject *fileobj, int writing, int ch
     io_update(loop, iw);
     if (old == NULL)
         Py_RETURN_FALSE;
-    PyObject *r = PyObject_CallMethod(old, "cancel", NULL);
+    PyObject *r = tl_call_method(old, "cancel", NULL);
     Py_DECREF(old);
     if (r == NULL)
         return NULL;

@@ -180,7 +180,7 @@ int tl_loop_check_thread(tl_loop *loop)
 
 int tl_loop_check_callback(tl_loop *loop, PyObject *callback, const char *method)
 {
-    PyObject *r = PyObject_CallMethod((PyObject *)loop, "_check_callback", "Os",
+    PyObject *r = tl_call_method((PyObject *)loop, "_check_callback", "Os",
                                       callback, method);
     if (r == NULL)
         return -1;
@@ -383,14 +383,14 @@ static int loop_run_ready_debug(tl_loop *loop, tl_ready_item it)
         return rc;
     PyObject *what;
     if (is_handle) {
-        PyObject *fmt = PyObject_GetAttrString(loop->st->base_events, "_format_handle");
+        PyObject *fmt = tl_getattr(loop->st->base_events, "_format_handle");
         what = fmt ? PyObject_CallOneArg(fmt, it.obj) : NULL;
         Py_XDECREF(fmt);
     } else {
         what = PyObject_Repr(it.obj);
     }
-    PyObject *logger = what ? PyObject_GetAttrString(loop->st->base_events, "logger") : NULL;
-    PyObject *r = logger ? PyObject_CallMethod(logger, "warning", "sOd",
+    PyObject *logger = what ? tl_getattr(loop->st->base_events, "logger") : NULL;
+    PyObject *r = logger ? tl_call_method(logger, "warning", "sOd",
                                                "Executing %s took %.3f seconds",
                                                what, dt) : NULL;
     Py_XDECREF(what);
@@ -429,7 +429,7 @@ static int loop_run_once(tl_loop *loop)
 
 static int loop_set_origin_tracking(tl_loop *loop, int enabled)
 {
-    PyObject *r = PyObject_CallMethod((PyObject *)loop,
+    PyObject *r = tl_call_method((PyObject *)loop,
                                       "_set_coroutine_origin_tracking", "O",
                                       enabled ? Py_True : Py_False);
     if (r == NULL)
@@ -578,12 +578,12 @@ static PyObject *loop_run_until_complete(tl_loop *loop, PyObject *future)
         if (new_task) {
             /* The coroutine raised a BaseException: retrieve it so the task
              * does not log it, the caller never saw the task. */
-            PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+            PyObject *done = tl_call_method(fut, "done", NULL);
             int is_done = done ? PyObject_IsTrue(done) : -1;
             Py_XDECREF(done);
-            PyObject *canc = is_done > 0 ? PyObject_CallMethod(fut, "cancelled", NULL) : NULL;
+            PyObject *canc = is_done > 0 ? tl_call_method(fut, "cancelled", NULL) : NULL;
             if (canc != NULL && !PyObject_IsTrue(canc)) {
-                PyObject *e = PyObject_CallMethod(fut, "exception", NULL);
+                PyObject *e = tl_call_method(fut, "exception", NULL);
                 Py_XDECREF(e);
             }
             Py_XDECREF(canc);
@@ -603,7 +603,7 @@ static PyObject *loop_run_until_complete(tl_loop *loop, PyObject *future)
         goto fail;
     Py_DECREF(r);
 
-    PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+    PyObject *done = tl_call_method(fut, "done", NULL);
     if (done == NULL)
         goto fail;
     int is_done = PyObject_IsTrue(done);
@@ -614,7 +614,7 @@ static PyObject *loop_run_until_complete(tl_loop *loop, PyObject *future)
         PyErr_SetString(PyExc_RuntimeError, "Event loop stopped before Future completed.");
         goto fail;
     }
-    r = PyObject_CallMethod(fut, "result", NULL);
+    r = tl_call_method(fut, "result", NULL);
     Py_DECREF(fut);
     return r;
 fail:
@@ -688,7 +688,7 @@ static int loop_shutdown_executor(tl_loop *loop)
     /* asyncio: close() shuts the default executor down without waiting */
     if (PyObject_SetAttrString((PyObject *)loop, "_executor_shutdown_called", Py_True) < 0)
         return -1;
-    PyObject *executor = PyObject_GetAttrString((PyObject *)loop, "_default_executor");
+    PyObject *executor = tl_getattr((PyObject *)loop, "_default_executor");
     if (executor == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError))
             return -1;
@@ -701,7 +701,7 @@ static int loop_shutdown_executor(tl_loop *loop)
         if (rc == 0) {
             PyObject *kw = Py_BuildValue("{sO}", "wait", Py_False);
             PyObject *noargs = kw ? PyTuple_New(0) : NULL;
-            PyObject *shutdown = noargs ? PyObject_GetAttrString(executor, "shutdown") : NULL;
+            PyObject *shutdown = noargs ? tl_getattr(executor, "shutdown") : NULL;
             PyObject *r = shutdown ? PyObject_Call(shutdown, noargs, kw) : NULL;
             rc = r ? 0 : -1;
             Py_XDECREF(r);
@@ -723,8 +723,8 @@ static PyObject *loop_close(tl_loop *loop, PyObject *Py_UNUSED(ignored))
     if (loop->closed)
         Py_RETURN_NONE;
     if (loop->debug) {
-        PyObject *logger = PyObject_GetAttrString(loop->st->base_events, "logger");
-        PyObject *r = logger ? PyObject_CallMethod(logger, "debug", "sO", "Close %r",
+        PyObject *logger = tl_getattr(loop->st->base_events, "logger");
+        PyObject *r = logger ? tl_call_method(logger, "debug", "sO", "Close %r",
                                                    (PyObject *)loop) : NULL;
         Py_XDECREF(logger);
         if (r == NULL)
@@ -761,7 +761,7 @@ static PyObject *loop_set_debug(tl_loop *loop, PyObject *enabled)
         return NULL;
     loop->debug = (char)on;
     if (loop->thread_id != 0) {
-        PyObject *cb = PyObject_GetAttrString((PyObject *)loop, "_set_coroutine_origin_tracking");
+        PyObject *cb = tl_getattr((PyObject *)loop, "_set_coroutine_origin_tracking");
         if (cb == NULL)
             return NULL;
         PyObject *h = loop_call_soon_threadsafe_impl(loop, cb, &enabled, 1, NULL);
@@ -862,7 +862,7 @@ static PyObject *loop_create_task(tl_loop *loop, PyObject *const *args,
     if (loop->task_factory != NULL) {
         /* the factory protocol differs between Python versions: let the
          * running asyncio's own create_task speak it */
-        PyObject *meth = PyObject_GetAttrString(loop->st->base_event_loop_cls, "create_task");
+        PyObject *meth = tl_getattr(loop->st->base_event_loop_cls, "create_task");
         if (meth == NULL)
             return NULL;
         Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
@@ -1146,7 +1146,7 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
         Py_DECREF(loop);
         return NULL;
     }
-    PyObject *dbg = PyObject_CallMethod(st->coroutines_module, "_is_debug_mode", NULL);
+    PyObject *dbg = tl_call_method(st->coroutines_module, "_is_debug_mode", NULL);
     int on = dbg ? PyObject_IsTrue(dbg) : -1;
     Py_XDECREF(dbg);
     if (on < 0) {
@@ -1211,7 +1211,7 @@ static void loop_finalize(tl_loop *loop)
                               (PyObject *)loop) < 0)
         PyErr_WriteUnraisable((PyObject *)loop);
     if (loop->thread_id == 0) {
-        PyObject *r = PyObject_CallMethod((PyObject *)loop, "close", NULL);
+        PyObject *r = tl_call_method((PyObject *)loop, "close", NULL);
         if (r == NULL)
             PyErr_WriteUnraisable((PyObject *)loop);
         Py_XDECREF(r);

@@ -24,6 +24,38 @@ PyObject *tl_import_attr(const char *module, const char *name)
     return attr;
 }
 
+PyObject *tl_getattr(PyObject *obj, const char *name)
+{
+    PyObject *s = PyUnicode_InternFromString(name);
+    if (s == NULL)
+        return NULL;
+    PyObject *attr = PyObject_GetAttr(obj, s);
+    Py_DECREF(s);
+    return attr;
+}
+
+PyObject *tl_call_method(PyObject *obj, const char *name, const char *fmt, ...)
+{
+    PyObject *meth = tl_getattr(obj, name);
+    if (meth == NULL)
+        return NULL;
+    PyObject *args;
+    if (fmt == NULL || *fmt == '\0') {
+        args = PyTuple_New(0);
+    } else {
+        va_list va;
+        va_start(va, fmt);
+        args = Py_VaBuildValue(fmt, va);
+        va_end(va);
+        if (args != NULL && !PyTuple_Check(args))
+            Py_SETREF(args, PyTuple_Pack(1, args));
+    }
+    PyObject *r = args ? PyObject_Call(meth, args, NULL) : NULL;
+    Py_XDECREF(args);
+    Py_DECREF(meth);
+    return r;
+}
+
 static int add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
                     PyObject *base)
 {

@@ -78,7 +78,7 @@ static void listener_debug_accept(tl_listener *l, const struct sockaddr *sa, soc
 {
     PyObject *exc = PyErr_GetRaisedException();
     PyObject *addr = tl_sockaddr_to_py(sa, sl);
-    PyObject *r = addr ? PyObject_CallMethod(l->loop->st->logger, "debug", "sOOi",
+    PyObject *r = addr ? tl_call_method(l->loop->st->logger, "debug", "sOOi",
                                              "%r got a new connection from %r: fd=%d",
                                              l->server, addr, fd) : NULL;
     if (r == NULL)
@@ -174,13 +174,13 @@ static PyObject *listener_starved(tl_listener *l, int err)
             return NULL;
     }
     PyObject *fd = PyLong_FromLong(l->fd);
-    PyObject *r = fd ? PyObject_CallMethod((PyObject *)loop, "_remove_reader", "(O)", fd) : NULL;
+    PyObject *r = fd ? tl_call_method((PyObject *)loop, "_remove_reader", "(O)", fd) : NULL;
     Py_XDECREF(fd);
     if (r == NULL)
         return NULL;
     Py_DECREF(r);
-    PyObject *retry = PyObject_GetAttrString((PyObject *)l, "_retry");
-    r = retry ? PyObject_CallMethod((PyObject *)loop, "call_later", "dO",
+    PyObject *retry = tl_getattr((PyObject *)l, "_retry");
+    r = retry ? tl_call_method((PyObject *)loop, "call_later", "dO",
                                     TL_ACCEPT_RETRY_DELAY, retry) : NULL;
     Py_XDECREF(retry);
     if (r == NULL)
@@ -200,7 +200,7 @@ static PyObject *listener_retry(tl_listener *l, PyObject *Py_UNUSED(ignored))
     long fd = PyLong_AsLong(fdobj);
     PyObject *r = NULL;
     if (fd == l->fd)
-        r = PyObject_CallMethod((PyObject *)l->loop, "_add_reader", "OO", fdobj, (PyObject *)l);
+        r = tl_call_method((PyObject *)l->loop, "_add_reader", "OO", fdobj, (PyObject *)l);
     Py_DECREF(fdobj);
     if (fd != l->fd)
         Py_RETURN_NONE;
@@ -299,7 +299,7 @@ static PyObject *loop_start_serving(tl_loop *loop, PyObject *args, PyObject *kwd
         Py_DECREF(l);
         return NULL;
     }
-    PyObject *r = PyObject_CallMethod((PyObject *)loop, "_add_reader", "iO", fd, (PyObject *)l);
+    PyObject *r = tl_call_method((PyObject *)loop, "_add_reader", "iO", fd, (PyObject *)l);
     Py_DECREF(l);
     if (r == NULL)
         return NULL;

@@ -125,7 +125,7 @@ static void log_message(tl_stream *t, const char *level, const char *fmt,
                         PyObject *exc)
 {
     PyObject *saved = PyErr_GetRaisedException();
-    PyObject *meth = PyObject_GetAttrString(t->loop->st->logger, level);
+    PyObject *meth = tl_getattr(t->loop->st->logger, level);
     PyObject *args = meth ? Py_BuildValue("(sO)", fmt, (PyObject *)t) : NULL;
     PyObject *kw = (args && exc) ? Py_BuildValue("{sO}", "exc_info", exc) : NULL;
     PyObject *r = (args && (kw || !exc)) ? PyObject_Call(meth, args, kw) : NULL;
@@ -192,7 +192,7 @@ static int stream_fatal_error(tl_stream *t, const char *message)
     if (quiet && t->kind == TL_STREAM_READ_PIPE) {
         /* a pty's reader gets EIO when the other side closes: only that
          * stays quiet on read pipes */
-        PyObject *eno = PyObject_GetAttrString(exc, "errno");
+        PyObject *eno = tl_getattr(exc, "errno");
         quiet = eno != NULL && PyLong_Check(eno) && PyLong_AsLong(eno) == EIO;
         Py_XDECREF(eno);
         PyErr_Clear();
@@ -252,7 +252,7 @@ static void stream_step(tl_stream *t, int (*step)(tl_stream *), const char *what
         double dt = tl_monotonic() - t0;
         if (dt >= t->loop->slow_callback_duration) {
             PyObject *exc = PyErr_GetRaisedException();
-            PyObject *r = PyObject_CallMethod(t->loop->st->logger, "warning", "sOsd",
+            PyObject *r = tl_call_method(t->loop->st->logger, "warning", "sOsd",
                                               "Executing <%r.%s()> took %.3f seconds",
                                               (PyObject *)t, what, dt);
             if (r == NULL)
@@ -913,7 +913,7 @@ static void warn_lost_writes(tl_stream *t)
         const char *msg = is_selector(t)
             ? "socket.send() raised exception."
             : "pipe closed by peer or os.write(pipe, data) raised exception.";
-        PyObject *r = PyObject_CallMethod(t->loop->st->logger, "warning", "s", msg);
+        PyObject *r = tl_call_method(t->loop->st->logger, "warning", "s", msg);
         if (r == NULL)
             PyErr_WriteUnraisable((PyObject *)t);
         Py_XDECREF(r);
@@ -1888,7 +1888,7 @@ static int sock_extra_from_object(tl_stream *t, PyObject *sock)
                 return -1;
             continue;
         }
-        PyObject *v = PyObject_CallMethod(sock, meths[i], NULL);
+        PyObject *v = tl_call_method(sock, meths[i], NULL);
         if (v == NULL) {
             if (!PyErr_ExceptionMatches(PyExc_OSError)) {
                 Py_DECREF(key);
@@ -2255,9 +2255,9 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
 
     /* asyncio.Server._attach() learnt its transport argument in 3.13 */
     PyObject *attach = tl_import_attr("asyncio.base_events", "Server");
-    PyObject *fn = attach ? PyObject_GetAttrString(attach, "_attach") : NULL;
-    PyObject *code = fn ? PyObject_GetAttrString(fn, "__code__") : NULL;
-    PyObject *argc = code ? PyObject_GetAttrString(code, "co_argcount") : NULL;
+    PyObject *fn = attach ? tl_getattr(attach, "_attach") : NULL;
+    PyObject *code = fn ? tl_getattr(fn, "__code__") : NULL;
+    PyObject *argc = code ? tl_getattr(code, "co_argcount") : NULL;
     Py_XDECREF(attach);
     Py_XDECREF(fn);
     Py_XDECREF(code);

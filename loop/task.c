@@ -588,8 +588,8 @@ static int task_run(tl_task *task, PyObject *exc, PyMethodDef *def, PyObject *ar
     } else {
         /* a look-alike context object: asyncio calls its run() */
         PyObject *fn = PyCFunction_New(def, (PyObject *)task);
-        PyObject *r = fn ? (arg ? PyObject_CallMethod(ctx, "run", "OO", fn, arg)
-                                : PyObject_CallMethod(ctx, "run", "O", fn))
+        PyObject *r = fn ? (arg ? tl_call_method(ctx, "run", "OO", fn, arg)
+                                : tl_call_method(ctx, "run", "O", fn))
                          : NULL;
         Py_XDECREF(fn);
         rc = r ? 0 : -1;

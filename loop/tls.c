@@ -79,7 +79,7 @@ typedef struct tl_tls_state {
         *str_cancel, *str_wrap_bio, *str_sslobj, *str_server_side, *str_server_hostname,
         *str_get_buffer, *str_buffer_updated, *str_check_hs, *str_check_sd, *str_do_read,
         *str_resume, *str_sslcontext, *str_peercert, *str_cipher, *str_compression,
-        *str_ssl_object;
+        *str_ssl_object, *str_debug, *str_warning, *str_join;
     long connlost_threshold;        /* constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES */
     long read_high_kb, write_high_kb;
 } tl_tls_state;
@@ -93,7 +93,7 @@ typedef struct tl_tls_state {
     X(str_wrap_bio) X(str_sslobj) X(str_server_side) X(str_server_hostname)              \
     X(str_get_buffer) X(str_buffer_updated) X(str_check_hs) X(str_check_sd)              \
     X(str_do_read) X(str_resume) X(str_sslcontext) X(str_peercert) X(str_cipher)         \
-    X(str_compression) X(str_ssl_object)
+    X(str_compression) X(str_ssl_object) X(str_debug) X(str_warning) X(str_join)
 
 /* A writable buffer over memory we name: how the SSL object reads into and
  * writes from our memory without a memoryview per call. */
@@ -314,26 +314,29 @@ static int transport_call(tl_tls *s, PyObject *name, PyObject *arg)
     return r ? 0 : -1;
 }
 
-/* app_protocol.<name>([arg]): a new reference */
-static PyObject *app_call(tl_tls *s, const char *name, PyObject *arg)
+/* app_protocol.<name>([arg]): a new reference. `name` is one of the
+ * interned strings of the module state: a name made per call (what
+ * PyObject_CallMethod does with a C string) ends up held by CPython's type
+ * attribute cache, one string per slot it lands in, up to 4096 of them. */
+static PyObject *app_call(tl_tls *s, PyObject *name, PyObject *arg)
 {
     if (s->app_protocol == NULL) {
-        PyErr_Format(PyExc_AttributeError, "'NoneType' object has no attribute '%s'", name);
+        PyErr_Format(PyExc_AttributeError, "'NoneType' object has no attribute '%U'", name);
         return NULL;
     }
     PyObject *proto = Py_NewRef(s->app_protocol);
-    PyObject *r = arg ? PyObject_CallMethod(proto, name, "O", arg)
-                      : PyObject_CallMethod(proto, name, NULL);
+    PyObject *args[2] = {proto, arg};
+    PyObject *r = PyObject_VectorcallMethod(name, args, arg ? 2 : 1, NULL);
     Py_DECREF(proto);
     return r;
 }
 
 /* logger.<level>(fmt, self[, arg]) */
-static int log_self(tl_tls *s, const char *level, const char *fmt, PyObject *arg,
+static int log_self(tl_tls *s, PyObject *level, const char *fmt, PyObject *arg,
                     PyObject *exc_info)
 {
     PyObject *logger = s->loop->st->logger;
-    PyObject *meth = PyObject_GetAttrString(logger, level);
+    PyObject *meth = PyObject_GetAttr(logger, level);
     if (meth == NULL)
         return -1;
     PyObject *args = arg ? Py_BuildValue("(sOO)", fmt, (PyObject *)s, arg)
@@ -349,7 +352,12 @@ static int log_self(tl_tls *s, const char *level, const char *fmt, PyObject *arg
 
 static int log_warning(tl_tls *s, const char *msg)
 {
-    PyObject *r = PyObject_CallMethod(s->loop->st->logger, "warning", "s", msg);
+    PyObject *text = PyUnicode_FromString(msg);
+    if (text == NULL)
+        return -1;
+    PyObject *args[2] = {s->loop->st->logger, text};
+    PyObject *r = PyObject_VectorcallMethod(s->T->str_warning, args, 2, NULL);
+    Py_DECREF(text);
     Py_XDECREF(r);
     return r ? 0 : -1;
 }
@@ -523,7 +531,7 @@ static int on_handshake_complete(tl_tls *s, PyObject *handshake_exc)
     if (s->loop->debug) {
         double dt = tl_loop_time(s->loop) - s->hs_start;
         PyObject *ms = PyFloat_FromDouble(dt * 1e3);
-        int rc = ms ? log_self(s, "debug", "%r: SSL handshake took %.1f ms", ms, NULL) : -1;
+        int rc = ms ? log_self(s, s->T->str_debug, "%r: SSL handshake took %.1f ms", ms, NULL) : -1;
         Py_XDECREF(ms);
         if (rc < 0) {
             Py_DECREF(peercert);
@@ -549,7 +557,7 @@ static int on_handshake_complete(tl_tls *s, PyObject *handshake_exc)
         return -1;
     if (s->app_state == APP_INIT) {
         s->app_state = APP_CON_MADE;
-        PyObject *r = app_call(s, "connection_made", (PyObject *)s);
+        PyObject *r = app_call(s, s->loop->st->str_connection_made, (PyObject *)s);
         if (r == NULL)
             return -1;
         Py_DECREF(r);
@@ -587,7 +595,7 @@ static int do_handshake(tl_tls *s)
 static int start_handshake(tl_tls *s)
 {
     if (s->loop->debug) {
-        if (log_self(s, "debug", "%r starts SSL handshake", NULL, NULL) < 0)
+        if (log_self(s, s->T->str_debug, "%r starts SSL handshake", NULL, NULL) < 0)
             return -1;
         s->hs_start = tl_loop_time(s->loop);
     }
@@ -955,7 +963,8 @@ static int do_read_copied(tl_tls *s)
                 goto error;
             Py_CLEAR(buf);
             PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
-            data = empty ? PyObject_CallMethod(empty, "join", "O", parts) : NULL;
+            PyObject *args[2] = {empty, parts};
+            data = empty ? PyObject_VectorcallMethod(s->T->str_join, args, 2, NULL) : NULL;
             Py_XDECREF(empty);
             Py_CLEAR(parts);
             if (data == NULL)
@@ -963,7 +972,7 @@ static int do_read_copied(tl_tls *s)
         }
     }
     if (data != NULL) {
-        PyObject *r = app_call(s, "data_received", data);
+        PyObject *r = app_call(s, s->loop->st->str_data_received, data);
         tl_read_recycle(s->loop, data);
         if (r == NULL)
             return -1;
@@ -1007,7 +1016,7 @@ static int call_eof_received(tl_tls *s)
     if (s->app_state != APP_CON_MADE)
         return 0;
     s->app_state = APP_EOF;
-    PyObject *r = app_call(s, "eof_received", NULL);
+    PyObject *r = app_call(s, s->loop->st->str_eof_received, NULL);
     int keep_open = r ? PyObject_IsTrue(r) : -1;
     Py_XDECREF(r);
     if (keep_open > 0)
@@ -1030,7 +1039,7 @@ static Py_ssize_t get_write_buffer_size(tl_tls *s)
     return n < 0 ? -1 : n + s->backlog_size;
 }
 
-static int call_app_flow(tl_tls *s, const char *name, const char *failed)
+static int call_app_flow(tl_tls *s, PyObject *name, const char *failed)
 {
     PyObject *r = app_call(s, name, NULL);
     if (r != NULL) {
@@ -1052,11 +1061,11 @@ static int control_app_writing(tl_tls *s)
         return -1;
     if (size >= s->out_high && !s->app_writing_paused) {
         s->app_writing_paused = 1;
-        return call_app_flow(s, "pause_writing", "protocol.pause_writing() failed");
+        return call_app_flow(s, s->loop->st->str_pause_writing, "protocol.pause_writing() failed");
     }
     if (size <= s->out_low && s->app_writing_paused) {
         s->app_writing_paused = 0;
-        return call_app_flow(s, "resume_writing", "protocol.resume_writing() failed");
+        return call_app_flow(s, s->loop->st->str_resume_writing, "protocol.resume_writing() failed");
     }
     return 0;
 }
@@ -1088,7 +1097,7 @@ static int fatal_error(tl_tls *s, PyObject *exc, const char *message)
     if (is_os) {
         if (s->loop->debug) {
             PyObject *msg = PyUnicode_FromString(message);
-            int rc = msg ? log_self(s, "debug", "%r: %s", msg, exc) : -1;
+            int rc = msg ? log_self(s, s->T->str_debug, "%r: %s", msg, exc) : -1;
             Py_XDECREF(msg);
             return rc;
         }
@@ -1167,7 +1176,7 @@ static PyObject *tls_connection_lost(tl_tls *s, PyObject *exc)
     if (s->state != ST_DO_HANDSHAKE &&
         (s->app_state == APP_CON_MADE || s->app_state == APP_EOF) && s->app_protocol) {
         s->app_state = APP_CON_LOST;
-        PyObject *lost = PyObject_GetAttrString(s->app_protocol, "connection_lost");
+        PyObject *lost = PyObject_GetAttr(s->app_protocol, s->loop->st->str_connection_lost);
         rc = lost ? call_soon(s, lost, exc) : -1;
         Py_XDECREF(lost);
         if (rc < 0)
@@ -1246,7 +1255,7 @@ static PyObject *tls_eof_received(tl_tls *s, PyObject *Py_UNUSED(ignored))
     int rc = 0;
     PyObject *result = Py_None;
     if (s->loop->debug)
-        rc = log_self(s, "debug", "%r received EOF", NULL, NULL);
+        rc = log_self(s, s->T->str_debug, "%r received EOF", NULL, NULL);
     if (rc == 0) {
         switch (s->state) {
         case ST_DO_HANDSHAKE: {
@@ -2106,6 +2115,9 @@ int tl_tls_init_module(PyObject *module, tl_state *st)
         {&T->str_cipher, "cipher"},
         {&T->str_compression, "compression"},
         {&T->str_ssl_object, "ssl_object"},
+        {&T->str_debug, "debug"},
+        {&T->str_warning, "warning"},
+        {&T->str_join, "join"},
     };
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         *strings[i].slot = PyUnicode_InternFromString(strings[i].s);
