@@ -70,7 +70,7 @@ int tl_dgram_init(tl_stream *t, PyObject *address)
     socklen_t sl = sizeof(ss);
     d->family = getsockname(t->fd, (struct sockaddr *)&ss, &sl) == 0 ? ss.ss_family : AF_UNSPEC;
     /* `if self._extra['peername']:` decides between send() and sendto() */
-    PyObject *peer = PyObject_CallMethod((PyObject *)t, "get_extra_info", "s", "peername");
+    PyObject *peer = tl_call_method((PyObject *)t, "get_extra_info", "s", "peername");
     int connected = peer ? PyObject_IsTrue(peer) : -1;
     Py_XDECREF(peer);
     if (connected < 0)
@@ -182,7 +182,7 @@ static int recv_direct(tl_stream *t, PyObject **data, PyObject **addr)
  * whatever goes wrong, unpacking included, is the socket's error */
 static int recv_method(tl_stream *t, PyObject **data, PyObject **addr)
 {
-    PyObject *r = PyObject_CallMethod(t->fileobj, "recvfrom", "i", TL_STREAM_READ_MAX);
+    PyObject *r = tl_call_method(t->fileobj, "recvfrom", "i", TL_STREAM_READ_MAX);
     if (r == NULL)
         return -1;
     PyObject *seq = PySequence_Fast(r, "cannot unpack non-iterable object");
@@ -332,8 +332,8 @@ static int send_one(tl_stream *t, PyObject *data, const void *buf, Py_ssize_t le
         }
     }
     PyObject *r = d->connected
-        ? PyObject_CallMethod(t->fileobj, "send", "O", data)
-        : PyObject_CallMethod(t->fileobj, "sendto", "OO", data, addr);
+        ? tl_call_method(t->fileobj, "send", "O", data)
+        : tl_call_method(t->fileobj, "sendto", "OO", data, addr);
     if (r != NULL) {
         Py_DECREF(r);
         return 1;
