@@ -10,7 +10,7 @@ from bench import net
 from bench.registry import workload
 
 
-@workload("http_uvicorn_json", group="http", unit="requests/s", quick=True)
+@workload("http_uvicorn_json", group="http", unit="requests/s")
 def http_uvicorn_json(new_loop, quick):
     """uvicorn + httptools, a JSON object serialized per request, 10 connections"""
     return net.measure_uvicorn(new_loop, app="bench.http_app:json_app", quick=quick)

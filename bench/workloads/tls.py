@@ -32,13 +32,13 @@ def echo_tls_10k(new_loop, quick):
     return _echo(new_loop, quick, 10 * 1024)
 
 
-@workload("echo_tls_100k", group="tls", unit="requests/s", quick=True)
+@workload("echo_tls_100k", group="tls", unit="requests/s")
 def echo_tls_100k(new_loop, quick):
     """TLS echo server, 100 KiB messages, 10 connections"""
     return _echo(new_loop, quick, 100 * 1024)
 
 
-@workload("tls_handshake", group="tls", unit="handshakes/s", quick=True)
+@workload("tls_handshake", group="tls", unit="handshakes/s")
 def tls_handshake(new_loop, quick):
     """Full TLS 1.3 handshakes (no resumption), 10 at a time, each closed with close_notify"""
     return net.measure_server(new_loop, _serve(), mode="handshake", size=1, quick=quick,
