@@ -14,16 +14,6 @@
 #include "tl_sock.h"
 #include "tl_tls.h"
 
-PyObject *tl_import_attr(const char *module, const char *name)
-{
-    PyObject *mod = PyImport_ImportModule(module);
-    if (mod == NULL)
-        return NULL;
-    PyObject *attr = PyObject_GetAttrString(mod, name);
-    Py_DECREF(mod);
-    return attr;
-}
-
 PyObject *tl_getattr(PyObject *obj, const char *name)
 {
     PyObject *s = PyUnicode_InternFromString(name);
@@ -31,6 +21,16 @@ PyObject *tl_getattr(PyObject *obj, const char *name)
         return NULL;
     PyObject *attr = PyObject_GetAttr(obj, s);
     Py_DECREF(s);
+    return attr;
+}
+
+PyObject *tl_import_attr(const char *module, const char *name)
+{
+    PyObject *mod = PyImport_ImportModule(module);
+    if (mod == NULL)
+        return NULL;
+    PyObject *attr = tl_getattr(mod, name);
+    Py_DECREF(mod);
     return attr;
 }
 
