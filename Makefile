@@ -15,10 +15,13 @@ VPY := $(VENV)/bin/python
 SOURCES := $(wildcard loop/*.c include/*.h) setup.py
 SYSTEM_DEPS := libev-dev
 # the servers tests/integration talks to (its fixtures skip, saying why, when
-# one cannot be installed or started)
-TEST_DEPS := postgresql redis-server
+# one cannot be installed or started); openssl makes the TLS tests'
+# certificates; libssl-dev builds the bench's TLS load generator (the bench
+# smoke test runs it)
+TEST_DEPS := postgresql redis-server openssl libssl-dev
 # the benchmark's HTTP load (it falls back to its own C client without it)
-BENCH_DEPS := wrk
+# and the TLS load generator's headers
+BENCH_DEPS := wrk libssl-dev
 PYTEST_ARGS ?=
 
 .PHONY: all build deps test-deps bench-deps test conformance bench bench-full refcheck valgrind clean check-python
