@@ -20,6 +20,7 @@
 #include "tl_stream.h"
 #include "tl_io.h"
 #include "tl_sockaddr.h"
+#include "tl_sock.h"
 
 /* asyncio 3.13 counts 8 bytes of header per buffered datagram */
 #if PY_VERSION_HEX >= 0x030D0000
@@ -331,19 +332,14 @@ static int send_one(tl_stream *t, PyObject *data, const void *buf, Py_ssize_t le
             return -1;
         }
     }
-    PyObject *r = d->connected
-        ? tl_call_method(t->fileobj, "send", "O", data)
-        : tl_call_method(t->fileobj, "sendto", "OO", data, addr);
-    if (r != NULL) {
-        Py_DECREF(r);
-        return 1;
-    }
-    if (PyErr_ExceptionMatches(PyExc_BlockingIOError) ||
-        PyErr_ExceptionMatches(PyExc_InterruptedError)) {
-        PyErr_Clear();
-        return 0;
-    }
-    return -1;
+    PyObject *sent;
+    int rc = tl_sockop_call_attempt(d->connected
+                                        ? tl_call_method(t->fileobj, "send", "O", data)
+                                        : tl_call_method(t->fileobj, "sendto", "OO", data, addr),
+                                    &sent);
+    if (rc == 1)
+        Py_DECREF(sent);
+    return rc;
 }
 
 /* The send failed (error set): OSError goes to error_received(), whose own

@@ -526,7 +526,7 @@ static PyType_Spec sockop_spec = {
 /* ---- the operations ------------------------------------------------------------ */
 
 /* asyncio calls the socket's own method: try it, "would block" is 0 */
-static int call_attempt(PyObject *r, PyObject **result)
+int tl_sockop_call_attempt(PyObject *r, PyObject **result)
 {
     if (r != NULL) {
         *result = r;
@@ -552,7 +552,7 @@ static int syscall_failed(void)
 static int recv_attempt(tl_sockop *op, PyObject **result)
 {
     if (!op->direct)
-        return call_attempt(tl_call_method(op->sock, "recv", "(O)", op->arg), result);
+        return tl_sockop_call_attempt(tl_call_method(op->sock, "recv", "(O)", op->arg), result);
     Py_ssize_t n = PyNumber_AsSsize_t(op->arg, PyExc_OverflowError);
     if (n == -1 && PyErr_Occurred())
         return -1;
@@ -599,7 +599,7 @@ static int recv_into_attempt(tl_sockop *op, PyObject **result)
         }
     }
     if (!op->direct)
-        return call_attempt(tl_call_method(op->sock, "recv_into", "(O)", op->arg), result);
+        return tl_sockop_call_attempt(tl_call_method(op->sock, "recv_into", "(O)", op->arg), result);
     ssize_t got = recv(op->fd, op->view.buf, (size_t)op->view.len, MSG_DONTWAIT);
     if (got < 0)
         return syscall_failed();
@@ -610,7 +610,7 @@ static int recv_into_attempt(tl_sockop *op, PyObject **result)
 /* sock.recvfrom(bufsize) */
 static int recvfrom_attempt(tl_sockop *op, PyObject **result)
 {
-    return call_attempt(tl_call_method(op->sock, "recvfrom", "(O)", op->arg), result);
+    return tl_sockop_call_attempt(tl_call_method(op->sock, "recvfrom", "(O)", op->arg), result);
 }
 
 /* sock.recvfrom_into(buf, nbytes or len(buf)) */
@@ -627,7 +627,7 @@ static int recvfrom_into_attempt(tl_sockop *op, PyObject **result)
         if (op->arg2 == NULL)
             return -1;
     }
-    return call_attempt(tl_call_method(op->sock, "recvfrom_into", "OO", op->arg, op->arg2),
+    return tl_sockop_call_attempt(tl_call_method(op->sock, "recvfrom_into", "OO", op->arg, op->arg2),
                         result);
 }
 
@@ -670,7 +670,7 @@ static int sendall_attempt(tl_sockop *op, PyObject **result)
         Py_DECREF(chunk);
         if (len < 0)
             return -1;
-        int r = call_attempt(sent, &sent);
+        int r = tl_sockop_call_attempt(sent, &sent);
         if (r <= 0)
             return r;
         Py_ssize_t n = PyLong_AsSsize_t(sent);
@@ -688,14 +688,14 @@ static int sendall_attempt(tl_sockop *op, PyObject **result)
 /* sock.sendto(data, address) */
 static int sendto_attempt(tl_sockop *op, PyObject **result)
 {
-    return call_attempt(tl_call_method(op->sock, "sendto", "OO", op->arg, op->arg2), result);
+    return tl_sockop_call_attempt(tl_call_method(op->sock, "sendto", "OO", op->arg, op->arg2), result);
 }
 
 /* conn, address = sock.accept(); conn.setblocking(False) */
 static int accept_attempt(tl_sockop *op, PyObject **result)
 {
     PyObject *pair = NULL;
-    int r = call_attempt(tl_call_method(op->sock, "accept", NULL), &pair);
+    int r = tl_sockop_call_attempt(tl_call_method(op->sock, "accept", NULL), &pair);
     if (r <= 0)
         return r;
     if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
@@ -717,7 +717,7 @@ static int connect_attempt(tl_sockop *op, PyObject **result)
 {
     if (!op->waited) {
         PyObject *r = NULL;
-        int rc = call_attempt(tl_call_method(op->sock, "connect", "(O)", op->arg), &r);
+        int rc = tl_sockop_call_attempt(tl_call_method(op->sock, "connect", "(O)", op->arg), &r);
         if (rc > 0) {
             Py_DECREF(r);
             *result = Py_NewRef(Py_None);
