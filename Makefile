@@ -15,11 +15,17 @@ VENV ?= $(if $(filter python3,$(PY)),.venv,.venv-$(PY))
 VPY := $(VENV)/bin/python
 SOURCES := $(wildcard loop/*.c include/*.h) setup.py
 SYSTEM_DEPS := libev-dev
+# the servers tests/integration talks to (its fixtures skip, saying why, when
+# one cannot be installed or started); openssl makes the TLS tests'
+# certificates; libssl-dev builds the bench's TLS load generator (the bench
+# smoke test runs it)
+TEST_DEPS := postgresql redis-server openssl libssl-dev
 # the benchmark's HTTP load (it falls back to its own C client without it)
-BENCH_DEPS := wrk
+# and the TLS load generator's headers
+BENCH_DEPS := wrk libssl-dev
 PYTEST_ARGS ?=
 
-.PHONY: all build deps bench-deps test test-threads conformance bench bench-full refcheck valgrind clean check-python
+.PHONY: all build deps test-deps bench-deps test test-threads conformance bench bench-full refcheck valgrind clean check-python
 
 all: build
 
@@ -41,8 +47,8 @@ $(VENV)/.built: $(VENV)/.installed $(SOURCES)
 
 build: deps $(VENV)/.built
 
-test: build
-	$(VPY) -m pytest $(PYTEST_ARGS)
+test: build test-deps
+	$(VPY) -m pytest -rsx $(PYTEST_ARGS)
 	$(VPY) -m tests.conformance --quiet
 	$(MAKE) --no-print-directory test-threads
 
@@ -53,6 +59,9 @@ test-threads: build
 
 conformance: build
 	$(VPY) -m tests.conformance
+
+test-deps:
+	-@tools/install-system-deps $(TEST_DEPS) || echo "could not install $(TEST_DEPS): their integration tests will skip"
 
 bench-deps:
 	-@tools/install-system-deps $(BENCH_DEPS) || echo "could not install $(BENCH_DEPS): HTTP load comes from bench/loadgen.c"
@@ -74,10 +83,13 @@ $(DBG_VENV)/.installed:
 	$(DBG_VENV)/bin/python -m pip install -q pytest pytest-asyncio pytest-timeout
 	@touch $@
 
+# The debug build has the same file name as .venv's: .venv rebuilds after it.
 refcheck: $(DBG_VENV)/.installed
+	rm -f .venv/.built
 	TONIO_DEBUG=1 $(DBG_VENV)/bin/python setup.py -q build_ext --inplace
 	$(DBG_VENV)/bin/python -m tests.refleaks
-	$(DBG_VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(DBG_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+	    --ignore=tests/test_bench.py --ignore=tests/integration
 
 valgrind: build
 	PYTHONMALLOC=malloc valgrind --leak-check=full --show-leak-kinds=definite \

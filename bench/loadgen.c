@@ -2,15 +2,20 @@
  * epoll load generator, pinned to its own CPU so that it does not compete
  * with the server under test.
  *
- *   loadgen --port P [--mode echo|http] [--conns N] [--size S]
+ *   loadgen --port P [--mode echo|http|udp] [--conns N] [--size S]
  *           [--warmup SECONDS] [--duration SECONDS] [--cpu C] [--path /]
+ *           [--requests N]
  *
  * Each of N connections to 127.0.0.1:P runs one request at a time:
  *   echo  sends S bytes and waits until the same S bytes came back;
  *   http  sends "GET PATH HTTP/1.1" (keep-alive) and reads one response,
- *         framed by its Content-Length.
+ *         framed by its Content-Length;
+ *   udp   sends one S-byte datagram from a connected UDP socket and waits
+ *         for one datagram of S bytes back (a datagram lost on the way is
+ *         sent again after RESEND_MS, and counted).
  * After the warm-up it prints "START", measures for the duration, prints
- * "END", then one line of JSON: requests, seconds, requests per second and
+ * "END" (or, with --requests, once N requests were measured: a fixed amount
+ * of work, for instruction counts), then one line of JSON: requests, seconds, requests per second and
  * the latency distribution in microseconds. Lines are flushed at once: the
  * runner reads the server's CPU time when START and END arrive. Exit status
  * 1 (with "error" in the JSON) when the server misbehaves.
@@ -32,13 +37,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "latency.h"
 #include "pin.h"
 
-#define HIST_US 100000          /* 1 us buckets up to 100 ms, then one more */
 #define RECV_CHUNK (256 * 1024)
 #define HTTP_BUF 65536
+#define RESEND_MS 200
 
-enum mode { MODE_ECHO, MODE_HTTP };
+enum mode { MODE_ECHO, MODE_HTTP, MODE_UDP };
 
 typedef struct conn {
     int fd;
@@ -52,17 +58,6 @@ typedef struct conn {
 static enum mode mode = MODE_ECHO;
 static const char *request;
 static size_t request_len;
-static uint64_t hist[HIST_US + 1];
-static uint64_t completed, lat_sum_us, lat_max_us;
-static int measuring;
-static const char *error;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void fail(const char *what)
 {
@@ -89,7 +84,8 @@ static int conn_send(int ep, conn *c)
                 continue;
             if (errno == EAGAIN)
                 return arm(ep, c, 1);
-            fail("send failed: the server closed the connection");
+            fail(mode == MODE_UDP ? "send failed: is the server there?"
+                                  : "send failed: the server closed the connection");
             return -1;
         }
         c->sent += (size_t)n;
@@ -103,18 +99,6 @@ static int conn_start(int ep, conn *c)
     c->received = 0;
     c->started_ns = now_ns();
     return conn_send(ep, c);
-}
-
-static void record(conn *c)
-{
-    if (!measuring)
-        return;
-    uint64_t us = (now_ns() - c->started_ns) / 1000u;
-    hist[us < HIST_US ? us : HIST_US]++;
-    completed++;
-    lat_sum_us += us;
-    if (us > lat_max_us)
-        lat_max_us = us;
 }
 
 /* The length of a complete HTTP response at the start of buf, or 0. */
@@ -147,7 +131,7 @@ static int conn_read(int ep, conn *c, char *scratch)
 {
     for (;;) {
         ssize_t n;
-        if (mode == MODE_ECHO) {
+        if (mode != MODE_HTTP) {
             n = recv(c->fd, scratch, RECV_CHUNK, 0);
         } else {
             if (c->received >= HTTP_BUF - 1) {
@@ -164,6 +148,16 @@ static int conn_read(int ep, conn *c, char *scratch)
             fail("recv failed");
             return -1;
         }
+        if (mode == MODE_UDP) {
+            if ((size_t)n != request_len) {
+                fail("the server sent back a datagram of another size");
+                return -1;
+            }
+            record_latency(c->started_ns);
+            if (conn_start(ep, c) < 0)
+                return -1;
+            continue;
+        }
         if (n == 0) {
             fail("the server closed a connection");
             return -1;
@@ -175,7 +169,7 @@ static int conn_read(int ep, conn *c, char *scratch)
                 return -1;
             }
             if (c->received == request_len && c->sent == request_len) {
-                record(c);
+                record_latency(c->started_ns);
                 if (conn_start(ep, c) < 0)
                     return -1;
             }
@@ -188,7 +182,7 @@ static int conn_read(int ep, conn *c, char *scratch)
                     fail("bytes after the response (pipelining is not used)");
                     return -1;
                 }
-                record(c);
+                record_latency(c->started_ns);
                 if (conn_start(ep, c) < 0)
                     return -1;
             }
@@ -196,40 +190,12 @@ static int conn_read(int ep, conn *c, char *scratch)
     }
 }
 
-static void print_result(double seconds, int nconns, size_t size)
-{
-    double pct[3] = {0.50, 0.90, 0.99};
-    uint64_t at[3] = {0, 0, 0};
-    for (int k = 0; k < 3; k++) {
-        uint64_t rank = (uint64_t)(pct[k] * (double)completed);
-        uint64_t seen = 0;
-        for (int i = 0; i <= HIST_US; i++) {
-            seen += hist[i];
-            if (seen > rank) {
-                at[k] = (uint64_t)i;
-                break;
-            }
-        }
-    }
-    printf("{\"requests\": %llu, \"seconds\": %.6f, \"rps\": %.1f, \"conns\": %d, "
-           "\"size\": %zu, \"latency_us\": {\"mean\": %.1f, \"p50\": %llu, "
-           "\"p90\": %llu, \"p99\": %llu, \"max\": %llu}",
-           (unsigned long long)completed, seconds,
-           seconds > 0 ? (double)completed / seconds : 0.0, nconns, size,
-           completed ? (double)lat_sum_us / (double)completed : 0.0,
-           (unsigned long long)at[0], (unsigned long long)at[1],
-           (unsigned long long)at[2], (unsigned long long)lat_max_us);
-    if (error)
-        printf(", \"error\": \"%s\"", error);
-    printf("}\n");
-    fflush(stdout);
-}
-
 int main(int argc, char **argv)
 {
     int port = 0, nconns = 10, cpu = -1;
     size_t size = 1024;
     double warmup = 0.5, duration = 2.0;
+    unsigned long long max_requests = 0;     /* 0: until the duration is over */
     const char *path = "/";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -237,8 +203,12 @@ int main(int argc, char **argv)
             goto usage;
         if (!strcmp(a, "--port"))
             port = atoi(v);
-        else if (!strcmp(a, "--mode") && (!strcmp(v, "echo") || !strcmp(v, "http")))
-            mode = !strcmp(v, "http") ? MODE_HTTP : MODE_ECHO;
+        else if (!strcmp(a, "--mode") && !strcmp(v, "echo"))
+            mode = MODE_ECHO;
+        else if (!strcmp(a, "--mode") && !strcmp(v, "http"))
+            mode = MODE_HTTP;
+        else if (!strcmp(a, "--mode") && !strcmp(v, "udp"))
+            mode = MODE_UDP;
         else if (!strcmp(a, "--conns"))
             nconns = atoi(v);
         else if (!strcmp(a, "--size"))
@@ -251,6 +221,8 @@ int main(int argc, char **argv)
             cpu = atoi(v);
         else if (!strcmp(a, "--path"))
             path = v;
+        else if (!strcmp(a, "--requests"))
+            max_requests = strtoull(v, NULL, 10);
         else
             goto usage;
         i++;
@@ -259,7 +231,7 @@ int main(int argc, char **argv)
         goto usage;
     pin_to_cpu(cpu);
 
-    if (mode == MODE_ECHO) {
+    if (mode != MODE_HTTP) {
         char *msg = malloc(size);
         if (msg == NULL)
             return 1;
@@ -289,13 +261,14 @@ int main(int argc, char **argv)
     int one = 1;
     for (int i = 0; i < nconns; i++) {
         conn *c = &conns[i];
-        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        c->fd = socket(AF_INET, (mode == MODE_UDP ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC, 0);
         if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
             fail("could not connect");
             print_result(0, nconns, size);
             return 1;
         }
-        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (mode != MODE_UDP)
+            setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         int flags = fcntl(c->fd, F_GETFL);
         if (flags < 0 || fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) < 0)
             return 1;
@@ -324,13 +297,27 @@ int main(int argc, char **argv)
         if (!measuring && now >= start_at) {
             measuring = 1;
             measured_from = now;
+            /* the window is the full duration from here, even when this
+             * process was not scheduled for a while after the warm-up */
+            end_at = now + (uint64_t)(duration * 1e9);
             printf("START\n");
             fflush(stdout);
         }
-        if (now >= end_at)
+        if (now >= end_at || (max_requests && measuring && completed >= max_requests))
             break;
         uint64_t next = measuring ? end_at : start_at;
         int timeout_ms = (int)((next - now) / 1000000u) + 1;
+        if (mode == MODE_UDP) {
+            /* datagrams may be dropped: send again what got no answer */
+            for (int i = 0; i < nconns && !error; i++) {
+                if (now - conns[i].started_ns >= RESEND_MS * 1000000ull) {
+                    resent++;
+                    conn_start(ep, &conns[i]);
+                }
+            }
+            if (timeout_ms > RESEND_MS)
+                timeout_ms = RESEND_MS;
+        }
         int n = epoll_wait(ep, events, 256, timeout_ms);
         if (n < 0 && errno != EINTR) {
             fail("epoll_wait failed");
@@ -355,7 +342,8 @@ int main(int argc, char **argv)
     return error ? 1 : 0;
 usage:
     fprintf(stderr,
-            "usage: %s --port P [--mode echo|http] [--conns N] [--size S] "
-            "[--warmup SECONDS] [--duration SECONDS] [--cpu C] [--path /]\n", argv[0]);
+            "usage: %s --port P [--mode echo|http|udp] [--conns N] [--size S] "
+            "[--warmup SECONDS] [--duration SECONDS] [--cpu C] [--path /] "
+            "[--requests N]\n", argv[0]);
     return 2;
 }

@@ -32,11 +32,13 @@ import tempfile
 import threading
 import time
 
-from bench.registry import Unavailable, duration
+from bench.registry import Unavailable, duration, scale
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "bin")
 TOOLS = ("loadgen", "echo_server")
+# tools built on demand only, with the libraries they link
+TOOL_LIBS = {"tls_loadgen": ["-lssl", "-lcrypto"]}
 CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror"]
 CONNS = 10
 
@@ -57,9 +59,12 @@ def tool(name):
             if cc is None:
                 raise Unavailable("no C compiler (cc) to build the load generator")
             tmp = f"{exe}.{os.getpid()}.tmp"
-            proc = subprocess.run([cc, *CFLAGS, "-o", tmp, src],
+            libs = TOOL_LIBS.get(name, [])
+            proc = subprocess.run([cc, *CFLAGS, "-o", tmp, src, *libs],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
+                if libs and "openssl/" in proc.stderr:
+                    raise Unavailable(f"{name} needs the OpenSSL headers (libssl-dev)")
                 raise RuntimeError(f"building {name} failed:\n{proc.stderr}")
             os.replace(tmp, exe)
     return exe
@@ -113,14 +118,19 @@ class LoadError(RuntimeError):
 
 
 def run_loadgen(port, *, mode="echo", size=1024, conns=CONNS, warmup=0.5,
-                seconds=2.0, cpu=None, on_start=None, on_end=None):
-    """Load 127.0.0.1:port with bench/loadgen; returns its JSON result.
+                seconds=2.0, cpu=None, on_start=None, on_end=None, client="loadgen",
+                requests=None):
+    """Load 127.0.0.1:port with bench/loadgen (or another client tool with
+    the same command line and output: tls_loadgen); returns its JSON result.
 
     on_start/on_end are called (from this thread) when the measured window
-    begins and ends, to read the server's CPU time."""
-    cmd = [tool("loadgen"), "--port", str(port), "--mode", mode,
+    begins and ends, to read the server's CPU time. With `requests`, the
+    window ends after that many requests (or after `seconds`, if sooner)."""
+    cmd = [tool(client), "--port", str(port), "--mode", mode,
            "--conns", str(conns), "--size", str(size),
            "--warmup", str(warmup), "--duration", str(seconds)]
+    if requests is not None:
+        cmd += ["--requests", str(requests)]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
     result = None
@@ -181,11 +191,13 @@ def _figures(result, cpu):
 
 # ---- servers under test -----------------------------------------------------
 
-def serve_protocol(protocol_factory):
-    """A `serve` for measure_server: loop.create_server on 127.0.0.1."""
+def serve_protocol(protocol_factory, ssl=None):
+    """A `serve` for measure_server: loop.create_server on 127.0.0.1
+    (ssl: a function returning the server's SSLContext)."""
 
     async def serve(loop):
-        server = await loop.create_server(protocol_factory, "127.0.0.1", 0)
+        server = await loop.create_server(protocol_factory, "127.0.0.1", 0,
+                                          ssl=ssl() if ssl else None)
         port = server.sockets[0].getsockname()[1]
 
         async def close():
@@ -198,9 +210,10 @@ def serve_protocol(protocol_factory):
 
 
 def measure_server(new_loop, serve, *, mode="echo", size=1024, quick=True,
-                   conns=CONNS):
+                   conns=CONNS, client="loadgen"):
     """Serve on a fresh loop (or the C floor when new_loop is None) and load
-    it from a pinned load generator; returns the workload's figures."""
+    it from a pinned load generator (`client`, see run_loadgen); returns the
+    workload's figures."""
     server_cpu, client_cpu = cpus()
     if new_loop is None:
         return _measure_c_floor(size, quick, conns, server_cpu, client_cpu)
@@ -217,7 +230,7 @@ def measure_server(new_loop, serve, *, mode="echo", size=1024, quick=True,
                 outcome = (run_loadgen(port, mode=mode, size=size, conns=conns,
                                        warmup=warmup, seconds=seconds,
                                        cpu=client_cpu, on_start=window.on_start,
-                                       on_end=window.on_end), None)
+                                       on_end=window.on_end, client=client), None)
             except BaseException as exc:
                 outcome = (None, exc)
             loop.call_soon_threadsafe(_settle, done, outcome)
@@ -260,6 +273,44 @@ def _measure_c_floor(size, quick, conns, server_cpu, client_cpu):
             server.terminate()
             server.wait()
     return _figures(result, window.seconds)
+
+
+# ---- TLS ----------------------------------------------------------------------
+
+def tls_certificate():
+    """A self-signed EC certificate + key for the TLS servers (one PEM file
+    in bench/bin/, made with the openssl command once)."""
+    pem = os.path.join(BIN, "tls_cert.pem")
+    if os.path.exists(pem):
+        return pem
+    if shutil.which("openssl") is None:
+        raise Unavailable("no openssl command to make the TLS certificate")
+    os.makedirs(BIN, exist_ok=True)
+    with open(os.path.join(BIN, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(pem):
+            tmp = f"{pem}.{os.getpid()}.tmp"
+            key = tmp + ".key"
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key,
+                            "-out", tmp, "-days", "3650", "-subj", "/CN=localhost"],
+                           check=True, capture_output=True)
+            with open(tmp, "a") as out, open(key) as k:
+                out.write(k.read())
+            os.unlink(key)
+            os.replace(tmp, pem)
+    return pem
+
+
+def tls_server_context():
+    """The benchmark servers' context: our certificate, no session tickets
+    (every handshake of the handshake workload is a full one)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls_certificate())
+    ctx.num_tickets = 0
+    return ctx
 
 
 # ---- HTTP through uvicorn ---------------------------------------------------
@@ -345,12 +396,14 @@ def run_wrk(port, *, seconds, conns=CONNS, cpu=None, path="/"):
             "conns": conns, "latency_us": latency}
 
 
-def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CONNS):
-    """uvicorn (httptools) with `--loop` set to the implementation, in its own
-    process on the server CPU, loaded by wrk (or loadgen's HTTP mode)."""
+def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CONNS,
+                    http="httptools"):
+    """uvicorn (`--http` httptools or h11) with `--loop` set to the
+    implementation, in its own process on the server CPU, loaded by wrk (or
+    loadgen's HTTP mode)."""
     try:
-        import httptools  # noqa: F401
         import uvicorn  # noqa: F401
+        __import__(http)
     except ImportError as exc:
         raise Unavailable(f"{exc.name} is not installed (pip install -e '.[bench]')")
     server_cpu, client_cpu = cpus()
@@ -358,7 +411,7 @@ def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CON
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
            "--port", str(port), "--loop", loop_import_string(new_loop),
-           "--http", "httptools", "--no-access-log", "--log-level", "warning",
+           "--http", http, "--no-access-log", "--log-level", "warning",
            "--lifespan", "off"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH")) if p))
@@ -393,4 +446,67 @@ def measure_uvicorn(new_loop, *, app="bench.http_app:app", quick=True, conns=CON
                     proc.wait()
     figures = _figures(result, window.seconds)
     figures["client"] = "wrk" if use_wrk else "loadgen"
+    return figures
+
+
+# ---- uvicorn in-process, a fixed number of requests ------------------------
+#
+# The workloads above run uvicorn in a child process for a fixed time. These
+# run uvicorn's Server on the loop under test inside the measuring process,
+# for a fixed number of requests from bench/loadgen (a child process, which
+# valgrind does not follow): `python -m bench --callgrind` can then count
+# the server's instructions per request, free of the machine's noise.
+
+def measure_uvicorn_requests(new_loop, app, *, quick=True, conns=CONNS):
+    """uvicorn (httptools) serving bench.http_app's `app` on new_loop() in
+    this process, pinned to the server CPU, for a warm-up of a tenth and then
+    scale(20000) requests (60000 full) from loadgen on the client CPU."""
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise Unavailable(f"{exc.name} is not installed (pip install -e '.[bench]')")
+    import asyncio
+
+    from bench import http_app
+
+    server_cpu, client_cpu = cpus()
+    pin_self(server_cpu)
+    n = scale(20000 if quick else 60000)
+    warm = max(1, n // 10)
+    port = free_port()
+    config = uvicorn.Config(getattr(http_app, app), host="127.0.0.1", port=port,
+                            http="httptools", loop="none", lifespan="off",
+                            access_log=False, log_level="warning")
+    server = uvicorn.Server(config)
+    window = _CpuWindow(lambda: proc_cpu_seconds(os.getpid()))
+
+    def load():
+        run_loadgen(port, mode="http", conns=conns, warmup=0, seconds=600,
+                    cpu=client_cpu, requests=warm)
+        return run_loadgen(port, mode="http", conns=conns, warmup=0, seconds=600,
+                           cpu=client_cpu, requests=n, on_start=window.on_start,
+                           on_end=window.on_end)
+
+    async def main():
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:
+            if serving.done():
+                return serving.result()
+            await asyncio.sleep(0.01)
+        try:
+            # a thread waits for the load generator: the loop only serves
+            return await asyncio.get_running_loop().run_in_executor(None, load)
+        finally:
+            server.should_exit = True
+            await serving
+
+    loop = new_loop()
+    try:
+        result = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    if result is None:
+        raise RuntimeError("uvicorn did not start")
+    figures = _figures(result, window.seconds)
+    figures["total_ops"] = result["requests"] + warm
     return figures

@@ -115,6 +115,7 @@ typedef struct tl_state {
     PyTypeObject *socket_transport_type;
     PyTypeObject *read_pipe_type;
     PyTypeObject *write_pipe_type;
+    PyTypeObject *datagram_transport_type;
     PyTypeObject *listener_type;
     PyTypeObject *sockop_type;
     PyObject *buffered_protocol_cls; /* asyncio.BufferedProtocol */
@@ -140,7 +141,15 @@ typedef struct tl_state {
     PyObject *str_close;
     PyObject *str_attach;
     PyObject *str_detach;
+    PyObject *str_datagram_received;
+    PyObject *str_error_received;
     int server_attach_takes_transport;  /* Server._attach(transport), 3.13 */
+
+    /* TLS (tl_tls.h): the transport type, the hook our streams feed it
+     * through, and the ssl objects it caches */
+    PyTypeObject *tls_type;
+    const struct tl_stream_sink *tls_sink;
+    struct tl_tls_state *tls;
 
     /* free lists (see TL_FREELIST_MAX) */
     PyObject *handle_free[TL_FREELIST_MAX ? TL_FREELIST_MAX : 1];
@@ -168,6 +177,17 @@ static inline tl_state *tl_state_of_type(PyTypeObject *tp)
 
 /* module.name, imported now; NULL with an exception on failure. */
 PyObject *tl_import_attr(const char *module, const char *name);
+
+/* obj.<name> and obj.<name>(*Py_BuildValue(fmt, ...)) for a C name, through
+ * the interned str of that name. Use them, not PyObject_GetAttrString and
+ * PyObject_CallMethod, on anything that runs per loop, connection or call:
+ * those make a new str per call, and CPython's type attribute cache (3.11 to
+ * 3.13) keeps a strong reference to the name of each lookup in the slot the
+ * name's address picks, so each call can leave a string behind (up to 4096,
+ * the cache's size) and never hits the cache. A format that builds one value
+ * passes it as the one argument, as PyObject_CallMethod does. */
+PyObject *tl_getattr(PyObject *obj, const char *name);
+PyObject *tl_call_method(PyObject *obj, const char *name, const char *fmt, ...);
 
 /* Monotonic seconds, the same clock as time.monotonic(). */
 double tl_monotonic(void);

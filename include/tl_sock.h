@@ -76,6 +76,11 @@ int tl_sockop_connect_status(tl_sockop *op, PyObject *address, PyObject **result
 /* 1 when errno means "try again later", with no exception set. */
 int tl_sockop_would_block(int err);
 
+/* The result of a call of the socket's own Python method (r, NULL on
+ * error): 1 with *result set, 0 when it would block (error cleared), -1 with
+ * the error set. */
+int tl_sockop_call_attempt(PyObject *r, PyObject **result);
+
 int tl_sock_init_module(PyObject *module, tl_state *st);
 
 extern PyMethodDef tl_sock_loop_methods[];

@@ -39,7 +39,11 @@ typedef enum {
     TL_STREAM_SOCKET = 0,   /* both directions: asyncio's socket transport */
     TL_STREAM_READ_PIPE,    /* asyncio's _UnixReadPipeTransport */
     TL_STREAM_WRITE_PIPE,   /* asyncio's _UnixWritePipeTransport */
+    TL_STREAM_DATAGRAM,     /* asyncio's _SelectorDatagramTransport
+                               (datagram.c: reading and sendto) */
 } tl_stream_kind;
+
+struct tl_dgram;
 
 /* sockname and peername as the kernel gave them, converted on request */
 typedef struct tl_sockaddrs {
@@ -47,6 +51,16 @@ typedef struct tl_sockaddrs {
     socklen_t peer_len;
     unsigned char data[];   /* sock_len bytes, then peer_len bytes */
 } tl_sockaddrs;
+
+/* A protocol written in C that takes what the stream reads without a
+ * Python call per read: the TLS layer (tl_tls.h). The stream reads into the
+ * loop's read buffer and hands the bytes over; errors, EOF and everything
+ * else go through the protocol's methods as usual. received() returns -1
+ * with an exception set when it failed (the stream then fails as a
+ * BufferedProtocol's failing buffer_updated() makes it fail). */
+typedef struct tl_stream_sink {
+    int (*received)(PyObject *protocol, const char *data, Py_ssize_t n);
+} tl_stream_sink;
 
 typedef struct tl_stream {
     PyObject_HEAD
@@ -68,10 +82,13 @@ typedef struct tl_stream {
     PyObject *empty_waiter;     /* sendfile: done when the buffer empties */
     PyObject *lost_exc;         /* argument of the scheduled connection_lost */
     tl_sockaddrs *addrs;        /* accepted sockets: addresses, raw */
+    const tl_stream_sink *sink; /* the protocol reads through C (or NULL) */
+    struct tl_dgram *dgram;     /* datagram transports: their own state */
     tl_loop_link link;          /* on the loop's ring while held */
     ev_io rio;                  /* reading (write pipes: peer-close check) */
     ev_io wio;                  /* flushing the write buffer */
-    PyObject **wq;              /* ring of bytes objects not yet sent */
+    PyObject **wq;              /* ring of bytes objects not yet sent
+                                   (datagrams: (bytes, address) tuples) */
     Py_ssize_t wq_off;          /* bytes of wq[head] already sent */
     Py_ssize_t wsize;           /* bytes buffered */
     Py_ssize_t high_water;
@@ -134,9 +151,71 @@ ssize_t tl_read_bytes(struct tl_loop *loop, int fd, Py_ssize_t max, int use_recv
  * when nothing else holds it, released otherwise. Steals data. */
 void tl_read_recycle(struct tl_loop *loop, PyObject *data);
 
+/* get_extra_info(name, default=None)'s arguments, checked as Python checks
+ * them; -1 with TypeError set. */
+int tl_parse_extra_info_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                             PyObject **name, PyObject **dflt);
+
+/* Write buffer limits from set_write_buffer_limits(high, low) arguments
+ * (NULL or None: the default, high = default_kb KiB), checked with
+ * asyncio's message. -1 with an exception set. */
+int tl_flow_limits(PyObject *high, PyObject *low, long default_kb, Py_ssize_t *hi,
+                   Py_ssize_t *lo);
+/* A new datagram transport on a non-blocking datagram socket, as
+ * loop._make_datagram_transport() makes it: connection_made() and then the
+ * reader start on the next iteration, then `waiter` (may be NULL) gets
+ * None. `address` (NULL or None: none) is the peer sendto() defaults to and
+ * insists on. The socket object is closed with the transport. NULL with an
+ * exception on failure; the caller still owns the socket then. */
+PyObject *tl_datagram_transport_new(struct tl_loop *loop, PyObject *sock, PyObject *protocol,
+                                    PyObject *address, PyObject *waiter, PyObject *extra);
+
+/* ---- for the kinds implemented outside stream.c (datagram.c) ----------
+ * The life cycle (connection_made, close, abort, connection_lost, flow
+ * control, errors) is stream.c's; a kind brings its reading and writing. */
+
+/* protocol.<name>(arg) (arg may be NULL): a new reference, or NULL with the
+ * error set. None once connection_lost() ran. */
+PyObject *tl_stream_call_protocol(tl_stream *t, PyObject *name, PyObject *arg);
+PyObject *tl_stream_call_protocol2(tl_stream *t, PyObject *name, PyObject *a, PyObject *b);
+/* asyncio's _fatal_error(exc, message) with the current exception. */
+int tl_stream_fatal_error(tl_stream *t, const char *message);
+/* A protocol callback raised: reported as its handle would report it. */
+int tl_stream_report_callback_error(tl_stream *t, PyObject *proto, const char *method);
+/* Start (on) or stop a watcher of t, keeping the self-reference right. */
+void tl_stream_watch(tl_stream *t, ev_io *w, int on);
+int tl_stream_maybe_pause_protocol(tl_stream *t);
+int tl_stream_maybe_resume_protocol(tl_stream *t);
+/* A write after the connection was lost: counted, logged after a few. */
+void tl_stream_warn_lost_writes(tl_stream *t);
+int tl_stream_call_connection_lost(tl_stream *t, PyObject *exc);
+/* The loop's read buffer (TL_STREAM_READ_MAX bytes); NULL with
+ * MemoryError. */
+#define TL_STREAM_READ_MAX (256 * 1024)
+char *tl_stream_read_buffer(struct tl_loop *loop);
+/* The write ring as a queue of objects, without wsize accounting. */
+int tl_stream_wq_push(tl_stream *t, PyObject *item);   /* steals item */
+void tl_stream_wq_drop(tl_stream *t);                   /* drops the head */
+static inline PyObject *tl_stream_wq_peek(tl_stream *t)
+{
+    return t->wq[t->wq_head];
+}
+
+/* datagram.c: the datagram kind's reading, writing and state */
+int tl_dgram_read_ready(tl_stream *t);
+int tl_dgram_write_ready(tl_stream *t);
+int tl_dgram_init(tl_stream *t, PyObject *address);
+int tl_dgram_traverse(tl_stream *t, visitproc visit, void *arg);
+void tl_dgram_clear(tl_stream *t);
+void tl_dgram_free(tl_stream *t);
+PyObject *tl_dgram_sendto(tl_stream *t, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames);
+PyObject *tl_dgram_get_address(tl_stream *t, void *closure);
+
 /* Type creation and the stdlib objects the transports use. */
 int tl_stream_init_module(PyObject *module, tl_state *st);
 
 extern PyMethodDef tl_stream_loop_methods[];
+extern PyMethodDef tl_dgram_loop_methods[];   /* datagram.c */
 
 #endif

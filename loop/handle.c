@@ -249,7 +249,7 @@ int tl_handle_run(tl_handle *h)
             PyTuple_SET_ITEM(all, 0, Py_NewRef(callback));
             for (Py_ssize_t i = 0; i < nargs; i++)
                 PyTuple_SET_ITEM(all, 1 + i, Py_NewRef(argv[i]));
-            PyObject *run = PyObject_GetAttrString(context, "run");
+            PyObject *run = tl_getattr(context, "run");
             res = run ? PyObject_Call(run, all, NULL) : NULL;
             Py_XDECREF(run);
             Py_DECREF(all);
@@ -287,7 +287,7 @@ int tl_handle_ready_fn(tl_loop *loop, PyObject *obj)
 
 int tl_ready_call_run(tl_loop *loop, PyObject *obj)
 {
-    PyObject *r = PyObject_CallMethod(obj, "_run", NULL);
+    PyObject *r = tl_call_method(obj, "_run", NULL);
     if (r != NULL) {
         Py_DECREF(r);
         return 0;

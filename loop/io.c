@@ -156,7 +156,7 @@ int tl_io_fileobj_to_fd(PyObject *fileobj)
         if (fd == -1 && PyErr_Occurred())
             return -1;
     } else {
-        PyObject *r = PyObject_CallMethod(fileobj, "fileno", NULL);
+        PyObject *r = tl_call_method(fileobj, "fileno", NULL);
         if (r == NULL || !PyLong_Check(r)) {
             Py_XDECREF(r);
             PyErr_Clear();
@@ -185,7 +185,7 @@ int tl_io_ensure_no_transport(tl_loop *loop, PyObject *fileobj, int fd)
     if (owner == NULL)
         return 0;
     int rc = -1;
-    PyObject *closing = PyObject_CallMethod(owner, "is_closing", NULL);
+    PyObject *closing = tl_call_method(owner, "is_closing", NULL);
     int is_closing = closing ? PyObject_IsTrue(closing) : -1;
     Py_XDECREF(closing);
     if (is_closing == 0)
@@ -254,7 +254,7 @@ static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
     tl_loop_ev_changed(loop);
     if (old != NULL) {
         /* asyncio cancels the handle it replaces */
-        PyObject *r = PyObject_CallMethod(old, "cancel", NULL);
+        PyObject *r = tl_call_method(old, "cancel", NULL);
         Py_DECREF(old);
         if (r == NULL) {
             Py_DECREF(h);
@@ -288,7 +288,7 @@ static PyObject *io_remove(tl_loop *loop, PyObject *fileobj, int writing, int ch
     if (old == NULL)
         Py_RETURN_FALSE;
     tl_loop_ev_changed(loop);
-    PyObject *r = PyObject_CallMethod(old, "cancel", NULL);
+    PyObject *r = tl_call_method(old, "cancel", NULL);
     Py_DECREF(old);
     if (r == NULL)
         return NULL;

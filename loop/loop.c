@@ -23,6 +23,7 @@
 #include "tl_pipe.h"
 #include "tl_dns.h"
 #include "tl_tcp.h"
+#include "tl_tls.h"
 
 /* asyncio's MAXIMUM_SELECT_TIMEOUT: never sleep longer than a day at once */
 #define TL_MAX_POLL_TIMEOUT (24.0 * 3600.0)
@@ -86,6 +87,25 @@ int tl_loop_visit_queued(PyObject *obj, visitproc visit, void *arg)
     }
     Py_VISIT(obj);
     return 0;
+}
+
+/* A loop that is not running may be dropped without being closed: what its
+ * queue holds must be visible to the collector then, so cycles through it
+ * (a queued task whose coroutine refers to the loop) stay collectable.
+ * Handles are the exception: the loop traverses their contents itself. */
+static void ready_track_queued(tl_loop *loop)
+{
+#ifndef Py_GIL_DISABLED
+    tl_ready *q = &loop->ready;
+    for (size_t i = 0; i < q->len; i++) {
+        PyObject *obj = q->items[(q->head + i) & (q->cap - 1)].obj;
+        if (PyObject_IS_GC(obj) && !PyObject_GC_IsTracked(obj) &&
+            !PyObject_TypeCheck(obj, loop->st->handle_type))
+            PyObject_GC_Track(obj);
+    }
+#else
+    (void)loop;
+#endif
 }
 
 void tl_ready_clear(tl_ready *q)
@@ -168,7 +188,7 @@ int tl_loop_check_thread(tl_loop *loop)
 
 int tl_loop_check_callback(tl_loop *loop, PyObject *callback, const char *method)
 {
-    PyObject *r = PyObject_CallMethod((PyObject *)loop, "_check_callback", "Os",
+    PyObject *r = tl_call_method((PyObject *)loop, "_check_callback", "Os",
                                       callback, method);
     if (r == NULL)
         return -1;
@@ -430,14 +450,14 @@ static int loop_run_ready_debug(tl_loop *loop, tl_ready_item it)
         return rc;
     PyObject *what;
     if (is_handle) {
-        PyObject *fmt = PyObject_GetAttrString(loop->st->base_events, "_format_handle");
+        PyObject *fmt = tl_getattr(loop->st->base_events, "_format_handle");
         what = fmt ? PyObject_CallOneArg(fmt, it.obj) : NULL;
         Py_XDECREF(fmt);
     } else {
         what = PyObject_Repr(it.obj);
     }
-    PyObject *logger = what ? PyObject_GetAttrString(loop->st->base_events, "logger") : NULL;
-    PyObject *r = logger ? PyObject_CallMethod(logger, "warning", "sOd",
+    PyObject *logger = what ? tl_getattr(loop->st->base_events, "logger") : NULL;
+    PyObject *r = logger ? tl_call_method(logger, "warning", "sOd",
                                                "Executing %s took %.3f seconds",
                                                what, dt) : NULL;
     Py_XDECREF(what);
@@ -484,7 +504,7 @@ static int loop_run_once(tl_loop *loop)
 
 static int loop_set_origin_tracking(tl_loop *loop, int enabled)
 {
-    PyObject *r = PyObject_CallMethod((PyObject *)loop,
+    PyObject *r = tl_call_method((PyObject *)loop,
                                       "_set_coroutine_origin_tracking", "O",
                                       enabled ? Py_True : Py_False);
     if (r == NULL)
@@ -540,6 +560,7 @@ static PyObject *loop_run_forever_cleanup(tl_loop *loop, PyObject *Py_UNUSED(ign
     int failed = 0;
     loop->stopping = 0;
     loop->thread_id = 0;
+    ready_track_queued(loop);
     tl_signal_detach(loop);
     PyObject *r = PyObject_CallOneArg(st->set_running_loop, Py_None);
     failed |= r == NULL;
@@ -575,7 +596,10 @@ static PyObject *loop_run_once_py(tl_loop *loop, PyObject *Py_UNUSED(ignored))
         loop->stopping = 1;
         return loop_run_forever(loop, NULL);
     }
-    if (loop_run_once(loop) < 0)
+    int rc = loop_run_once(loop);
+    if (!loop->thread_id)
+        ready_track_queued(loop);
+    if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -643,12 +667,12 @@ static PyObject *loop_run_until_complete(tl_loop *loop, PyObject *future)
         if (new_task) {
             /* The coroutine raised a BaseException: retrieve it so the task
              * does not log it, the caller never saw the task. */
-            PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+            PyObject *done = tl_call_method(fut, "done", NULL);
             int is_done = done ? PyObject_IsTrue(done) : -1;
             Py_XDECREF(done);
-            PyObject *canc = is_done > 0 ? PyObject_CallMethod(fut, "cancelled", NULL) : NULL;
+            PyObject *canc = is_done > 0 ? tl_call_method(fut, "cancelled", NULL) : NULL;
             if (canc != NULL && !PyObject_IsTrue(canc)) {
-                PyObject *e = PyObject_CallMethod(fut, "exception", NULL);
+                PyObject *e = tl_call_method(fut, "exception", NULL);
                 Py_XDECREF(e);
             }
             Py_XDECREF(canc);
@@ -668,7 +692,7 @@ static PyObject *loop_run_until_complete(tl_loop *loop, PyObject *future)
         goto fail;
     Py_DECREF(r);
 
-    PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+    PyObject *done = tl_call_method(fut, "done", NULL);
     if (done == NULL)
         goto fail;
     int is_done = PyObject_IsTrue(done);
@@ -679,7 +703,7 @@ static PyObject *loop_run_until_complete(tl_loop *loop, PyObject *future)
         PyErr_SetString(PyExc_RuntimeError, "Event loop stopped before Future completed.");
         goto fail;
     }
-    r = PyObject_CallMethod(fut, "result", NULL);
+    r = tl_call_method(fut, "result", NULL);
     Py_DECREF(fut);
     return r;
 fail:
@@ -756,7 +780,7 @@ static int loop_shutdown_executor(tl_loop *loop)
     /* asyncio: close() shuts the default executor down without waiting */
     if (PyObject_SetAttrString((PyObject *)loop, "_executor_shutdown_called", Py_True) < 0)
         return -1;
-    PyObject *executor = PyObject_GetAttrString((PyObject *)loop, "_default_executor");
+    PyObject *executor = tl_getattr((PyObject *)loop, "_default_executor");
     if (executor == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError))
             return -1;
@@ -769,7 +793,7 @@ static int loop_shutdown_executor(tl_loop *loop)
         if (rc == 0) {
             PyObject *kw = Py_BuildValue("{sO}", "wait", Py_False);
             PyObject *noargs = kw ? PyTuple_New(0) : NULL;
-            PyObject *shutdown = noargs ? PyObject_GetAttrString(executor, "shutdown") : NULL;
+            PyObject *shutdown = noargs ? tl_getattr(executor, "shutdown") : NULL;
             PyObject *r = shutdown ? PyObject_Call(shutdown, noargs, kw) : NULL;
             rc = r ? 0 : -1;
             Py_XDECREF(r);
@@ -791,8 +815,8 @@ static PyObject *loop_close(tl_loop *loop, PyObject *Py_UNUSED(ignored))
     if (loop->closed)
         Py_RETURN_NONE;
     if (loop->debug) {
-        PyObject *logger = PyObject_GetAttrString(loop->st->base_events, "logger");
-        PyObject *r = logger ? PyObject_CallMethod(logger, "debug", "sO", "Close %r",
+        PyObject *logger = tl_getattr(loop->st->base_events, "logger");
+        PyObject *r = logger ? tl_call_method(logger, "debug", "sO", "Close %r",
                                                    (PyObject *)loop) : NULL;
         Py_XDECREF(logger);
         if (r == NULL)
@@ -829,7 +853,7 @@ static PyObject *loop_set_debug(tl_loop *loop, PyObject *enabled)
         return NULL;
     loop->debug = (char)on;
     if (loop->thread_id != 0) {
-        PyObject *cb = PyObject_GetAttrString((PyObject *)loop, "_set_coroutine_origin_tracking");
+        PyObject *cb = tl_getattr((PyObject *)loop, "_set_coroutine_origin_tracking");
         if (cb == NULL)
             return NULL;
         PyObject *h = loop_call_soon_threadsafe_impl(loop, cb, &enabled, 1, NULL);
@@ -935,7 +959,7 @@ static PyObject *loop_create_task(tl_loop *loop, PyObject *const *args,
     if (loop->task_factory != NULL) {
         /* the factory protocol differs between Python versions: let the
          * running asyncio's own create_task speak it */
-        PyObject *meth = PyObject_GetAttrString(loop->st->base_event_loop_cls, "create_task");
+        PyObject *meth = tl_getattr(loop->st->base_event_loop_cls, "create_task");
         if (meth == NULL)
             return NULL;
         Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
@@ -1249,7 +1273,7 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
         Py_DECREF(loop);
         return NULL;
     }
-    PyObject *dbg = PyObject_CallMethod(st->coroutines_module, "_is_debug_mode", NULL);
+    PyObject *dbg = tl_call_method(st->coroutines_module, "_is_debug_mode", NULL);
     int on = dbg ? PyObject_IsTrue(dbg) : -1;
     Py_XDECREF(dbg);
     if (on < 0) {
@@ -1342,7 +1366,7 @@ static void loop_finalize(tl_loop *loop)
                               (PyObject *)loop) < 0)
         PyErr_WriteUnraisable((PyObject *)loop);
     if (loop->thread_id == 0) {
-        PyObject *r = PyObject_CallMethod((PyObject *)loop, "close", NULL);
+        PyObject *r = tl_call_method((PyObject *)loop, "close", NULL);
         if (r == NULL)
             PyErr_WriteUnraisable((PyObject *)loop);
         Py_XDECREF(r);
@@ -1376,7 +1400,8 @@ static void loop_join_methods(void)
                              tl_stream_loop_methods, tl_server_loop_methods,
                              tl_sock_loop_methods, tl_sendfile_loop_methods,
                              tl_pipe_loop_methods, tl_dns_loop_methods,
-                             tl_tcp_loop_methods, NULL};
+                             tl_tcp_loop_methods, tl_tls_loop_methods, tl_dgram_loop_methods,
+                             NULL};
     size_t n = 0;
     for (PyMethodDef **t = tables; *t; t++)
         for (PyMethodDef *m = *t; m->ml_name; m++)

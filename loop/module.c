@@ -13,15 +13,48 @@
 #include "tl_stream.h"
 #include "tl_server.h"
 #include "tl_sock.h"
+#include "tl_tls.h"
+
+PyObject *tl_getattr(PyObject *obj, const char *name)
+{
+    PyObject *s = PyUnicode_InternFromString(name);
+    if (s == NULL)
+        return NULL;
+    PyObject *attr = PyObject_GetAttr(obj, s);
+    Py_DECREF(s);
+    return attr;
+}
 
 PyObject *tl_import_attr(const char *module, const char *name)
 {
     PyObject *mod = PyImport_ImportModule(module);
     if (mod == NULL)
         return NULL;
-    PyObject *attr = PyObject_GetAttrString(mod, name);
+    PyObject *attr = tl_getattr(mod, name);
     Py_DECREF(mod);
     return attr;
+}
+
+PyObject *tl_call_method(PyObject *obj, const char *name, const char *fmt, ...)
+{
+    PyObject *meth = tl_getattr(obj, name);
+    if (meth == NULL)
+        return NULL;
+    PyObject *args;
+    if (fmt == NULL || *fmt == '\0') {
+        args = PyTuple_New(0);
+    } else {
+        va_list va;
+        va_start(va, fmt);
+        args = Py_VaBuildValue(fmt, va);
+        va_end(va);
+        if (args != NULL && !PyTuple_Check(args))
+            Py_SETREF(args, PyTuple_Pack(1, args));
+    }
+    PyObject *r = args ? PyObject_Call(meth, args, NULL) : NULL;
+    Py_XDECREF(args);
+    Py_DECREF(meth);
+    return r;
 }
 
 static int add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
@@ -165,7 +198,7 @@ static int core_exec(PyObject *module)
         return -1;
 
     if (tl_stream_init_module(module, st) < 0 || tl_server_init_module(module, st) < 0 ||
-        tl_sock_init_module(module, st) < 0)
+        tl_sock_init_module(module, st) < 0 || tl_tls_init_module(module, st) < 0)
         return -1;
 
     return PyModule_AddIntConstant(module, "EV_VERSION",
@@ -205,7 +238,8 @@ static int core_exec(PyObject *module)
     X(str_connection_lost) X(str_pause_writing) X(str_resume_writing)           \
     X(str_set_result) X(str_set_exception) X(str_cancelled) X(str_done)         \
     X(str_create_future) X(str_fileno) X(str_close)               \
-    X(str_attach) X(str_detach)
+    X(str_attach) X(str_detach) X(tls_type)                                   \
+    X(datagram_transport_type) X(str_datagram_received) X(str_error_received)
 
 static int core_traverse(PyObject *module, visitproc visit, void *arg)
 {
@@ -215,7 +249,7 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg)
 #define X(f) Py_VISIT(st->f);
     TL_STATE_OBJECTS(X)
 #undef X
-    return 0;
+    return tl_tls_traverse_state(st, visit, arg);
 }
 
 static void free_list_drain(PyObject **items, int *n)
@@ -237,6 +271,7 @@ static int core_clear(PyObject *module)
 #define X(f) Py_CLEAR(st->f);
     TL_STATE_OBJECTS(X)
 #undef X
+    tl_tls_clear_state(st);
     return 0;
 }
 

@@ -20,7 +20,7 @@ static PyObject *make_pipe_transport(tl_loop *loop, PyObject *args, PyObject *kw
                                               : "OO|OO:_make_read_pipe_transport",
                                      kwlist, &pipe, &protocol, &waiter, &extra))
         return NULL;
-    PyObject *fdobj = PyObject_CallMethod(pipe, "fileno", NULL);
+    PyObject *fdobj = tl_call_method(pipe, "fileno", NULL);
     if (fdobj == NULL)
         return NULL;
     long fd = PyLong_AsLong(fdobj);

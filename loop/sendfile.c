@@ -94,7 +94,7 @@ static PyObject *loop_sock_sendfile_op(tl_loop *loop, PyObject *args)
     tl_sockop *op = tl_sockop_new(loop, &sendfile_kind, sock);
     if (op == NULL)
         return NULL;
-    PyObject *fd = PyObject_CallMethod(sock, "fileno", NULL);
+    PyObject *fd = tl_call_method(sock, "fileno", NULL);
     long v = fd ? PyLong_AsLong(fd) : -1;
     Py_XDECREF(fd);
     if (v == -1 && PyErr_Occurred()) {

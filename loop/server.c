@@ -15,6 +15,7 @@
 #include "tl_stream.h"
 #include "tl_io.h"
 #include "tl_sockaddr.h"
+#include "tl_tls.h"
 
 #define TL_ACCEPT_RETRY_DELAY 1.0   /* asyncio.constants.ACCEPT_RETRY_DELAY */
 
@@ -77,7 +78,7 @@ static void listener_debug_accept(tl_listener *l, const struct sockaddr *sa, soc
 {
     PyObject *exc = PyErr_GetRaisedException();
     PyObject *addr = tl_sockaddr_to_py(sa, sl);
-    PyObject *r = addr ? PyObject_CallMethod(l->loop->st->logger, "debug", "sOOi",
+    PyObject *r = addr ? tl_call_method(l->loop->st->logger, "debug", "sOOi",
                                              "%r got a new connection from %r: fd=%d",
                                              l->server, addr, fd) : NULL;
     if (r == NULL)
@@ -110,15 +111,32 @@ static int listener_setup_failed(tl_listener *l, PyObject *protocol)
     return rc;
 }
 
-static int listener_accept_plain(tl_listener *l, int fd, const struct sockaddr *sa, socklen_t sl)
+/* The connection's protocol and transport, made now; with TLS, the TLS
+ * transport over the socket transport (what asyncio's _accept_connection2
+ * makes in a task, without the task). */
+static int listener_accept(tl_listener *l, int fd, const struct sockaddr *sa, socklen_t sl,
+                           int tls)
 {
     PyObject *protocol = PyObject_CallNoArgs(l->protocol_factory);
     if (protocol == NULL) {
         close(fd);
         return listener_setup_failed(l, NULL);
     }
-    PyObject *t = tl_stream_new_socket(l->loop, fd, NULL, protocol, NULL, NULL, l->server,
+    PyObject *proto = protocol;     /* what the socket transport talks to */
+    if (tls) {
+        proto = tl_tls_new(l->loop, protocol, l->sslcontext, NULL, 1, NULL, 1,
+                           l->handshake_timeout, l->shutdown_timeout, 1);
+        if (proto == NULL) {
+            close(fd);
+            int rc = listener_setup_failed(l, protocol);
+            Py_DECREF(protocol);
+            return rc;
+        }
+    }
+    PyObject *t = tl_stream_new_socket(l->loop, fd, NULL, proto, NULL, NULL, l->server,
                                        sa, sl);
+    if (tls)
+        Py_DECREF(proto);
     if (t == NULL) {
         close(fd);
         int rc = listener_setup_failed(l, protocol);
@@ -129,40 +147,6 @@ static int listener_accept_plain(tl_listener *l, int fd, const struct sockaddr *
     Py_DECREF(t);
     Py_DECREF(protocol);
     return 0;
-}
-
-/* TLS connections go the way asyncio's do (_accept_connection2, a task). */
-static int listener_accept_tls(tl_listener *l, int fd, const struct sockaddr *sa, socklen_t sl)
-{
-    tl_state *st = l->loop->st;
-    PyObject *kw = Py_BuildValue("{si}", "fileno", fd);
-    PyObject *noargs = kw ? PyTuple_New(0) : NULL;
-    PyObject *conn = noargs ? PyObject_Call(st->socket_cls, noargs, kw) : NULL;
-    Py_XDECREF(kw);
-    Py_XDECREF(noargs);
-    if (conn == NULL) {
-        close(fd);
-        return -1;
-    }
-    PyObject *addr = NULL, *extra = NULL, *coro = NULL, *task = NULL;
-    PyObject *r = PyObject_CallMethod(conn, "setblocking", "(O)", Py_False);
-    if (r == NULL)
-        goto done;
-    Py_DECREF(r);
-    addr = tl_sockaddr_to_py(sa, sl);
-    extra = addr ? Py_BuildValue("{sO}", "peername", addr) : NULL;
-    coro = extra ? PyObject_CallMethod((PyObject *)l->loop, "_accept_connection2", "OOOOOOO",
-                                       l->protocol_factory, conn, extra, l->sslcontext,
-                                       l->server, l->handshake_timeout, l->shutdown_timeout)
-                 : NULL;
-    task = coro ? PyObject_CallMethod((PyObject *)l->loop, "create_task", "(O)", coro) : NULL;
-done:
-    Py_XDECREF(task);
-    Py_XDECREF(coro);
-    Py_XDECREF(extra);
-    Py_XDECREF(addr);
-    Py_DECREF(conn);
-    return task ? 0 : -1;
 }
 
 /* Out of fds (or memory): asyncio stops accepting for a second and tries
@@ -190,13 +174,13 @@ static PyObject *listener_starved(tl_listener *l, int err)
             return NULL;
     }
     PyObject *fd = PyLong_FromLong(l->fd);
-    PyObject *r = fd ? PyObject_CallMethod((PyObject *)loop, "_remove_reader", "(O)", fd) : NULL;
+    PyObject *r = fd ? tl_call_method((PyObject *)loop, "_remove_reader", "(O)", fd) : NULL;
     Py_XDECREF(fd);
     if (r == NULL)
         return NULL;
     Py_DECREF(r);
-    PyObject *retry = PyObject_GetAttrString((PyObject *)l, "_retry");
-    r = retry ? PyObject_CallMethod((PyObject *)loop, "call_later", "dO",
+    PyObject *retry = tl_getattr((PyObject *)l, "_retry");
+    r = retry ? tl_call_method((PyObject *)loop, "call_later", "dO",
                                     TL_ACCEPT_RETRY_DELAY, retry) : NULL;
     Py_XDECREF(retry);
     if (r == NULL)
@@ -216,7 +200,7 @@ static PyObject *listener_retry(tl_listener *l, PyObject *Py_UNUSED(ignored))
     long fd = PyLong_AsLong(fdobj);
     PyObject *r = NULL;
     if (fd == l->fd)
-        r = PyObject_CallMethod((PyObject *)l->loop, "_add_reader", "OO", fdobj, (PyObject *)l);
+        r = tl_call_method((PyObject *)l->loop, "_add_reader", "OO", fdobj, (PyObject *)l);
     Py_DECREF(fdobj);
     if (fd != l->fd)
         Py_RETURN_NONE;
@@ -252,8 +236,7 @@ static PyObject *listener_call_unlocked(tl_listener *l, PyObject *args, PyObject
         l->starved = 0;
         if (TL_UNLIKELY(l->loop->debug))
             listener_debug_accept(l, (struct sockaddr *)&ss, sl, fd);
-        int rc = tls ? listener_accept_tls(l, fd, (struct sockaddr *)&ss, sl)
-                     : listener_accept_plain(l, fd, (struct sockaddr *)&ss, sl);
+        int rc = listener_accept(l, fd, (struct sockaddr *)&ss, sl, tls);
         if (rc < 0)
             return NULL;
     }
@@ -321,7 +304,7 @@ static PyObject *loop_start_serving(tl_loop *loop, PyObject *args, PyObject *kwd
         Py_DECREF(l);
         return NULL;
     }
-    PyObject *r = PyObject_CallMethod((PyObject *)loop, "_add_reader", "iO", fd, (PyObject *)l);
+    PyObject *r = tl_call_method((PyObject *)loop, "_add_reader", "iO", fd, (PyObject *)l);
     Py_DECREF(l);
     if (r == NULL)
         return NULL;

@@ -33,14 +33,14 @@ static int signal_dispatch(tl_loop *loop, PyObject *sig)
     if (ours) {
         cancelled = ((tl_handle *)h)->cancelled;
     } else {
-        PyObject *c = PyObject_GetAttrString(h, "_cancelled");
+        PyObject *c = tl_getattr(h, "_cancelled");
         cancelled = c ? PyObject_IsTrue(c) : -1;
         Py_XDECREF(c);
         if (cancelled < 0)
             return -1;
     }
     if (cancelled) {
-        PyObject *r = PyObject_CallMethod((PyObject *)loop, "remove_signal_handler", "O", sig);
+        PyObject *r = tl_call_method((PyObject *)loop, "remove_signal_handler", "O", sig);
         Py_XDECREF(r);
         return r ? 0 : -1;
     }
@@ -228,7 +228,7 @@ static void signal_translate_error(PyObject *sig)
     if (!PyErr_ExceptionMatches(PyExc_OSError))
         return;
     PyObject *exc = PyErr_GetRaisedException();
-    PyObject *eno = PyObject_GetAttrString(exc, "errno");
+    PyObject *eno = tl_getattr(exc, "errno");
     long e = eno && PyLong_Check(eno) ? PyLong_AsLong(eno) : 0;
     Py_XDECREF(eno);
     PyErr_Clear();
@@ -345,7 +345,7 @@ int tl_signal_remove_all(tl_loop *loop)
         return -1;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
         /* through the method, as asyncio's close() does */
-        PyObject *r = PyObject_CallMethod((PyObject *)loop, "remove_signal_handler", "O",
+        PyObject *r = tl_call_method((PyObject *)loop, "remove_signal_handler", "O",
                                           PyList_GET_ITEM(keys, i));
         if (r == NULL) {
             Py_DECREF(keys);

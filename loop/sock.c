@@ -192,7 +192,7 @@ static int sockop_check_socket(tl_sockop *op)
         }
     }
     if (TL_UNLIKELY(op->loop->debug)) {
-        PyObject *timeout = PyObject_CallMethod(sock, "gettimeout", NULL);
+        PyObject *timeout = tl_call_method(sock, "gettimeout", NULL);
         PyObject *zero = timeout ? PyLong_FromLong(0) : NULL;
         int blocking = zero ? PyObject_RichCompareBool(timeout, zero, Py_NE) : -1;
         Py_XDECREF(timeout);
@@ -220,7 +220,7 @@ static int sockop_start_wait(tl_sockop *op)
         return -1;
     PyAsyncMethods *am = Py_TYPE(fut)->tp_as_async;
     op->fut_iter = (am && am->am_await) ? am->am_await(fut)
-                                        : PyObject_CallMethod(fut, "__await__", NULL);
+                                        : tl_call_method(fut, "__await__", NULL);
     if (op->fut_iter == NULL)
         return -1;
     ev_io_set(&op->io, op->fd, op->kind->events);
@@ -239,7 +239,7 @@ static int sockop_await_future(tl_sockop *op, PyObject *fut)
     Py_XSETREF(op->fut, fut);
     PyAsyncMethods *am = Py_TYPE(fut)->tp_as_async;
     op->fut_iter = (am && am->am_await) ? am->am_await(fut)
-                                        : PyObject_CallMethod(fut, "__await__", NULL);
+                                        : tl_call_method(fut, "__await__", NULL);
     if (op->fut_iter == NULL)
         return -1;
     op->state = OP_WAITING;
@@ -429,7 +429,7 @@ static PyObject *sockop_throw(tl_sockop *op, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     if (op->state == OP_WAITING && op->fut_iter != NULL) {
-        PyObject *meth = PyObject_GetAttrString(op->fut_iter, "throw");
+        PyObject *meth = tl_getattr(op->fut_iter, "throw");
         PyObject *r = meth ? PyObject_Vectorcall(meth, args, (size_t)nargs, NULL) : NULL;
         Py_XDECREF(meth);
         if (r != NULL)
@@ -540,7 +540,7 @@ static PyType_Spec sockop_spec = {
 /* ---- the operations ------------------------------------------------------------ */
 
 /* asyncio calls the socket's own method: try it, "would block" is 0 */
-static int call_attempt(PyObject *r, PyObject **result)
+int tl_sockop_call_attempt(PyObject *r, PyObject **result)
 {
     if (r != NULL) {
         *result = r;
@@ -566,7 +566,7 @@ static int syscall_failed(void)
 static int recv_attempt(tl_sockop *op, PyObject **result)
 {
     if (!op->direct)
-        return call_attempt(PyObject_CallMethod(op->sock, "recv", "(O)", op->arg), result);
+        return tl_sockop_call_attempt(tl_call_method(op->sock, "recv", "(O)", op->arg), result);
     Py_ssize_t n = PyNumber_AsSsize_t(op->arg, PyExc_OverflowError);
     if (n == -1 && PyErr_Occurred())
         return -1;
@@ -613,7 +613,7 @@ static int recv_into_attempt(tl_sockop *op, PyObject **result)
         }
     }
     if (!op->direct)
-        return call_attempt(PyObject_CallMethod(op->sock, "recv_into", "(O)", op->arg), result);
+        return tl_sockop_call_attempt(tl_call_method(op->sock, "recv_into", "(O)", op->arg), result);
     ssize_t got = recv(op->fd, op->view.buf, (size_t)op->view.len, MSG_DONTWAIT);
     if (got < 0)
         return syscall_failed();
@@ -624,7 +624,7 @@ static int recv_into_attempt(tl_sockop *op, PyObject **result)
 /* sock.recvfrom(bufsize) */
 static int recvfrom_attempt(tl_sockop *op, PyObject **result)
 {
-    return call_attempt(PyObject_CallMethod(op->sock, "recvfrom", "(O)", op->arg), result);
+    return tl_sockop_call_attempt(tl_call_method(op->sock, "recvfrom", "(O)", op->arg), result);
 }
 
 /* sock.recvfrom_into(buf, nbytes or len(buf)) */
@@ -641,7 +641,7 @@ static int recvfrom_into_attempt(tl_sockop *op, PyObject **result)
         if (op->arg2 == NULL)
             return -1;
     }
-    return call_attempt(PyObject_CallMethod(op->sock, "recvfrom_into", "OO", op->arg, op->arg2),
+    return tl_sockop_call_attempt(tl_call_method(op->sock, "recvfrom_into", "OO", op->arg, op->arg2),
                         result);
 }
 
@@ -680,11 +680,11 @@ static int sendall_attempt(tl_sockop *op, PyObject **result)
                 return -1;
         }
         Py_ssize_t len = PyObject_Size(chunk);
-        PyObject *sent = len < 0 ? NULL : PyObject_CallMethod(op->sock, "send", "(O)", chunk);
+        PyObject *sent = len < 0 ? NULL : tl_call_method(op->sock, "send", "(O)", chunk);
         Py_DECREF(chunk);
         if (len < 0)
             return -1;
-        int r = call_attempt(sent, &sent);
+        int r = tl_sockop_call_attempt(sent, &sent);
         if (r <= 0)
             return r;
         Py_ssize_t n = PyLong_AsSsize_t(sent);
@@ -702,21 +702,21 @@ static int sendall_attempt(tl_sockop *op, PyObject **result)
 /* sock.sendto(data, address) */
 static int sendto_attempt(tl_sockop *op, PyObject **result)
 {
-    return call_attempt(PyObject_CallMethod(op->sock, "sendto", "OO", op->arg, op->arg2), result);
+    return tl_sockop_call_attempt(tl_call_method(op->sock, "sendto", "OO", op->arg, op->arg2), result);
 }
 
 /* conn, address = sock.accept(); conn.setblocking(False) */
 static int accept_attempt(tl_sockop *op, PyObject **result)
 {
     PyObject *pair = NULL;
-    int r = call_attempt(PyObject_CallMethod(op->sock, "accept", NULL), &pair);
+    int r = tl_sockop_call_attempt(tl_call_method(op->sock, "accept", NULL), &pair);
     if (r <= 0)
         return r;
     if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
         *result = pair;     /* a look-alike's own idea of a result */
         return 1;
     }
-    PyObject *nb = PyObject_CallMethod(PyTuple_GET_ITEM(pair, 0), "setblocking", "(O)", Py_False);
+    PyObject *nb = tl_call_method(PyTuple_GET_ITEM(pair, 0), "setblocking", "(O)", Py_False);
     if (nb == NULL) {
         Py_DECREF(pair);
         return -1;
@@ -731,7 +731,7 @@ static int connect_attempt(tl_sockop *op, PyObject **result)
 {
     if (!op->waited) {
         PyObject *r = NULL;
-        int rc = call_attempt(PyObject_CallMethod(op->sock, "connect", "(O)", op->arg), &r);
+        int rc = tl_sockop_call_attempt(tl_call_method(op->sock, "connect", "(O)", op->arg), &r);
         if (rc > 0) {
             Py_DECREF(r);
             *result = Py_NewRef(Py_None);
@@ -946,9 +946,9 @@ int tl_sock_init_module(PyObject *module, tl_state *st)
         return -1;
     /* so asyncio.iscoroutine() and create_task() take it */
     PyObject *abc = PyImport_ImportModule("collections.abc");
-    PyObject *coro = abc ? PyObject_GetAttrString(abc, "Coroutine") : NULL;
+    PyObject *coro = abc ? tl_getattr(abc, "Coroutine") : NULL;
     Py_XDECREF(abc);
-    PyObject *r = coro ? PyObject_CallMethod(coro, "register", "(O)",
+    PyObject *r = coro ? tl_call_method(coro, "register", "(O)",
                                              (PyObject *)st->sockop_type) : NULL;
     Py_XDECREF(coro);
     if (r == NULL)

@@ -18,7 +18,7 @@
 #include "tl_io.h"
 #include "tl_sockaddr.h"
 
-#define TL_READ_MAX (256 * 1024)        /* asyncio's max_size */
+#define TL_READ_MAX TL_STREAM_READ_MAX  /* asyncio's max_size */
 #define TL_IOV_MAX 64                   /* buffers per writev/sendmsg */
 #define TL_CONNLOST_LOG_THRESHOLD 5     /* LOG_THRESHOLD_FOR_CONNLOST_WRITES */
 
@@ -29,6 +29,12 @@ static int stream_read_ready(tl_stream *t);
 static int stream_write_ready(tl_stream *t);
 static int stream_force_close(tl_stream *t, PyObject *exc);
 static int stream_close_impl(tl_stream *t);
+
+/* socket and datagram transports: asyncio's _SelectorTransport */
+static inline int is_selector(tl_stream *t)
+{
+    return t->kind == TL_STREAM_SOCKET || t->kind == TL_STREAM_DATAGRAM;
+}
 
 static inline int is_exit_exception(void)
 {
@@ -119,7 +125,7 @@ static void log_message(tl_stream *t, const char *level, const char *fmt,
                         PyObject *exc)
 {
     PyObject *saved = PyErr_GetRaisedException();
-    PyObject *meth = PyObject_GetAttrString(t->loop->st->logger, level);
+    PyObject *meth = tl_getattr(t->loop->st->logger, level);
     PyObject *args = meth ? Py_BuildValue("(sO)", fmt, (PyObject *)t) : NULL;
     PyObject *kw = (args && exc) ? Py_BuildValue("{sO}", "exc_info", exc) : NULL;
     PyObject *r = (args && (kw || !exc)) ? PyObject_Call(meth, args, kw) : NULL;
@@ -186,7 +192,7 @@ static int stream_fatal_error(tl_stream *t, const char *message)
     if (quiet && t->kind == TL_STREAM_READ_PIPE) {
         /* a pty's reader gets EIO when the other side closes: only that
          * stays quiet on read pipes */
-        PyObject *eno = PyObject_GetAttrString(exc, "errno");
+        PyObject *eno = tl_getattr(exc, "errno");
         quiet = eno != NULL && PyLong_Check(eno) && PyLong_AsLong(eno) == EIO;
         Py_XDECREF(eno);
         PyErr_Clear();
@@ -246,7 +252,7 @@ static void stream_step(tl_stream *t, int (*step)(tl_stream *), const char *what
         double dt = tl_monotonic() - t0;
         if (dt >= t->loop->slow_callback_duration) {
             PyObject *exc = PyErr_GetRaisedException();
-            PyObject *r = PyObject_CallMethod(t->loop->st->logger, "warning", "sOsd",
+            PyObject *r = tl_call_method(t->loop->st->logger, "warning", "sOsd",
                                               "Executing <%r.%s()> took %.3f seconds",
                                               (PyObject *)t, what, dt);
             if (r == NULL)
@@ -431,8 +437,9 @@ static inline int would_block(int err)
 
 static const char *read_error_message(tl_stream *t)
 {
-    return t->kind == TL_STREAM_SOCKET ? "Fatal read error on socket transport"
-                                       : "Fatal read error on pipe transport";
+    return t->kind == TL_STREAM_SOCKET     ? "Fatal read error on socket transport"
+           : t->kind == TL_STREAM_DATAGRAM ? "Fatal read error on datagram transport"
+                                           : "Fatal read error on pipe transport";
 }
 
 static int eof_then_lost_fn(tl_loop *loop, PyObject *obj);
@@ -507,8 +514,29 @@ static int stream_read_into_protocol(tl_stream *t)
     return 0;
 }
 
+/* A protocol written in C reads what came without a Python call. */
+static int stream_read_into_sink(tl_stream *t)
+{
+    char *buf = loop_read_buffer(t->loop);
+    if (buf == NULL)
+        return stream_fatal_error(t, read_error_message(t));
+    ssize_t n = read(t->fd, buf, TL_READ_MAX);
+    if (n < 0) {
+        if (would_block(errno))
+            return 0;
+        return stream_fatal_errno(t, read_error_message(t));
+    }
+    if (n == 0)
+        return stream_on_eof(t);
+    if (t->sink->received(t->protocol, buf, n) < 0)
+        return stream_fatal_error(t, "Fatal error: protocol.buffer_updated() call failed.");
+    return 0;
+}
+
 static int stream_read_ready(tl_stream *t)
 {
+    if (t->kind == TL_STREAM_DATAGRAM)
+        return tl_dgram_read_ready(t);
     if (t->kind == TL_STREAM_WRITE_PIPE) {
         /* the read end went away (asyncio's _UnixWritePipeTransport._read_ready) */
         debug_log(t, "info", "%r was closed by peer");
@@ -523,6 +551,8 @@ static int stream_read_ready(tl_stream *t)
     }
     if (t->conn_lost)
         return 0;
+    if (t->sink != NULL)
+        return stream_read_into_sink(t);
     if (t->buffered)
         return stream_read_into_protocol(t);
     PyObject *data = NULL;
@@ -556,7 +586,8 @@ static int stream_read_ready(tl_stream *t)
 
 /* ---- the write buffer ---------------------------------------------------- */
 
-static int wq_push(tl_stream *t, PyObject *bytes)
+/* Append to the ring (grown as needed); the caller keeps the size. */
+static int wq_push_item(tl_stream *t, PyObject *item)
 {
     if (t->wq_len == t->wq_cap) {
         uint32_t cap = t->wq_cap ? t->wq_cap * 2 : 4;
@@ -572,8 +603,15 @@ static int wq_push(tl_stream *t, PyObject *bytes)
         t->wq_head = 0;
         t->wq_cap = cap;
     }
-    t->wq[(t->wq_head + t->wq_len) & (t->wq_cap - 1)] = bytes;
+    t->wq[(t->wq_head + t->wq_len) & (t->wq_cap - 1)] = item;
     t->wq_len++;
+    return 0;
+}
+
+static int wq_push(tl_stream *t, PyObject *bytes)
+{
+    if (wq_push_item(t, bytes) < 0)
+        return -1;
     t->wsize += PyBytes_GET_SIZE(bytes) - (t->wq_len == 1 ? t->wq_off : 0);
     return 0;
 }
@@ -655,8 +693,9 @@ static ssize_t fd_sendv(tl_stream *t, struct iovec *iov, int cnt)
 
 static const char *write_error_message(tl_stream *t)
 {
-    return t->kind == TL_STREAM_SOCKET ? "Fatal write error on socket transport"
-                                       : "Fatal write error on pipe transport";
+    return t->kind == TL_STREAM_SOCKET     ? "Fatal write error on socket transport"
+           : t->kind == TL_STREAM_DATAGRAM ? "Fatal write error on datagram transport"
+                                           : "Fatal write error on pipe transport";
 }
 
 /* ---- flow control (transports._FlowControlMixin) ------------------------ */
@@ -692,27 +731,27 @@ static int stream_maybe_resume_protocol(tl_stream *t)
                              "protocol.resume_writing() failed");
 }
 
-static PyObject *stream_set_write_buffer_limits(tl_stream *t, PyObject *args, PyObject *kwds)
+int tl_flow_limits(PyObject *high, PyObject *low, long default_kb, Py_ssize_t *hi,
+                   Py_ssize_t *lo)
 {
-    static char *kwlist[] = {"high", "low", NULL};
-    PyObject *high = Py_None, *low = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:set_write_buffer_limits", kwlist,
-                                     &high, &low))
-        return NULL;
-    /* transports._FlowControlMixin._set_write_buffer_limits */
+    /* transports._FlowControlMixin._set_write_buffer_limits and
+     * sslproto.add_flowcontrol_defaults */
     PyObject *four = PyLong_FromLong(4);
     if (four == NULL)
-        return NULL;
+        return -1;
     PyObject *h, *l;
-    if (high == Py_None)
-        h = low == Py_None ? PyLong_FromLong(64 * 1024) : PyNumber_Multiply(four, low);
+    if (high == NULL || high == Py_None)
+        h = (low == NULL || low == Py_None) ? PyLong_FromLong(default_kb * 1024)
+                                            : PyNumber_Multiply(four, low);
     else
         h = Py_NewRef(high);
-    l = h == NULL ? NULL : low == Py_None ? PyNumber_FloorDivide(h, four) : Py_NewRef(low);
+    l = h == NULL ? NULL
+                  : (low == NULL || low == Py_None) ? PyNumber_FloorDivide(h, four)
+                                                    : Py_NewRef(low);
     Py_DECREF(four);
     if (l == NULL) {
         Py_XDECREF(h);
-        return NULL;
+        return -1;
     }
     PyObject *zero = PyLong_FromLong(0);
     int ok1 = zero ? PyObject_RichCompareBool(h, l, Py_GE) : -1;
@@ -723,16 +762,28 @@ static PyObject *stream_set_write_buffer_limits(tl_stream *t, PyObject *args, Py
             PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", h, l);
         Py_DECREF(h);
         Py_DECREF(l);
-        return NULL;
+        return -1;
     }
     Py_ssize_t hv = PyNumber_AsSsize_t(h, NULL);
     Py_ssize_t lv = PyNumber_AsSsize_t(l, NULL);
     Py_DECREF(h);
     Py_DECREF(l);
     if ((hv == -1 || lv == -1) && PyErr_Occurred())
+        return -1;
+    *hi = hv;
+    *lo = lv;
+    return 0;
+}
+
+static PyObject *stream_set_write_buffer_limits(tl_stream *t, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"high", "low", NULL};
+    PyObject *high = Py_None, *low = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:set_write_buffer_limits", kwlist,
+                                     &high, &low))
         return NULL;
-    t->high_water = hv;
-    t->low_water = lv;
+    if (tl_flow_limits(high, low, 64, &t->high_water, &t->low_water) < 0)
+        return NULL;
     if (stream_maybe_pause_protocol(t) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -799,6 +850,8 @@ static int stream_write_done(tl_stream *t)
 
 static int stream_write_ready(tl_stream *t)
 {
+    if (t->kind == TL_STREAM_DATAGRAM)
+        return tl_dgram_write_ready(t);
     if (t->conn_lost && t->kind == TL_STREAM_SOCKET)
         return 0;
     if (t->wq_len == 0) {
@@ -859,10 +912,10 @@ static int check_bytes_like(tl_stream *t, PyObject *data)
 static void warn_lost_writes(tl_stream *t)
 {
     if (t->conn_lost >= TL_CONNLOST_LOG_THRESHOLD) {
-        const char *msg = t->kind == TL_STREAM_SOCKET
+        const char *msg = is_selector(t)
             ? "socket.send() raised exception."
             : "pipe closed by peer or os.write(pipe, data) raised exception.";
-        PyObject *r = PyObject_CallMethod(t->loop->st->logger, "warning", "s", msg);
+        PyObject *r = tl_call_method(t->loop->st->logger, "warning", "s", msg);
         if (r == NULL)
             PyErr_WriteUnraisable((PyObject *)t);
         Py_XDECREF(r);
@@ -1055,7 +1108,7 @@ static int stream_force_close(tl_stream *t, PyObject *exc)
 {
     if (t->lost_scheduled)
         return 0;
-    if (t->kind == TL_STREAM_SOCKET && t->conn_lost)
+    if (is_selector(t) && t->conn_lost)
         return 0;
     if (stream_check_loop(t) < 0)   /* asyncio's call_soon refuses */
         return -1;
@@ -1131,7 +1184,7 @@ static PyObject *stream_is_closing(tl_stream *t, PyObject *Py_UNUSED(ignored))
 static int stream_close_fd(tl_stream *t)
 {
     int rc = 0;
-    if (t->kind == TL_STREAM_SOCKET)
+    if (is_selector(t))
         tl_io_set_owner(t->loop, t->fd, NULL);
     if (t->fileobj != NULL) {
         PyObject *f = t->fileobj;
@@ -1354,8 +1407,11 @@ static PyObject *stream_resume_reading(tl_stream *t, PyObject *Py_UNUSED(ignored
 
 static int stream_set_protocol_impl(tl_stream *t, PyObject *protocol)
 {
-    if (t->kind != TL_STREAM_WRITE_PIPE) {
-        int b = PyObject_IsInstance(protocol, t->loop->st->buffered_protocol_cls);
+    if (t->kind == TL_STREAM_SOCKET || t->kind == TL_STREAM_READ_PIPE) {
+        tl_state *st = t->loop->st;
+        t->sink = (st->tls_type != NULL && Py_IS_TYPE(protocol, st->tls_type)) ? st->tls_sink
+                                                                                : NULL;
+        int b = t->sink ? 1 : PyObject_IsInstance(protocol, st->buffered_protocol_cls);
         if (b < 0)
             return -1;
         t->buffered = (uint8_t)b;
@@ -1384,7 +1440,7 @@ static PyObject *stream_socket_object(tl_stream *t)
 {
     if (t->fileobj != NULL)
         return Py_NewRef(t->fileobj);
-    if (t->lost_done || t->kind != TL_STREAM_SOCKET)
+    if (t->lost_done || !is_selector(t))
         Py_RETURN_NONE;
     PyObject *kw = Py_BuildValue("{si}", "fileno", t->fd);
     PyObject *noargs = kw ? PyTuple_New(0) : NULL;
@@ -1409,8 +1465,8 @@ static PyObject *stream_socket_view(tl_stream *t)
     return Py_XNewRef(t->sock_view);
 }
 
-static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_ssize_t nargs,
-                                       PyObject *kwnames)
+int tl_parse_extra_info_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                             PyObject **name_out, PyObject **default_out)
 {
     static const char *const names[] = {"name", "default", NULL};
     PyObject *name = NULL, *dflt = Py_None;
@@ -1419,7 +1475,7 @@ static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_s
         PyErr_Format(PyExc_TypeError,
                      "get_extra_info() takes from 2 to 3 positional arguments but %zd were given",
                      nargs + 1);
-        return NULL;
+        return -1;
     }
     if (nargs > 0)
         name = args[0];
@@ -1436,7 +1492,7 @@ static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_s
                          which < 0 ? "get_extra_info() got an unexpected keyword argument '%S'"
                                    : "get_extra_info() got multiple values for argument '%S'",
                          k);
-            return NULL;
+            return -1;
         }
         if (which == 0)
             name = args[nargs + i];
@@ -1446,8 +1502,19 @@ static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_s
     if (name == NULL) {
         PyErr_SetString(PyExc_TypeError,
                         "get_extra_info() missing 1 required positional argument: 'name'");
-        return NULL;
+        return -1;
     }
+    *name_out = name;
+    *default_out = dflt;
+    return 0;
+}
+
+static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_ssize_t nargs,
+                                       PyObject *kwnames)
+{
+    PyObject *name, *dflt;
+    if (tl_parse_extra_info_args(args, nargs, kwnames, &name, &dflt) < 0)
+        return NULL;
     if (t->extra != NULL) {
         PyObject *v = PyDict_GetItemWithError(t->extra, name);
         if (v != NULL)
@@ -1456,7 +1523,7 @@ static PyObject *stream_get_extra_info(tl_stream *t, PyObject *const *args, Py_s
             return NULL;
     }
     if (PyUnicode_Check(name)) {
-        if (t->kind == TL_STREAM_SOCKET) {
+        if (is_selector(t)) {
             if (PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
                 PyObject *v = stream_socket_view(t);
                 if (v != Py_None)
@@ -1524,7 +1591,7 @@ static PyObject *stream_repr(tl_stream *t)
     const char *name = tl_type_name(Py_TYPE(t));
     const char *state = t->lost_done ? " closed" : (t->closing ? " closing" : "");
     int alive = !t->lost_done && t->loop->ev != NULL;
-    if (t->kind == TL_STREAM_SOCKET) {
+    if (is_selector(t)) {
         if (!alive)
             return PyUnicode_FromFormat("<%s%s fd=%d>", name, state, t->fd);
         return PyUnicode_FromFormat("<%s%s fd=%d read=%s write=<%s, bufsize=%zd>>", name,
@@ -1633,6 +1700,21 @@ static PyMemberDef socket_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+static PyGetSetDef datagram_getset[] = {
+    {"_sock", (getter)get_sock, NULL, NULL, NULL},
+    {"_loop", (getter)get_loop, NULL, NULL, NULL},
+    OBJECT_OR_NONE("_protocol", protocol),
+    {"_address", (getter)tl_dgram_get_address, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef datagram_members[] = {
+    STREAM_STATE_MEMBERS,
+    {"_sock_fd", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
+    {"_buffer_size", Py_T_PYSSIZET, offsetof(tl_stream, wsize), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyMemberDef pipe_members[] = {
     STREAM_STATE_MEMBERS,
     {"_fileno", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
@@ -1655,7 +1737,7 @@ static int stream_traverse(tl_stream *t, visitproc visit, void *arg)
     Py_VISIT(t->waiter);
     Py_VISIT(t->empty_waiter);
     Py_VISIT(t->lost_exc);
-    return 0;
+    return t->dgram ? tl_dgram_traverse(t, visit, arg) : 0;
 }
 
 static int stream_clear(tl_stream *t)
@@ -1669,6 +1751,8 @@ static int stream_clear(tl_stream *t)
     Py_CLEAR(t->waiter);
     Py_CLEAR(t->empty_waiter);
     Py_CLEAR(t->lost_exc);
+    if (t->dgram)
+        tl_dgram_clear(t);
     return 0;
 }
 
@@ -1705,6 +1789,8 @@ static void stream_dealloc(tl_stream *t)
     stream_clear(t);
     wq_clear(t);
     PyMem_Free(t->addrs);
+    if (t->dgram)
+        tl_dgram_free(t);
     if (t->fileobj != NULL) {
         /* a socket object we made around an accepted fd owns it */
         Py_CLEAR(t->fileobj);
@@ -1804,7 +1890,7 @@ static int sock_extra_from_object(tl_stream *t, PyObject *sock)
                 return -1;
             continue;
         }
-        PyObject *v = PyObject_CallMethod(sock, meths[i], NULL);
+        PyObject *v = tl_call_method(sock, meths[i], NULL);
         if (v == NULL) {
             if (!PyErr_ExceptionMatches(PyExc_OSError)) {
                 Py_DECREF(key);
@@ -1822,13 +1908,15 @@ static int sock_extra_from_object(tl_stream *t, PyObject *sock)
     return 0;
 }
 
-PyObject *tl_stream_new_socket(tl_loop *loop, int fd, PyObject *sock, PyObject *protocol,
-                               PyObject *waiter, PyObject *extra, PyObject *server,
-                               const struct sockaddr *peer, socklen_t peer_len)
+/* A socket or datagram transport (asyncio's _SelectorTransport.__init__);
+ * `address` is the datagram kind's peer. */
+static PyObject *selector_new(tl_loop *loop, PyTypeObject *tp, int kind, int fd, PyObject *sock,
+                              PyObject *protocol, PyObject *waiter, PyObject *extra,
+                              PyObject *server, const struct sockaddr *peer,
+                              socklen_t peer_len, PyObject *address)
 {
     tl_state *st = loop->st;
-    tl_stream *t = stream_alloc(loop, st->socket_transport_type, TL_STREAM_SOCKET, fd,
-                                sock, protocol, waiter, extra);
+    tl_stream *t = stream_alloc(loop, tp, kind, fd, sock, protocol, waiter, extra);
     if (t == NULL)
         return NULL;
     t->is_socket = 1;
@@ -1854,7 +1942,9 @@ PyObject *tl_stream_new_socket(tl_loop *loop, int fd, PyObject *sock, PyObject *
             PyErr_Clear();
         Py_SETREF(t->extra, copy);
     }
-    if (family == AF_INET || family == AF_INET6) {
+    if (kind == TL_STREAM_DATAGRAM && tl_dgram_init(t, address) < 0)
+        goto fail;
+    if (kind == TL_STREAM_SOCKET && (family == AF_INET || family == AF_INET6)) {
         /* small writes go out at once, without waiting for ACKs */
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -1882,6 +1972,24 @@ fail:
     }
     Py_DECREF(t);
     return NULL;
+}
+
+PyObject *tl_stream_new_socket(tl_loop *loop, int fd, PyObject *sock, PyObject *protocol,
+                               PyObject *waiter, PyObject *extra, PyObject *server,
+                               const struct sockaddr *peer, socklen_t peer_len)
+{
+    return selector_new(loop, loop->st->socket_transport_type, TL_STREAM_SOCKET, fd, sock,
+                        protocol, waiter, extra, server, peer, peer_len, NULL);
+}
+
+PyObject *tl_datagram_transport_new(tl_loop *loop, PyObject *sock, PyObject *protocol,
+                                    PyObject *address, PyObject *waiter, PyObject *extra)
+{
+    int fd = tl_io_fileobj_to_fd(sock);
+    if (fd < 0)
+        return NULL;
+    return selector_new(loop, loop->st->datagram_transport_type, TL_STREAM_DATAGRAM, fd, sock,
+                        protocol, waiter, extra, NULL, NULL, 0, address);
 }
 
 /* loop._make_socket_transport(sock, protocol, waiter=None, *, extra=None,
@@ -1949,6 +2057,7 @@ fail:
 
 
 /* Entry points that workers of a threaded loop may call (tl_loop.h). */
+TL_LOCKED_FASTCALL_KW(tl_dgram_sendto_locked, tl_dgram_sendto, tl_stream, self->loop)
 TL_LOCKED_O(stream_write_locked, stream_write, tl_stream, self->loop)
 TL_LOCKED_O(stream_writelines_locked, stream_writelines, tl_stream, self->loop)
 TL_LOCKED_NOARGS(stream_write_eof_locked, stream_write_eof, tl_stream, self->loop)
@@ -1971,6 +2080,23 @@ TL_LOCKED_NOARGS(stream_reclaim_fd_locked, stream_reclaim_fd, tl_stream, self->l
 
 #define M_NOARGS(name, fn) {name, (PyCFunction)(fn), METH_NOARGS, NULL}
 
+/* Groups of methods that several transport kinds share */
+#define M_READING                                                   \
+    M_NOARGS("is_reading", stream_is_reading_py),                   \
+    M_NOARGS("pause_reading", stream_pause_reading_locked),                \
+    M_NOARGS("resume_reading", stream_resume_reading_locked)
+#define M_WRITE_BUFFER                                              \
+    {"set_write_buffer_limits",                                     \
+     (PyCFunction)(void (*)(void))stream_set_write_buffer_limits_locked,   \
+     METH_VARARGS | METH_KEYWORDS, NULL},                           \
+    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits), \
+    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size_locked)
+#define M_EXTRA_AND_PROTOCOL                                        \
+    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info, \
+     METH_FASTCALL | METH_KEYWORDS, NULL},                          \
+    {"set_protocol", (PyCFunction)stream_set_protocol_locked, METH_O, NULL}, \
+    M_NOARGS("get_protocol", stream_get_protocol)
+
 static PyMethodDef socket_methods[] = {
     {"write", (PyCFunction)stream_write_locked, METH_O, "Write data; buffers what the kernel refuses."},
     {"writelines", (PyCFunction)stream_writelines_locked, METH_O, NULL},
@@ -1979,17 +2105,9 @@ static PyMethodDef socket_methods[] = {
     M_NOARGS("close", stream_close_locked),
     M_NOARGS("abort", stream_abort_locked),
     M_NOARGS("is_closing", stream_is_closing),
-    M_NOARGS("is_reading", stream_is_reading_py),
-    M_NOARGS("pause_reading", stream_pause_reading_locked),
-    M_NOARGS("resume_reading", stream_resume_reading_locked),
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits_locked,
-     METH_VARARGS | METH_KEYWORDS, NULL},
-    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits),
-    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size_locked),
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol_locked, METH_O, NULL},
-    M_NOARGS("get_protocol", stream_get_protocol),
+    M_READING,
+    M_WRITE_BUFFER,
+    M_EXTRA_AND_PROTOCOL,
     {"_force_close", (PyCFunction)stream_force_close_py_locked, METH_O, NULL},
     M_NOARGS("_make_empty_waiter", stream_make_empty_waiter_locked),
     M_NOARGS("_reset_empty_waiter", stream_reset_empty_waiter_locked),
@@ -2001,13 +2119,8 @@ static PyMethodDef socket_methods[] = {
 static PyMethodDef read_pipe_methods[] = {
     M_NOARGS("close", stream_close_locked),
     M_NOARGS("is_closing", stream_is_closing),
-    M_NOARGS("is_reading", stream_is_reading_py),
-    M_NOARGS("pause_reading", stream_pause_reading_locked),
-    M_NOARGS("resume_reading", stream_resume_reading_locked),
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol_locked, METH_O, NULL},
-    M_NOARGS("get_protocol", stream_get_protocol),
+    M_READING,
+    M_EXTRA_AND_PROTOCOL,
     {NULL, NULL, 0, NULL},
 };
 
@@ -2018,14 +2131,22 @@ static PyMethodDef write_pipe_methods[] = {
     M_NOARGS("close", stream_close_locked),
     M_NOARGS("abort", stream_abort_locked),
     M_NOARGS("is_closing", stream_is_closing),
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))stream_set_write_buffer_limits_locked,
-     METH_VARARGS | METH_KEYWORDS, NULL},
-    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits),
-    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size_locked),
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"set_protocol", (PyCFunction)stream_set_protocol_locked, METH_O, NULL},
-    M_NOARGS("get_protocol", stream_get_protocol),
+    M_WRITE_BUFFER,
+    M_EXTRA_AND_PROTOCOL,
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef datagram_methods[] = {
+    {"sendto", (PyCFunction)(void (*)(void))tl_dgram_sendto_locked, METH_FASTCALL | METH_KEYWORDS,
+     "Send data to addr (the connected peer by default); buffers only what the kernel "
+     "refuses."},
+    M_NOARGS("close", stream_close_locked),
+    M_NOARGS("abort", stream_abort_locked),
+    M_NOARGS("is_closing", stream_is_closing),
+    M_READING,
+    M_WRITE_BUFFER,
+    M_EXTRA_AND_PROTOCOL,
+    {"_force_close", (PyCFunction)stream_force_close_py_locked, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2046,6 +2167,9 @@ static PyMethodDef write_pipe_methods[] = {
 static PyType_Slot socket_slots[] = STREAM_SLOTS(
     socket_methods, socket_getset, socket_members,
     "A TCP or Unix stream socket transport (asyncio's _SelectorSocketTransport).");
+static PyType_Slot datagram_slots[] = STREAM_SLOTS(
+    datagram_methods, datagram_getset, datagram_members,
+    "A UDP or Unix datagram socket transport (asyncio's _SelectorDatagramTransport).");
 static PyType_Slot read_pipe_slots[] = STREAM_SLOTS(
     read_pipe_methods, pipe_getset, pipe_members,
     "The read end of a pipe, FIFO, tty or socket (asyncio's _UnixReadPipeTransport).");
@@ -2057,15 +2181,27 @@ static PyType_Slot write_pipe_slots[] = STREAM_SLOTS(
 
 static PyType_Spec socket_spec = {"tonio_loop._core.SocketTransport", sizeof(tl_stream), 0,
                                   STREAM_FLAGS, socket_slots};
+static PyType_Spec datagram_spec = {"tonio_loop._core.DatagramTransport", sizeof(tl_stream),
+                                    0, STREAM_FLAGS, datagram_slots};
 static PyType_Spec read_pipe_spec = {"tonio_loop._core.ReadPipeTransport", sizeof(tl_stream), 0,
                                      STREAM_FLAGS, read_pipe_slots};
 static PyType_Spec write_pipe_spec = {"tonio_loop._core.WritePipeTransport", sizeof(tl_stream),
                                       0, STREAM_FLAGS, write_pipe_slots};
 
+/* base_name: one class of asyncio.transports, or two separated by a space */
 static int add_stream_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
                            const char *base_name)
 {
-    PyObject *base = tl_import_attr("asyncio.transports", base_name);
+    char first[64];
+    const char *space = strchr(base_name, ' ');
+    size_t n = space ? (size_t)(space - base_name) : strlen(base_name);
+    PyOS_snprintf(first, sizeof(first), "%.*s", (int)n, base_name);
+    PyObject *base = tl_import_attr("asyncio.transports", first);
+    if (base != NULL && space != NULL) {
+        PyObject *second = tl_import_attr("asyncio.transports", space + 1);
+        Py_SETREF(base, second ? PyTuple_Pack(2, base, second) : NULL);
+        Py_XDECREF(second);
+    }
     if (base == NULL)
         return -1;
     *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, base);
@@ -2088,7 +2224,11 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
                         "_FlowControlMixin") < 0 ||
         add_stream_type(module, &st->read_pipe_type, &read_pipe_spec, "ReadTransport") < 0 ||
         add_stream_type(module, &st->write_pipe_type, &write_pipe_spec,
-                        "_FlowControlMixin") < 0)
+                        "_FlowControlMixin") < 0 ||
+        /* asyncio 3.11's own lacks the DatagramTransport base (added in
+         * 3.12); isinstance(t, DatagramTransport) holds on every version */
+        add_stream_type(module, &st->datagram_transport_type, &datagram_spec,
+                        "_FlowControlMixin DatagramTransport") < 0)
         return -1;
 
     struct { PyObject **slot; const char *module, *name; } imports[] = {
@@ -2129,6 +2269,8 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
         {&st->str_close, "close"},
         {&st->str_attach, "_attach"},
         {&st->str_detach, "_detach"},
+        {&st->str_datagram_received, "datagram_received"},
+        {&st->str_error_received, "error_received"},
     };
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         *strings[i].slot = PyUnicode_InternFromString(strings[i].s);
@@ -2138,9 +2280,9 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
 
     /* asyncio.Server._attach() learnt its transport argument in 3.13 */
     PyObject *attach = tl_import_attr("asyncio.base_events", "Server");
-    PyObject *fn = attach ? PyObject_GetAttrString(attach, "_attach") : NULL;
-    PyObject *code = fn ? PyObject_GetAttrString(fn, "__code__") : NULL;
-    PyObject *argc = code ? PyObject_GetAttrString(code, "co_argcount") : NULL;
+    PyObject *fn = attach ? tl_getattr(attach, "_attach") : NULL;
+    PyObject *code = fn ? tl_getattr(fn, "__code__") : NULL;
+    PyObject *argc = code ? tl_getattr(code, "co_argcount") : NULL;
     Py_XDECREF(attach);
     Py_XDECREF(fn);
     Py_XDECREF(code);
@@ -2161,3 +2303,85 @@ PyMethodDef tl_stream_loop_methods[] = {
      "A transport for a connected, non-blocking stream socket."},
     {NULL, NULL, 0, NULL},
 };
+
+/* ---- for the kinds outside this file (tl_stream.h) ----------------------------- */
+
+PyObject *tl_stream_call_protocol(tl_stream *t, PyObject *name, PyObject *arg)
+{
+    return call_protocol(t, name, arg);
+}
+
+PyObject *tl_stream_call_protocol2(tl_stream *t, PyObject *name, PyObject *a, PyObject *b)
+{
+    if (TL_UNLIKELY(t->protocol == NULL))
+        Py_RETURN_NONE;
+    PyObject *stack[4] = {NULL, t->protocol, a, b};
+    return PyObject_VectorcallMethod(name, stack + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+int tl_stream_fatal_error(tl_stream *t, const char *message)
+{
+    return stream_fatal_error(t, message);
+}
+
+int tl_stream_report_callback_error(tl_stream *t, PyObject *proto, const char *method)
+{
+    return report_callback_error(t, proto, method);
+}
+
+void tl_stream_watch(tl_stream *t, ev_io *w, int on)
+{
+    if (on)
+        watch_start(t, w);
+    else
+        watch_stop(t, w);
+}
+
+int tl_stream_maybe_pause_protocol(tl_stream *t)
+{
+    return stream_maybe_pause_protocol(t);
+}
+
+int tl_stream_maybe_resume_protocol(tl_stream *t)
+{
+    return stream_maybe_resume_protocol(t);
+}
+
+void tl_stream_warn_lost_writes(tl_stream *t)
+{
+    warn_lost_writes(t);
+}
+
+int tl_stream_call_connection_lost(tl_stream *t, PyObject *exc)
+{
+    return call_connection_lost(t, exc);
+}
+
+int tl_stream_wq_push(tl_stream *t, PyObject *item)
+{
+    Py_ssize_t wsize = t->wsize;
+    /* wq_push counts bytes objects; the caller counts its items itself */
+    if (wq_push_item(t, item) < 0) {
+        Py_DECREF(item);
+        return -1;
+    }
+    t->wsize = wsize;
+    return 0;
+}
+
+void tl_stream_wq_drop(tl_stream *t)
+{
+    Py_DECREF(t->wq[t->wq_head]);
+    t->wq_head = (t->wq_head + 1) & (t->wq_cap - 1);
+    if (--t->wq_len == 0) {
+        Py_ssize_t wsize = t->wsize;
+        wq_clear(t);    /* give the ring's memory back to an idle transport */
+        t->wsize = wsize;
+    }
+}
+
+char *tl_stream_read_buffer(tl_loop *loop)
+{
+    return loop_read_buffer(loop);
+}

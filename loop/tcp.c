@@ -210,7 +210,7 @@ static PyObject *loop_create_connection(tl_loop *loop, PyObject *const *args, Py
         }
         return (PyObject *)op;
     }
-    PyObject *general = PyObject_GetAttrString((PyObject *)loop, "_create_connection_general");
+    PyObject *general = tl_getattr((PyObject *)loop, "_create_connection_general");
     if (general == NULL)
         return NULL;
     PyObject *r = PyObject_Vectorcall(general, args, nargsf, kwnames);

@@ -402,6 +402,153 @@ def event_core_threads():
         t.join()
 
 
+_TLS = {}
+
+
+def _tls_contexts():
+    """(server, client) SSLContexts over certificates made once by openssl."""
+    if not _TLS:
+        import ssl
+        import tempfile
+
+        from tests.tlsutil import make_certs
+        certs = make_certs(tempfile.mkdtemp(prefix="tonio-refleaks-"))
+        if certs is None:
+            return None
+        _TLS["certs"] = certs
+    certs = _TLS["certs"]
+    return certs.server_context(), certs.client_context()
+
+
+@scenario
+def tls_every_path():
+    """TLS: echo, close_notify both ways, start_tls, a failed handshake, a
+    handshake timeout, flow control."""
+    import ssl
+
+    contexts = _tls_contexts()
+    if contexts is None:
+        return
+    server_ctx, client_ctx = contexts
+    loop = tonio_loop.new_event_loop()
+    loop.set_exception_handler(_quiet)
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.tr = tr
+
+        def data_received(self, data):
+            self.tr.write(data)
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx)
+        addr = server.sockets[0].getsockname()
+        r, w = await asyncio.open_connection(*addr, ssl=client_ctx, server_hostname="localhost")
+        w.write(b"x" * 300_000)
+        await r.readexactly(300_000)
+        w.get_extra_info("peercert"), w.get_extra_info("cipher")
+        w.close()
+        await w.wait_closed()
+        try:
+            await asyncio.open_connection(*addr, ssl=client_ctx, server_hostname="wrong")
+        except ssl.SSLCertVerificationError:
+            pass
+        # plain, then start_tls
+        plain = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection(*plain.sockets[0].getsockname())
+        try:
+            await w.start_tls(client_ctx, server_hostname="localhost",
+                              ssl_handshake_timeout=0.05)
+        except ConnectionAbortedError:
+            pass
+        w.close()
+        plain.close()
+        server.close()
+        await server.wait_closed()
+        await plain.wait_closed()
+
+
+@scenario
+def datagrams_every_path():
+    """Echo, unconnected sendto (cached and new addresses), a bad address
+    (fatal), a refused peer (error_received), buffered sends, close, abort."""
+    loop = tonio_loop.new_event_loop()
+    loop.set_exception_handler(_quiet)
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, tr):
+            self.tr = tr
+            self.got = []
+            self.errors = []
+
+        def datagram_received(self, data, addr):
+            self.got.append(data)
+            if data.startswith(b"ping"):
+                self.tr.sendto(b"pong", addr)
+
+        def error_received(self, exc):
+            self.errors.append(exc)
+
+    async def main():
+        st, sp = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        addr = st.get_extra_info("sockname")
+        ct, cp = await loop.create_datagram_endpoint(Echo, remote_addr=addr)
+        ut, up = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        for i in range(20):
+            ct.sendto(b"ping %d" % i)
+            ut.sendto(bytearray(b"ping"), addr)
+            ut.sendto(memoryview(b"xping")[1:], addr)
+        while len(cp.got) < 20 or len(up.got) < 40:
+            await asyncio.sleep(0.001)
+        try:
+            ct.sendto(b"x", ("127.0.0.1", 9))
+        except ValueError:
+            pass
+        try:
+            ct.sendto("text")
+        except TypeError:
+            pass
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead = probe.getsockname()
+        dt, dp = await loop.create_datagram_endpoint(Echo, remote_addr=dead)
+        for _ in range(5):
+            dt.sendto(b"anyone")
+            await asyncio.sleep(0.002)
+        bad, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        bad.sendto(b"x", ("127.0.0.1",))      # fatal: TypeError from the socket
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        bt, _ = await loop.create_datagram_endpoint(Echo, sock=a)
+        bt.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        repr(st), repr(bt)
+        st.close(), ct.close(), ut.close(), dt.close(), bt.abort()
+        await asyncio.sleep(0.01)
+        b.close()
+
+    loop.run_until_complete(main())
+    loop.close()
+
+
+@scenario
+def subprocesses():
+    loop = tonio_loop.new_event_loop()
+
+    async def main():
+        p = await asyncio.create_subprocess_exec(
+            "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        await p.communicate(b"x" * 100000)
+        p = await asyncio.create_subprocess_exec("sleep", "5")
+        p.kill()
+        await p.wait()
+        try:
+            await asyncio.create_subprocess_exec("/nonexistent/program")
+        except FileNotFoundError:
+            pass
+
+    loop.run_until_complete(main())
+    loop.close()
+
+
 def measure(fn, warmup=4, runs=6):
     for _ in range(warmup):
         fn()

@@ -26,7 +26,17 @@ async def write_pipe(fobj):
     return await loop.connect_write_pipe(PipeRecorder, fobj)
 
 
+def skip_without_pipe_is_reading():
+    """Older 3.11 patch releases (Debian's 3.11.2) have no is_reading() on
+    asyncio's read pipe transport: nothing to compare with there."""
+    import asyncio.unix_events
+    if (type(asyncio.get_running_loop()).__module__.startswith("asyncio")
+            and "is_reading" not in vars(asyncio.unix_events._UnixReadPipeTransport)):
+        pytest.skip("this Python's asyncio read pipes have no is_reading()")
+
+
 async def test_read_pipe_data_eof_and_lost():
+    skip_without_pipe_is_reading()
     rfd, wfd = os.pipe()
     rfile = open(rfd, "rb", buffering=0)
     tr, pr = await read_pipe(rfile)
@@ -46,6 +56,7 @@ async def test_read_pipe_data_eof_and_lost():
 
 
 async def test_read_pipe_pause_resume_and_close():
+    skip_without_pipe_is_reading()
     rfd, wfd = os.pipe()
     tr, pr = await read_pipe(open(rfd, "rb", buffering=0))
     tr.pause_reading()

@@ -11,11 +11,16 @@ import io
 import os
 import socket
 import inspect
+import threading
 import time
 import types
 import weakref
-from asyncio import (base_events, constants, exceptions, selector_events, sslproto,
-                     unix_events)
+
+try:
+    import ssl
+except ImportError:  # pragma: no cover
+    ssl = None
+from asyncio import base_events, constants, exceptions, selector_events, unix_events
 from asyncio.log import logger
 
 from . import _core
@@ -29,6 +34,8 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
     """An asyncio event loop running on libev."""
 
     def __init__(self, **kwargs):
+        # first: close() reads it, also when the C part refuses its arguments
+        self._child_pidfds = {}          # pidfd -> pid of children not reaped yet
         super().__init__(**kwargs)
         self._default_executor = None
         self._executor_shutdown_called = False
@@ -80,9 +87,16 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         return _server_for(self, await _Unix.create_unix_server(self, *args, **kwargs))
 
     _accept_connection2 = _Selector._accept_connection2
-    start_tls = _Base.start_tls
     connect_read_pipe = _Base.connect_read_pipe
+    # datagrams: the transport is C (_make_datagram_transport)
+    create_datagram_endpoint = _Base.create_datagram_endpoint
     connect_write_pipe = _Base.connect_write_pipe
+
+    # subprocesses: the checks and asyncio's own transport (subprocess.Popen
+    # and its protocol plumbing) over the C pipe transports
+    subprocess_exec = _Base.subprocess_exec
+    subprocess_shell = _Base.subprocess_shell
+    _log_subprocess = _Base._log_subprocess
 
     # sendfile: the zero-copy path is C, the checks and fallbacks asyncio's
     sendfile = _Base.sendfile
@@ -156,26 +170,142 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
                 transp.resume_reading()
             transp._reclaim_fd()
 
-    def _make_ssl_transport(
-            self, rawsock, protocol, sslcontext, waiter=None,
-            *, server_side=False, server_hostname=None,
-            extra=None, server=None,
-            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
-            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
-    ):
-        # The TLS hook. Every TLS connection (create_connection(ssl=...),
-        # create_server(ssl=...), accepted TLS connections) is made here:
-        # asyncio's own SSLProtocol over the C socket transport, exactly what
-        # asyncio's selector loop does. The TLS issue replaces this method
-        # with a native TLS transport; nothing else needs to change.
-        ssl_protocol = sslproto.SSLProtocol(
+    async def start_tls(self, transport, protocol, sslcontext, *,
+                        server_side=False,
+                        server_hostname=None,
+                        ssl_handshake_timeout=None,
+                        ssl_shutdown_timeout=None):
+        """Upgrade transport to TLS (base_events.start_tls with our TLS
+        transport, loop/tls.c, in place of asyncio's SSLProtocol)."""
+        if ssl is None:
+            raise RuntimeError('Python ssl module is not available')
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(
+                f'sslcontext is expected to be an instance of ssl.SSLContext, '
+                f'got {sslcontext!r}')
+        if not getattr(transport, '_start_tls_compatible', False):
+            raise TypeError(
+                f'transport {transport!r} is not supported by start_tls()')
+
+        waiter = self.create_future()
+        ssl_transport = _core.SSLTransport(
             self, protocol, sslcontext, waiter,
             server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout
-        )
-        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
-        return ssl_protocol._app_transport
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=False)
+
+        # Pause early so that the TLS transport's data_received() doesn't
+        # have a chance to get called before its connection_made().
+        transport.pause_reading()
+
+        transport.set_protocol(ssl_transport)
+        conmade_cb = self.call_soon(ssl_transport.connection_made, transport)
+        resume_cb = self.call_soon(transport.resume_reading)
+
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            conmade_cb.cancel()
+            resume_cb.cancel()
+            raise
+
+        return ssl_transport
+
+    async def _make_subprocess_transport(self, protocol, args, shell,
+                                         stdin, stdout, stderr, bufsize,
+                                         extra=None, **kwargs):
+        # unix_events._make_subprocess_transport without the child watcher:
+        # the loop watches its own children (_watch_child)
+        waiter = self.create_future()
+        transp = unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs)
+        self._watch_child(transp)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
+
+    def _watch_child(self, transp):
+        """Reap transp's child when it exits, and tell the transport.
+
+        A pidfd (Linux >= 5.3) on the loop's poll, an ev_io like any reader:
+        no thread, no SIGCHLD handler, and other users of waitpid() (the
+        subprocess module) are left alone. Without pidfds, a thread blocks
+        in waitpid() for the child (asyncio's ThreadedChildWatcher)."""
+        pid = transp.get_pid()
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            threading.Thread(target=self._wait_child_thread, args=(pid, transp),
+                             name=f"tonio_loop waitpid-{pid}", daemon=True).start()
+            return
+        self._child_pidfds[pidfd] = pid
+        self._add_reader(pidfd, self._child_ready, pidfd, transp)
+
+    def _child_ready(self, pidfd, transp):
+        try:
+            # waiting on the pidfd, not the pid: were the child reaped by
+            # someone else and its pid reused, this still cannot block
+            info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            returncode = None
+        else:
+            if info is None:
+                return      # not exited after all: keep watching
+            returncode = info.si_status
+            if info.si_code != os.CLD_EXITED:
+                returncode = -returncode     # killed (or dumped) by that signal
+        pid = self._child_pidfds.pop(pidfd)
+        self._remove_reader(pidfd)
+        os.close(pidfd)
+        self._child_reaped(transp, pid, returncode)
+
+    def _wait_child_thread(self, pid, transp):
+        try:
+            _, status = os.waitpid(pid, 0)
+            returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            returncode = None
+        try:
+            self.call_soon_threadsafe(self._child_reaped, transp, pid, returncode)
+        except RuntimeError:
+            pass    # the loop was closed meanwhile; the child is reaped all the same
+
+    def _child_reaped(self, transp, pid, returncode):
+        proc = transp._proc
+        if returncode is not None:
+            # the subprocess module must not wait for it again (it would take
+            # ECHILD for an exit status of 0)
+            if proc.returncode is None:
+                proc.returncode = returncode
+        elif proc.returncode is not None:
+            # reaped by the subprocess module first (Popen.poll() from
+            # send_signal() or close()), which kept the status: use it
+            returncode = proc.returncode
+        else:
+            returncode = 255
+            logger.warning("child process pid %d exit status already read: "
+                           " will report returncode 255", pid)
+        # asyncio's child watcher callback: the transport hears it next iteration
+        self.call_soon(transp._process_exited, returncode)
+
+    def close(self):
+        if not self.is_running():
+            # children still running are left to the subprocess module
+            # (Popen reaps them when it is collected); their pidfds go now
+            for pidfd in list(self._child_pidfds):
+                del self._child_pidfds[pidfd]
+                self._remove_reader(pidfd)
+                os.close(pidfd)
+        super().close()
 
     def _stop_serving(self, sock):
         # selector_events._stop_serving, plus unix_events' cleanup of the

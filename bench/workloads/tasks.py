@@ -130,7 +130,7 @@ def queue_pipe(new_loop, quick):
     return _queue_run(new_loop, scale(50_000 if quick else 500_000), 1)
 
 
-@workload("queue_buffered", group=GROUP, unit="items/s", quick=True)
+@workload("queue_buffered", group=GROUP, unit="items/s")
 def queue_buffered(new_loop, quick):
     """asyncio.Queue(maxsize=100): a task switch per 100 items, the rest is Queue's Python"""
     return _queue_run(new_loop, scale(100_000 if quick else 1_000_000), 100)
