@@ -38,6 +38,8 @@ typedef struct {
 
 /* Double the ring (it keeps its items); -1 with MemoryError set. */
 int tl_ready_grow(tl_ready *q);
+/* The same with the first allocation's size (a power of two) */
+int tl_ready_grow_from(tl_ready *q, size_t first_cap);
 
 /* Append; steals the reference to obj (also on error). */
 static inline int tl_ready_push(tl_ready *q, tl_ready_fn fn, PyObject *obj)
@@ -169,12 +171,6 @@ static inline void tl_loop_io_start(tl_loop *loop, ev_io *w)
         tl_loop_ev_changed(loop);
 }
 
-/* Queue a transport's protocol callback (connection_made, eof_received,
- * connection_lost). Classic loop: the ready queue. Threaded loop: the loop
- * thread's own queue, run between polls with the loop lock held, where the
- * transport's data_received runs too: one transport's callbacks run in
- * order and never at the same time. Steals obj. */
-int tl_loop_push_io(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 
 /* Method wrappers that hold the loop lock around a transport's or a socket
  * operation's method: with worker threads they run beside the loop thread's

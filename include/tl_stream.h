@@ -33,6 +33,7 @@
 
 #include "tl_common.h"
 #include "tl_loop.h"
+#include "tl_dispatch.h"
 #include <sys/socket.h>
 
 typedef enum {
@@ -85,6 +86,12 @@ typedef struct tl_stream {
     const tl_stream_sink *sink; /* the protocol reads through C (or NULL) */
     struct tl_dgram *dgram;     /* datagram transports: their own state */
     tl_loop_link link;          /* on the loop's ring while held */
+    /* Threaded loops (tl_dispatch.h): the protocol's callbacks run on
+     * workers, in this FIFO, one at a time; cb_thread is the worker running
+     * them now (0: none), read_out says a read is queued there (the reader
+     * is stopped until it ran: one data_received() at a time, in order). */
+    tl_strand strand;
+    _Atomic unsigned long cb_thread;
     ev_io rio;                  /* reading (write pipes: peer-close check) */
     ev_io wio;                  /* flushing the write buffer */
     PyObject **wq;              /* ring of bytes objects not yet sent
@@ -109,6 +116,8 @@ typedef struct tl_stream {
     uint8_t lost_done;          /* connection_lost() ran, fd closed */
     uint8_t is_socket;          /* fd is a socket: send() with MSG_NOSIGNAL */
     uint8_t watch_close;        /* write pipe: read readiness = peer closed */
+    uint8_t read_out;
+    uint8_t in_data_received;   /* a worker runs it without the loop lock */
 } tl_stream;
 
 /* A new socket transport on a connected, non-blocking socket, as

@@ -661,7 +661,8 @@ int tl_strand_push(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner
                    tl_ready_fn fn, PyObject *obj)
 {
     tl_mutex_lock(&s->lock);
-    if (s->q.len == s->q.cap && tl_ready_grow(&s->q) < 0) {
+    /* a transport's strand rarely holds more than a few items */
+    if (s->q.len == s->q.cap && tl_ready_grow_from(&s->q, 4) < 0) {
         tl_mutex_unlock(&s->lock);
         Py_DECREF(obj);
         return -1;

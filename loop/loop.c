@@ -51,7 +51,12 @@ double tl_loop_time(tl_loop *loop)
 
 int tl_ready_grow(tl_ready *q)
 {
-    size_t cap = q->cap ? q->cap * 2 : 256;
+    return tl_ready_grow_from(q, 256);
+}
+
+int tl_ready_grow_from(tl_ready *q, size_t first_cap)
+{
+    size_t cap = q->cap ? q->cap * 2 : first_cap;
     tl_ready_item *items = PyMem_RawMalloc(cap * sizeof(*items));
     if (items == NULL) {
         PyErr_NoMemory();
@@ -127,17 +132,6 @@ int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
     if (TL_UNLIKELY(loop->dispatch != NULL))
         return tl_dispatch_push_callback(loop, fn, obj);
     return ready_push(&loop->ready, fn, obj);
-}
-
-int tl_loop_push_io(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
-{
-    if (TL_LIKELY(loop->dispatch == NULL))
-        return ready_push(&loop->ready, fn, obj);
-    int locked = tl_loop_ev_lock(loop);
-    int rc = ready_push(&loop->ready, fn, obj);
-    tl_loop_ev_unlock(loop, locked);
-    tl_loop_ev_changed(loop);
-    return rc;
 }
 
 void tl_loop_ev_changed(tl_loop *loop)
@@ -395,7 +389,7 @@ static int loop_poll(tl_loop *loop)
 static int loop_poll_threads(tl_loop *loop, int block)
 {
     int flags = EVRUN_NOWAIT;
-    if (block && loop->ready.len == 0) {
+    if (block) {
         flags = EVRUN_ONCE;
         if (loop->timers.len) {
             double timeout = tl_timer_heap_next(&loop->timers) - tl_monotonic();
@@ -422,15 +416,6 @@ static int loop_poll_threads(tl_loop *loop, int block)
     }
     if (loop->timers.len && tl_timer_heap_expire(loop, tl_monotonic()) < 0)
         return -1;
-    /* the transports' callbacks queued for this thread (tl_loop_push_io) */
-    size_t ntodo = loop->ready.len;
-    while (ntodo-- && loop->ready.len) {
-        tl_ready_item it = ready_pop(&loop->ready);
-        int rc = tl_loop_run_ready(loop, it);
-        tl_loop_unqueue(it.obj);
-        if (rc < 0)
-            return -1;
-    }
     return PyErr_CheckSignals();
 }
 

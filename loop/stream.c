@@ -63,7 +63,8 @@ static void stream_hold_update(tl_stream *t)
 
 static void watch_start(tl_stream *t, ev_io *w)
 {
-    if (ev_is_active(w) || t->loop->ev == NULL)
+    /* a read out on the strand restarts the reader when it is done */
+    if (ev_is_active(w) || t->loop->ev == NULL || (w == &t->rio && t->read_out))
         return;
     tl_loop_io_start(t->loop, w);
     stream_hold_update(t);
@@ -71,6 +72,8 @@ static void watch_start(tl_stream *t, ev_io *w)
 
 static void watch_stop(tl_stream *t, ev_io *w)
 {
+    if (w == &t->rio)
+        t->read_out = 0;    /* reading stops for good: no restart */
     if (ev_is_active(w) && t->loop->ev != NULL)
         ev_io_stop(t->loop->ev, w);
     /* also after libev stopped it itself (EV_ERROR: the fd went bad) */
@@ -107,6 +110,43 @@ static void stream_start_reading(tl_stream *t)
 {
     if (t->made && stream_is_reading(t) && t->kind != TL_STREAM_WRITE_PIPE)
         watch_start(t, &t->rio);
+}
+
+/* ---- threaded loops: the transport's strand ------------------------------ */
+
+/* The strand's item on the workers: what is queued for this transport, with
+ * the worker marked as the one running its callbacks. */
+static int stream_strand_ready(tl_loop *loop, PyObject *obj)
+{
+    tl_stream *t = (tl_stream *)obj;
+    atomic_store_explicit(&t->cb_thread, PyThread_get_thread_ident(), memory_order_relaxed);
+    int rc = tl_strand_run(loop, &t->strand, stream_strand_ready, obj);
+    atomic_store_explicit(&t->cb_thread, 0, memory_order_relaxed);
+    return rc;
+}
+
+/* Queue fn(t) where the protocol's callbacks run: the ready queue, or on a
+ * threaded loop the transport's strand (in order, one at a time, on
+ * workers). Takes its own reference to t. */
+static int stream_push(tl_stream *t, tl_ready_fn fn)
+{
+    Py_INCREF(t);
+    if (TL_LIKELY(t->loop->dispatch == NULL))
+        return tl_loop_push_ready(t->loop, fn, (PyObject *)t);
+    return tl_strand_push(t->loop, &t->strand, stream_strand_ready, (PyObject *)t, fn,
+                          (PyObject *)t);
+}
+
+/* May the protocol be called right here (the loop lock held)? Its other
+ * callbacks run with the lock too, all but data_received() on a threaded
+ * loop: while that runs, only the worker running it may call the protocol;
+ * others (a task writing from another worker, the loop thread flushing)
+ * queue the call on the transport's strand, behind it. */
+static inline int stream_in_strand(tl_stream *t)
+{
+    return TL_LIKELY(!t->in_data_received) ||
+           atomic_load_explicit(&t->cb_thread, memory_order_relaxed) ==
+               PyThread_get_thread_ident();
 }
 
 /* ---- calling the protocol ---------------------------------------------- */
@@ -264,11 +304,40 @@ static void stream_step(tl_stream *t, int (*step)(tl_stream *), const char *what
     Py_DECREF(t);
 }
 
+/* A threaded loop's read, on the transport's strand: the read and what it
+ * calls run there (with the loop lock but for data_received()), then the
+ * reader goes on unless something stopped reading meanwhile. */
+static int stream_read_fn(tl_loop *loop, PyObject *obj)
+{
+    tl_stream *t = (tl_stream *)obj;
+    int locked = tl_loop_ev_lock(loop);
+    stream_step(t, stream_read_ready, "_read_ready");
+    if (t->read_out) {
+        t->read_out = 0;
+        watch_start(t, &t->rio);
+    }
+    tl_loop_ev_unlock(loop, locked);
+    tl_loop_ev_changed(loop);   /* its poll must see the reader again */
+    return 0;
+}
+
 static void stream_rio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
-    TL_UNUSED(ev);
     TL_UNUSED(revents);
-    stream_step(STREAM_OF(w, rio), stream_read_ready, "_read_ready");
+    tl_stream *t = STREAM_OF(w, rio);
+    if (TL_LIKELY(t->loop->dispatch == NULL)) {
+        stream_step(t, stream_read_ready, "_read_ready");
+        return;
+    }
+    /* Threaded loop: the read goes to a worker; the reader waits for it
+     * (level-triggered poll: it would report the same bytes again). */
+    if (stream_push(t, stream_read_fn) < 0) {
+        tl_loop_defer_error(t->loop);
+        return;
+    }
+    ev_io_stop(ev, w);
+    t->read_out = 1;
+    stream_hold_update(t);
 }
 
 static void stream_wio_cb(struct ev_loop *ev, ev_io *w, int revents)
@@ -453,8 +522,7 @@ static int stream_on_eof(tl_stream *t)
         t->closing = 1;
         t->lost_scheduled = 1;
         watch_stop(t, &t->rio);
-        Py_INCREF(t);
-        return tl_loop_push_io(t->loop, eof_then_lost_fn, (PyObject *)t) < 0
+        return stream_push(t, eof_then_lost_fn) < 0
                    ? stream_fatal_error(t, read_error_message(t)) : 0;
     }
     debug_log(t, "debug", "%r received EOF");
@@ -568,7 +636,21 @@ static int stream_read_ready(tl_stream *t)
     if (n == 0)
         return stream_on_eof(t);
     PyObject *proto = Py_NewRef(t->protocol);
-    PyObject *r = call_protocol(t, t->loop->st->str_data_received, data);
+    PyObject *r;
+    if (TL_UNLIKELY(t->loop->dispatch != NULL) && tl_dispatch_on_worker(t->loop)) {
+        /* stream_read_fn() on the transport's strand, holding the loop
+         * lock: the one callback that runs without it, so the transports
+         * of other workers read and write meanwhile */
+        PyObject *stack[3] = {NULL, proto, data};
+        t->in_data_received = 1;
+        tl_loop_ev_unlock(t->loop, 1);
+        r = PyObject_VectorcallMethod(t->loop->st->str_data_received, stack + 1,
+                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        tl_loop_ev_lock(t->loop);
+        t->in_data_received = 0;
+    } else {
+        r = call_protocol(t, t->loop->st->str_data_received, data);
+    }
     tl_read_recycle(t->loop, data);
     int rc = 0;
     if (r != NULL) {
@@ -700,8 +782,46 @@ static const char *write_error_message(tl_stream *t)
 
 /* ---- flow control (transports._FlowControlMixin) ------------------------ */
 
-/* protocol.pause_writing()/resume_writing(); a failure is reported */
+static int run_in_context(tl_stream *t, int (*step)(tl_stream *));
+static int call_flow_control_now(tl_stream *t, PyObject *name, const char *failed);
+
+static int pause_writing_step(tl_stream *t)
+{
+    return call_flow_control_now(t, t->loop->st->str_pause_writing,
+                                 "protocol.pause_writing() failed");
+}
+
+static int resume_writing_step(tl_stream *t)
+{
+    return call_flow_control_now(t, t->loop->st->str_resume_writing,
+                                 "protocol.resume_writing() failed");
+}
+
+static int pause_writing_fn(tl_loop *loop, PyObject *obj)
+{
+    TL_UNUSED(loop);
+    return run_in_context((tl_stream *)obj, pause_writing_step);
+}
+
+static int resume_writing_fn(tl_loop *loop, PyObject *obj)
+{
+    TL_UNUSED(loop);
+    return run_in_context((tl_stream *)obj, resume_writing_step);
+}
+
+/* protocol.pause_writing()/resume_writing(): right away from the write()
+ * or flush that decided it, as asyncio does, or on a threaded loop from the
+ * transport's strand when that is not where we are */
 static int call_flow_control(tl_stream *t, PyObject *name, const char *failed)
+{
+    if (TL_LIKELY(stream_in_strand(t)))
+        return call_flow_control_now(t, name, failed);
+    return stream_push(t, name == t->loop->st->str_pause_writing ? pause_writing_fn
+                                                                  : resume_writing_fn);
+}
+
+/* a failure is reported */
+static int call_flow_control_now(tl_stream *t, PyObject *name, const char *failed)
 {
     PyObject *r = call_protocol(t, name, NULL);
     if (r != NULL) {
@@ -817,6 +937,21 @@ static int set_future_exception(tl_state *st, PyObject *fut, PyObject *exc)
 
 static int call_connection_lost(tl_stream *t, PyObject *exc);
 
+static int connection_lost_fn(tl_loop *loop, PyObject *obj);
+
+/* close() waited for the buffer to empty: connection_lost(None) now, as
+ * asyncio's _write_ready does, or from the strand of a threaded loop. */
+static int stream_lost_after_flush(tl_stream *t)
+{
+    if (stream_in_strand(t))
+        return call_connection_lost(t, NULL);
+    if (t->lost_scheduled)
+        return 0;
+    t->lost_scheduled = 1;
+    Py_CLEAR(t->lost_exc);
+    return stream_push(t, connection_lost_fn);
+}
+
 /* The buffer emptied (or the flush failed with exc): what asyncio's
  * _write_ready does after the send. */
 static int stream_write_done(tl_stream *t)
@@ -828,7 +963,7 @@ static int stream_write_done(tl_stream *t)
             return -1;
         if (t->closing) {
             watch_stop(t, &t->rio);
-            return call_connection_lost(t, NULL);
+            return stream_lost_after_flush(t);
         }
         return 0;
     }
@@ -840,7 +975,7 @@ static int stream_write_done(tl_stream *t)
     if (t->empty_waiter != NULL && set_future_result(st, t->empty_waiter, Py_None) < 0)
         return report_callback_error(t, t->protocol ? t->protocol : Py_None, "_write_ready");
     if (t->closing)
-        return call_connection_lost(t, NULL);
+        return stream_lost_after_flush(t);
     if (t->eof && shutdown(t->fd, SHUT_WR) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return report_callback_error(t, t->protocol ? t->protocol : Py_None, "_write_ready");
@@ -1101,7 +1236,6 @@ static PyObject *stream_can_write_eof(tl_stream *t, PyObject *Py_UNUSED(ignored)
 
 /* ---- closing ------------------------------------------------------------------ */
 
-static int connection_lost_fn(tl_loop *loop, PyObject *obj);
 
 /* Schedule connection_lost(exc) once (asyncio's _force_close/_close). */
 static int stream_force_close(tl_stream *t, PyObject *exc)
@@ -1121,8 +1255,7 @@ static int stream_force_close(tl_stream *t, PyObject *exc)
     watch_stop(t, &t->rio);
     t->conn_lost++;
     Py_XSETREF(t->lost_exc, Py_XNewRef(exc));
-    Py_INCREF(t);
-    return tl_loop_push_io(t->loop, connection_lost_fn, (PyObject *)t);
+    return stream_push(t, connection_lost_fn);
 }
 
 /* close(): stop reading; connection_lost(None) once the buffer is flushed */
@@ -1257,19 +1390,25 @@ static int call_connection_lost(tl_stream *t, PyObject *exc)
 
 /* ---- the ready-queue steps ---------------------------------------------------- */
 
+/* A queued step in the protocol's context; on a threaded loop (a worker,
+ * the transport's strand) with the loop lock held. */
 static int run_in_context(tl_stream *t, int (*step)(tl_stream *))
 {
+    int locked = tl_loop_ev_lock(t->loop);
     PyObject *ctx = t->context;
-    if (ctx == NULL)    /* cleared by the GC */
-        return step(t);
-    Py_INCREF(ctx);
     int rc = -1;
-    if (PyContext_Enter(ctx) == 0) {
+    if (ctx == NULL) {  /* cleared by the GC */
         rc = step(t);
-        if (PyContext_Exit(ctx) < 0)
-            rc = -1;
+    } else {
+        Py_INCREF(ctx);
+        if (PyContext_Enter(ctx) == 0) {
+            rc = step(t);
+            if (PyContext_Exit(ctx) < 0)
+                rc = -1;
+        }
+        Py_DECREF(ctx);
     }
-    Py_DECREF(ctx);
+    tl_loop_ev_unlock(t->loop, locked);
     return rc;
 }
 
@@ -1737,6 +1876,9 @@ static int stream_traverse(tl_stream *t, visitproc visit, void *arg)
     Py_VISIT(t->waiter);
     Py_VISIT(t->empty_waiter);
     Py_VISIT(t->lost_exc);
+    int r = tl_strand_traverse(&t->strand, visit, arg);
+    if (r)
+        return r;
     return t->dgram ? tl_dgram_traverse(t, visit, arg) : 0;
 }
 
@@ -1751,6 +1893,7 @@ static int stream_clear(tl_stream *t)
     Py_CLEAR(t->waiter);
     Py_CLEAR(t->empty_waiter);
     Py_CLEAR(t->lost_exc);
+    tl_strand_clear(&t->strand);
     if (t->dgram)
         tl_dgram_clear(t);
     return 0;
@@ -1832,8 +1975,7 @@ static tl_stream *stream_alloc(tl_loop *loop, PyTypeObject *tp, int kind, int fd
 /* connection_made() on the next iteration */
 static int stream_schedule_made(tl_stream *t)
 {
-    Py_INCREF(t);
-    return tl_loop_push_io(t->loop, made_fn, (PyObject *)t);
+    return stream_push(t, made_fn);
 }
 
 /* ---- socket transports ------------------------------------------------------------ */
