@@ -88,10 +88,12 @@ typedef struct tl_stream {
     tl_loop_link link;          /* on the loop's ring while held */
     /* Threaded loops (tl_dispatch.h): the protocol's callbacks run on
      * workers, in this FIFO, one at a time; cb_thread is the worker running
-     * them now (0: none), read_out says a read is queued there (the reader
-     * is stopped until it ran: one data_received() at a time, in order). */
+     * them now (0: none). The loop thread reads; what it read waits in
+     * inbox (bytes, in order; inbox_size bytes) for data_received(). */
     tl_strand strand;
     _Atomic unsigned long cb_thread;
+    tl_ready inbox;
+    Py_ssize_t inbox_size;
     ev_io rio;                  /* reading (write pipes: peer-close check) */
     ev_io wio;                  /* flushing the write buffer */
     PyObject **wq;              /* ring of bytes objects not yet sent
@@ -116,7 +118,8 @@ typedef struct tl_stream {
     uint8_t lost_done;          /* connection_lost() ran, fd closed */
     uint8_t is_socket;          /* fd is a socket: send() with MSG_NOSIGNAL */
     uint8_t watch_close;        /* write pipe: read readiness = peer closed */
-    uint8_t read_out;
+    uint8_t inbox_queued;       /* its delivery is on the strand */
+    uint8_t inbox_full;         /* the reader waits for the inbox to drain */
     uint8_t in_data_received;   /* a worker runs it without the loop lock */
 } tl_stream;
 

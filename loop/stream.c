@@ -29,6 +29,7 @@ static int stream_read_ready(tl_stream *t);
 static int stream_write_ready(tl_stream *t);
 static int stream_force_close(tl_stream *t, PyObject *exc);
 static int stream_close_impl(tl_stream *t);
+static int run_in_context(tl_stream *t, int (*step)(tl_stream *));
 
 /* socket and datagram transports: asyncio's _SelectorTransport */
 static inline int is_selector(tl_stream *t)
@@ -63,8 +64,8 @@ static void stream_hold_update(tl_stream *t)
 
 static void watch_start(tl_stream *t, ev_io *w)
 {
-    /* a read out on the strand restarts the reader when it is done */
-    if (ev_is_active(w) || t->loop->ev == NULL || (w == &t->rio && t->read_out))
+    /* a full inbox restarts the reader once it drained */
+    if (ev_is_active(w) || t->loop->ev == NULL || (w == &t->rio && t->inbox_full))
         return;
     tl_loop_io_start(t->loop, w);
     stream_hold_update(t);
@@ -73,7 +74,7 @@ static void watch_start(tl_stream *t, ev_io *w)
 static void watch_stop(tl_stream *t, ev_io *w)
 {
     if (w == &t->rio)
-        t->read_out = 0;    /* reading stops for good: no restart */
+        t->inbox_full = 0;  /* reading stops for good: no restart */
     if (ev_is_active(w) && t->loop->ev != NULL)
         ev_io_stop(t->loop->ev, w);
     /* also after libev stopped it itself (EV_ERROR: the fd went bad) */
@@ -261,20 +262,25 @@ static int stream_fatal_errno(tl_stream *t, const char *message)
 
 /* ---- entering the protocol's context from libev callbacks -------------- */
 
+/* 1: entered, 0: not (none, or on a threaded loop a worker is in it, in
+ * data_received(): a context is entered by one thread at a time, and the
+ * loop thread then calls no protocol code), -1: failed */
 static int stream_enter(tl_stream *t)
 {
-    if (t->context != NULL && PyContext_Enter(t->context) < 0) {
+    if (t->context == NULL || t->in_data_received)
+        return 0;
+    if (PyContext_Enter(t->context) < 0) {
         tl_loop_defer_error(t->loop);
         return -1;
     }
-    return 0;
+    return 1;
 }
 
-static void stream_exit(tl_stream *t, int rc)
+static void stream_exit(tl_stream *t, int entered, int rc)
 {
     if (rc < 0)
         tl_loop_defer_error(t->loop);   /* SystemExit/KeyboardInterrupt */
-    if (t->context != NULL && PyContext_Exit(t->context) < 0)
+    if (entered && PyContext_Exit(t->context) < 0)
         tl_loop_defer_error(t->loop);
 }
 
@@ -285,8 +291,9 @@ static void stream_step(tl_stream *t, int (*step)(tl_stream *), const char *what
 {
     Py_INCREF(t);
     double t0 = TL_UNLIKELY(t->loop->debug) ? tl_monotonic() : 0.0;
-    if (stream_enter(t) == 0)
-        stream_exit(t, step(t));
+    int entered = stream_enter(t);
+    if (entered >= 0)
+        stream_exit(t, entered, step(t));
     stream_hold_update(t);     /* libev stops a watcher whose fd went bad */
     if (TL_UNLIKELY(t->loop->debug)) {
         double dt = tl_monotonic() - t0;
@@ -304,40 +311,11 @@ static void stream_step(tl_stream *t, int (*step)(tl_stream *), const char *what
     Py_DECREF(t);
 }
 
-/* A threaded loop's read, on the transport's strand: the read and what it
- * calls run there (with the loop lock but for data_received()), then the
- * reader goes on unless something stopped reading meanwhile. */
-static int stream_read_fn(tl_loop *loop, PyObject *obj)
-{
-    tl_stream *t = (tl_stream *)obj;
-    int locked = tl_loop_ev_lock(loop);
-    stream_step(t, stream_read_ready, "_read_ready");
-    if (t->read_out) {
-        t->read_out = 0;
-        watch_start(t, &t->rio);
-    }
-    tl_loop_ev_unlock(loop, locked);
-    tl_loop_ev_changed(loop);   /* its poll must see the reader again */
-    return 0;
-}
-
 static void stream_rio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
+    TL_UNUSED(ev);
     TL_UNUSED(revents);
-    tl_stream *t = STREAM_OF(w, rio);
-    if (TL_LIKELY(t->loop->dispatch == NULL)) {
-        stream_step(t, stream_read_ready, "_read_ready");
-        return;
-    }
-    /* Threaded loop: the read goes to a worker; the reader waits for it
-     * (level-triggered poll: it would report the same bytes again). */
-    if (stream_push(t, stream_read_fn) < 0) {
-        tl_loop_defer_error(t->loop);
-        return;
-    }
-    ev_io_stop(ev, w);
-    t->read_out = 1;
-    stream_hold_update(t);
+    stream_step(STREAM_OF(w, rio), stream_read_ready, "_read_ready");
 }
 
 static void stream_wio_cb(struct ev_loop *ev, ev_io *w, int revents)
@@ -512,6 +490,7 @@ static const char *read_error_message(tl_stream *t)
 }
 
 static int eof_then_lost_fn(tl_loop *loop, PyObject *obj);
+static int eof_fn(tl_loop *loop, PyObject *obj);
 
 static int stream_on_eof(tl_stream *t)
 {
@@ -524,6 +503,12 @@ static int stream_on_eof(tl_stream *t)
         watch_stop(t, &t->rio);
         return stream_push(t, eof_then_lost_fn) < 0
                    ? stream_fatal_error(t, read_error_message(t)) : 0;
+    }
+    if (TL_UNLIKELY(t->loop->dispatch != NULL) && !tl_dispatch_on_worker(t->loop)) {
+        /* the loop thread read it: eof_received() comes after the
+         * data_received() calls still waiting on the strand */
+        watch_stop(t, &t->rio);
+        return stream_push(t, eof_fn) < 0 ? stream_fatal_error(t, read_error_message(t)) : 0;
     }
     debug_log(t, "debug", "%r received EOF");
     PyObject *r = call_protocol(t, t->loop->st->str_eof_received, NULL);
@@ -601,6 +586,90 @@ static int stream_read_into_sink(tl_stream *t)
     return 0;
 }
 
+/* What data_received() returned (r, stolen; NULL: it raised) */
+static int data_received_done(tl_stream *t, PyObject *proto, PyObject *r)
+{
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    if (t->kind == TL_STREAM_SOCKET)
+        return stream_fatal_error(t, "Fatal error: protocol.data_received() call failed.");
+    /* a read pipe lets the error escape to its handle: reported, and the
+     * transport stays open */
+    return report_callback_error(t, proto, "data_received");
+}
+
+/* ---- threaded loops: data_received() on workers --------------------------
+ * The loop thread reads (the poll is level-triggered: it must), the bytes
+ * wait in the transport's inbox, and one item on its strand hands them to
+ * data_received() in order, without the loop lock: that is the protocol
+ * code that runs in parallel. The reader keeps going unless the inbox holds
+ * more than TL_INBOX_MAX bytes: then it waits for the protocol. */
+
+#define TL_INBOX_MAX (256 * 1024)
+
+static int stream_deliver_step(tl_stream *t)
+{
+    tl_loop *loop = t->loop;
+    int rc = 0;
+    /* asyncio's protocol hears nothing more once reading paused or the
+     * transport closed; what was read meanwhile waits (resume_reading) or
+     * goes away with the transport */
+    while (rc == 0 && t->inbox.len && !t->paused && !t->closing && t->protocol != NULL) {
+        PyObject *data = tl_ready_pop(&t->inbox).obj;
+        t->inbox_size -= PyBytes_GET_SIZE(data);
+        PyObject *proto = Py_NewRef(t->protocol);
+        PyObject *stack[3] = {NULL, proto, data};
+        t->in_data_received = 1;
+        tl_loop_ev_unlock(loop, 1);
+        PyObject *r = PyObject_VectorcallMethod(loop->st->str_data_received, stack + 1,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(data);
+        tl_loop_ev_lock(loop);
+        t->in_data_received = 0;
+        rc = data_received_done(t, proto, r);
+        Py_DECREF(proto);
+    }
+    t->inbox_queued = 0;
+    if (t->inbox_full && t->inbox_size < TL_INBOX_MAX / 2) {
+        t->inbox_full = 0;
+        stream_start_reading(t);
+    }
+    return rc;
+}
+
+static int stream_deliver_fn(tl_loop *loop, PyObject *obj)
+{
+    TL_UNUSED(loop);
+    return run_in_context((tl_stream *)obj, stream_deliver_step);
+}
+
+/* Queue the inbox's delivery on the strand unless it is queued already */
+static int stream_deliver_soon(tl_stream *t)
+{
+    if (t->inbox_queued || t->inbox.len == 0)
+        return 0;
+    t->inbox_queued = 1;
+    return stream_push(t, stream_deliver_fn);
+}
+
+static int stream_inbox_put(tl_stream *t, PyObject *data)
+{
+    if (t->inbox.cap == 0 && tl_ready_grow_from(&t->inbox, 4) < 0) {
+        Py_DECREF(data);
+        return stream_fatal_error(t, read_error_message(t));
+    }
+    t->inbox_size += PyBytes_GET_SIZE(data);
+    if (tl_ready_push(&t->inbox, NULL, data) < 0 || stream_deliver_soon(t) < 0)
+        return stream_fatal_error(t, read_error_message(t));
+    if (t->inbox_size > TL_INBOX_MAX) {
+        watch_stop(t, &t->rio);
+        t->inbox_full = 1;
+    }
+    return 0;
+}
+
 static int stream_read_ready(tl_stream *t)
 {
     if (t->kind == TL_STREAM_DATAGRAM)
@@ -635,33 +704,12 @@ static int stream_read_ready(tl_stream *t)
     }
     if (n == 0)
         return stream_on_eof(t);
+    if (TL_UNLIKELY(t->loop->dispatch != NULL))
+        return stream_inbox_put(t, data);
     PyObject *proto = Py_NewRef(t->protocol);
-    PyObject *r;
-    if (TL_UNLIKELY(t->loop->dispatch != NULL) && tl_dispatch_on_worker(t->loop)) {
-        /* stream_read_fn() on the transport's strand, holding the loop
-         * lock: the one callback that runs without it, so the transports
-         * of other workers read and write meanwhile */
-        PyObject *stack[3] = {NULL, proto, data};
-        t->in_data_received = 1;
-        tl_loop_ev_unlock(t->loop, 1);
-        r = PyObject_VectorcallMethod(t->loop->st->str_data_received, stack + 1,
-                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        tl_loop_ev_lock(t->loop);
-        t->in_data_received = 0;
-    } else {
-        r = call_protocol(t, t->loop->st->str_data_received, data);
-    }
+    PyObject *r = call_protocol(t, t->loop->st->str_data_received, data);
     tl_read_recycle(t->loop, data);
-    int rc = 0;
-    if (r != NULL) {
-        Py_DECREF(r);
-    } else if (t->kind == TL_STREAM_SOCKET) {
-        rc = stream_fatal_error(t, "Fatal error: protocol.data_received() call failed.");
-    } else {
-        /* a read pipe lets the error escape to its handle: reported, and
-         * the transport stays open */
-        rc = report_callback_error(t, proto, "data_received");
-    }
+    int rc = data_received_done(t, proto, r);
     Py_DECREF(proto);
     return rc;
 }
@@ -782,7 +830,6 @@ static const char *write_error_message(tl_stream *t)
 
 /* ---- flow control (transports._FlowControlMixin) ------------------------ */
 
-static int run_in_context(tl_stream *t, int (*step)(tl_stream *));
 static int call_flow_control_now(tl_stream *t, PyObject *name, const char *failed);
 
 static int pause_writing_step(tl_stream *t)
@@ -1472,6 +1519,22 @@ static int eof_then_lost_fn(tl_loop *loop, PyObject *obj)
     return run_in_context((tl_stream *)obj, eof_then_lost_step);
 }
 
+/* A threaded loop's EOF on the transport's strand (stream_on_eof) */
+static int eof_step(tl_stream *t)
+{
+    if (t->lost_scheduled || t->protocol == NULL)
+        return 0;
+    int rc = stream_on_eof(t);
+    stream_hold_update(t);
+    return rc;
+}
+
+static int eof_fn(tl_loop *loop, PyObject *obj)
+{
+    TL_UNUSED(loop);
+    return run_in_context((tl_stream *)obj, eof_step);
+}
+
 /* connection_made(), then the reader, then the waiter: the three call_soon
  * of asyncio's constructors, in their order. */
 static int made_step(tl_stream *t)
@@ -1538,6 +1601,8 @@ static PyObject *stream_resume_reading(tl_stream *t, PyObject *Py_UNUSED(ignored
         return NULL;
     t->paused = 0;
     stream_start_reading(t);
+    if (stream_deliver_soon(t) < 0)     /* threaded loop: what waited */
+        return NULL;
     debug_log(t, "debug", "%r resumes reading");
     Py_RETURN_NONE;
 }
@@ -1894,6 +1959,8 @@ static int stream_clear(tl_stream *t)
     Py_CLEAR(t->empty_waiter);
     Py_CLEAR(t->lost_exc);
     tl_strand_clear(&t->strand);
+    tl_ready_clear(&t->inbox);
+    t->inbox_size = 0;
     if (t->dgram)
         tl_dgram_clear(t);
     return 0;
