@@ -201,6 +201,9 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
 
         transport.set_protocol(ssl_transport)
         conmade_cb = self.call_soon(ssl_transport.connection_made, transport)
+        early = _early_handshake_bytes(self, protocol)
+        if early:
+            self.call_soon(ssl_transport.data_received, early)
         resume_cb = self.call_soon(transport.resume_reading)
 
         try:
@@ -429,6 +432,27 @@ for _name in ("_connect_pipes", "close", "_process_exited", "_pipe_connection_lo
 del _name
 _ThreadedSubprocessTransport.__name__ = "_UnixSubprocessTransport"
 _ThreadedSubprocessTransport.__qualname__ = "_UnixSubprocessTransport"
+
+
+def _early_handshake_bytes(loop, protocol):
+    """What the peer's TLS handshake already put in a stream reader's buffer.
+
+    With worker threads the loop thread reads the socket while the task
+    that answered "go ahead with TLS" has not yet paused reading: the
+    peer's first handshake bytes may land in the old protocol's
+    StreamReader, where asyncio's single thread never lets them arrive
+    (the task writes the answer and pauses reading in one step). Once
+    pause_reading() has returned nothing more comes there: hand them to
+    the TLS transport. Single-threaded loops keep asyncio's behaviour."""
+    if not loop.threads:
+        return None
+    reader = getattr(protocol, "_stream_reader", None)
+    buffer = getattr(reader, "_buffer", None)
+    if not buffer:
+        return None
+    data = bytes(buffer)
+    buffer.clear()
+    return data
 
 
 async def _after_queued_callbacks(loop):
