@@ -189,6 +189,26 @@ def test_futures_across_workers_counts(tloop):
     assert sorted(got) == list(range(n))
 
 
+def test_gather_from_many_workers(tloop):
+    """Tasks on all workers await gather()s (asyncio's own, not thread-safe,
+    future) whose children finish on other workers: every gather wakes its
+    task, once."""
+    n = 200
+
+    async def leaf(i):
+        await asyncio.sleep(0)
+        return i
+
+    async def branch(i):
+        return sum(await asyncio.gather(leaf(i), leaf(i), leaf(i)))
+
+    async def main():
+        return await asyncio.gather(*[branch(i) for i in range(n)])
+
+    got = tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    assert got == [3 * i for i in range(n)]
+
+
 def test_cancel_storm(tloop):
     n = 400
 
