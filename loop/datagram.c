@@ -526,8 +526,12 @@ static PyObject *loop_make_datagram_transport(tl_loop *loop, PyObject *args, PyO
     return tl_datagram_transport_new(loop, sock, protocol, address, waiter, extra);
 }
 
+/* workers of a threaded loop call it too (tl_loop.h) */
+TL_LOCKED_VARARGS_KW(loop_make_datagram_transport_locked, loop_make_datagram_transport, tl_loop,
+                     self)
+
 PyMethodDef tl_dgram_loop_methods[] = {
-    {"_make_datagram_transport", (PyCFunction)(void (*)(void))loop_make_datagram_transport,
+    {"_make_datagram_transport", (PyCFunction)(void (*)(void))loop_make_datagram_transport_locked,
      METH_VARARGS | METH_KEYWORDS,
      "_make_datagram_transport(sock, protocol, address=None, waiter=None, extra=None)\n--\n\n"
      "A transport for a non-blocking datagram socket."},

@@ -21,6 +21,13 @@
 
 #include "tl_dispatch.h"
 
+/* ThreadSanitizer does not model atomic_thread_fence (GCC says so, -Wtsan).
+ * The two fences here (notify, worker_idle) pair up between atomics only: no
+ * plain memory relies on them, so a TSan build keeps them and loses no check. */
+#if defined(__SANITIZE_THREAD__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wtsan"
+#endif
+
 #define TL_RUNQ 256                 /* slots of a worker's run queue */
 #define TL_MAX_THREADS 256
 
@@ -109,6 +116,14 @@ typedef struct tl_worker {
     uint32_t rng;               /* where to start stealing */
     uint32_t tick;              /* items run: every 61st looks at the injector first */
     char debug;                 /* the loop's debug mode as last applied */
+    /* While an item runs, what it schedules here is held back (slots
+     * written up to held_tail, tail not moved) until it returns: a task
+     * step that creates tasks or queues callbacks finishes before any of
+     * them starts, as on asyncio's single thread (asyncio.gather() adds its
+     * done callbacks to the children it just created, and only then makes
+     * the future they report to). Owner only. */
+    uint8_t holding;
+    uint32_t held_tail;
 } tl_worker;
 
 typedef struct tl_rpc {
@@ -127,7 +142,9 @@ typedef struct tl_dispatch {
     int nworkers;
     tl_worker **workers;
     uint8_t started;            /* the threads exist */
-    uint8_t stop_after_batch;   /* stop() before run: one strand batch */
+    /* stop() before run: one strand batch; the worker that ran it and the
+     * loop thread's clean-up both clear it */
+    _Atomic uint8_t stop_after_batch;
     _Atomic int gate;           /* GATE_* */
     _Atomic int nbusy;          /* started workers that are not parked */
     _Atomic int nsearching;     /* workers looking for work (0 or 1) */
@@ -216,20 +233,41 @@ static int runq_put_slow(tl_worker *w, tl_ready_fn fn, PyObject *obj, uint32_t h
     return 1;
 }
 
+/* Owner only: make what the item just run scheduled visible. */
+static inline int runq_publish(tl_worker *w)
+{
+    uint32_t t = atomic_load_explicit(&w->tail, memory_order_relaxed);
+    if (w->held_tail == t)
+        return 0;
+    atomic_store_explicit(&w->tail, w->held_tail, memory_order_release);
+    return 1;
+}
+
 /* Owner only. */
 static void runq_put(tl_worker *w, tl_ready_fn fn, PyObject *obj)
 {
+    if (w->holding) {
+        uint32_t h = atomic_load_explicit(&w->head, memory_order_acquire);
+        uint32_t t = w->held_tail;
+        if (t - h < TL_RUNQ) {
+            slot_store(&w->q[t % TL_RUNQ], fn, obj);
+            w->held_tail = t + 1;
+            return;
+        }
+        runq_publish(w);        /* full: the slow path below moves half out */
+    }
     for (;;) {
         uint32_t h = atomic_load_explicit(&w->head, memory_order_acquire);
         uint32_t t = atomic_load_explicit(&w->tail, memory_order_relaxed);
         if (t - h < TL_RUNQ) {
             slot_store(&w->q[t % TL_RUNQ], fn, obj);
             atomic_store_explicit(&w->tail, t + 1, memory_order_release);
-            return;
+            break;
         }
         if (runq_put_slow(w, fn, obj, h, t))
-            return;
+            break;
     }
+    w->held_tail = atomic_load_explicit(&w->tail, memory_order_relaxed);
 }
 
 /* Owner only. */
@@ -471,7 +509,12 @@ static void dispatch_fail(tl_dispatch *d)
 static inline void run_item(tl_worker *w, tl_ready_item it)
 {
     tl_loop *loop = w->d->loop;
+    w->held_tail = atomic_load_explicit(&w->tail, memory_order_relaxed);
+    w->holding = 1;
     int rc = it.fn(loop, it.obj);
+    w->holding = 0;
+    if (runq_publish(w))
+        notify(w->d);
     tl_loop_unqueue(it.obj);
     if (TL_UNLIKELY(rc < 0))
         dispatch_fail(w->d);
@@ -648,6 +691,8 @@ int tl_dispatch_push(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
     tl_worker *w = tl_self;
     if (w != NULL && w->d == d) {
         runq_put(w, fn, obj);
+        if (w->holding)
+            return 0;           /* run_item() publishes and notifies */
     } else {
         tl_ready_item it = {fn, obj};
         if (injector_put_many(d, &it, 1) < 0)
@@ -789,10 +834,8 @@ static int loop_strand_run(tl_loop *loop, PyObject *obj)
 {
     tl_dispatch *d = loop->dispatch;
     int rc = tl_strand_run(loop, &d->strand, loop_strand_run, obj);
-    if (d->stop_after_batch) {
-        d->stop_after_batch = 0;
+    if (atomic_exchange(&d->stop_after_batch, 0))
         gate_close(d);
-    }
     return rc;
 }
 
@@ -906,7 +949,7 @@ int tl_dispatch_run(tl_loop *loop, int (*poll)(tl_loop *loop, int block))
         /* stop() before run_forever(): one batch of callbacks, then out */
         if (!strand_pending(d))
             goto quiesce;
-        d->stop_after_batch = 1;
+        atomic_store(&d->stop_after_batch, 1);
     }
     atomic_store(&d->gate, GATE_OPEN);
     wake_all(d);
@@ -921,7 +964,7 @@ int tl_dispatch_run(tl_loop *loop, int (*poll)(tl_loop *loop, int block))
     }
 quiesce:
     atomic_store(&d->gate, GATE_CLOSED);
-    d->stop_after_batch = 0;
+    atomic_store(&d->stop_after_batch, 0);
     /* the workers finish what they run and park; the last one wakes us */
     while (atomic_load(&d->nbusy) > 0) {
         PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;

@@ -327,6 +327,69 @@ static int task_refuse_yield(tl_task *task, PyObject *result, int same_loop, int
     return rc < 0 ? -1 : 1;
 }
 
+/* Wait for `result`, a future of someone else's: result.add_done_callback(
+ * wakeup, context=...). */
+static int task_watch_foreign(tl_task *task, PyObject *result)
+{
+    tl_state *st = task->fut.st;
+    PyObject *wakeup = tl_task_wakeup_method(task);
+    if (wakeup == NULL)
+        return -1;
+    PyObject *argv[3] = {result, wakeup, task->context};
+    PyObject *r = PyObject_VectorcallMethod(st->str_add_done_callback, argv, 2,
+                                            st->context_kwnames);
+    Py_DECREF(wakeup);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* A cancel() that came before the task waited: pass it to the waited-on
+ * (foreign) future, as asyncio does. */
+static int task_cancel_foreign_waiter(tl_task *task)
+{
+    if (!task->must_cancel)
+        return 0;
+    PyObject *msg = task->fut.cancel_msg ? task->fut.cancel_msg : Py_None;
+    Py_INCREF(msg);
+    PyObject *r = PyObject_CallMethodOneArg(task->fut_waiter, task->fut.st->str_cancel, msg);
+    Py_DECREF(msg);
+    if (r == NULL)
+        return -1;
+    int is_true = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (is_true < 0)
+        return -1;
+    if (is_true)
+        task->must_cancel = 0;
+    return 0;
+}
+
+static int task_report_error(tl_task *task, PyMethodDef *def, PyObject *arg);
+
+/* task_watch_foreign() on a threaded loop's strand (see task_handle_yield).
+ * The task waits for the wake-up this sets up, so its fut_waiter holds
+ * still. */
+static int task_watch_foreign_ready(tl_loop *loop, PyObject *obj)
+{
+    TL_UNUSED(loop);
+    tl_task *task = (tl_task *)obj;
+    PyObject *result = task->fut_waiter;
+    if (result == NULL)
+        return 0;
+    Py_INCREF(result);
+    int rc = task_watch_foreign(task, result);
+    if (rc == 0)
+        rc = task_cancel_foreign_waiter(task);
+    Py_DECREF(result);
+    if (rc == 0)
+        return 0;
+    /* as a failed step: reported, the task left waiting */
+    Py_CLEAR(task->fut_waiter);
+    return task_report_error(task, &task_step_def, NULL);
+}
+
 /* Where the yielded value says to go next (asyncio's
  * task_step_handle_result_impl). Steals `result`. */
 static int task_handle_yield(tl_task *task, PyObject *result)
@@ -405,36 +468,22 @@ static int task_handle_yield(tl_task *task, PyObject *result)
             Py_DECREF(result);
             return -1;
         }
-        PyObject *wakeup = tl_task_wakeup_method(task);
-        if (wakeup == NULL) {
+        tl_loop *tloop = task->fut.tloop;
+        if (tloop != NULL && tloop->dispatch != NULL) {
+            /* Worker threads: asyncio's own futures are not thread-safe, and
+             * what completes this one (gather()'s outer future: its
+             * children's done callbacks) runs on the loop's strand. Watch
+             * it from there too, in line with them: from this worker, the
+             * wake-up could be lost to a set_result() running beside. */
+            task->fut_waiter = result;
+            return tl_loop_push_ready(tloop, task_watch_foreign_ready, Py_NewRef(task));
+        }
+        if (task_watch_foreign(task, result) < 0) {
             Py_DECREF(result);
             return -1;
         }
-        PyObject *argv[3] = {result, wakeup, task->context};
-        PyObject *r = PyObject_VectorcallMethod(st->str_add_done_callback, argv, 2,
-                                                st->context_kwnames);
-        Py_DECREF(wakeup);
-        if (r == NULL) {
-            Py_DECREF(result);
-            return -1;
-        }
-        Py_DECREF(r);
         task->fut_waiter = result;
-        if (task->must_cancel) {
-            PyObject *msg = task->fut.cancel_msg ? task->fut.cancel_msg : Py_None;
-            Py_INCREF(msg);
-            r = PyObject_CallMethodOneArg(result, st->str_cancel, msg);
-            Py_DECREF(msg);
-            if (r == NULL)
-                return -1;
-            int is_true = PyObject_IsTrue(r);
-            Py_DECREF(r);
-            if (is_true < 0)
-                return -1;
-            if (is_true)
-                task->must_cancel = 0;
-        }
-        return 0;
+        return task_cancel_foreign_waiter(task);
     }
     Py_XDECREF(o);
 

@@ -1643,31 +1643,69 @@ static PyMemberDef tls_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-#define M_NOARGS(name, fn) {name, (PyCFunction)(fn), METH_NOARGS, NULL}
-#define M_O(name, fn) {name, (PyCFunction)(fn), METH_O, NULL}
-#define M_KW(name, fn) {name, (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS, NULL}
+/* With worker threads the methods below run beside the loop thread, which
+ * feeds ciphertext in (tls_sink_received) with the loop lock held: each
+ * holds the loop lock too, as the stream transports' methods do
+ * (tl_loop.h). The callbacks scheduled with call_soon / call_later
+ * (_do_read, _resume, the timeouts) run on a worker as well. The lock is
+ * taken again by nothing but the same thread (tl_loop_ev_lock), so a
+ * method that calls another (or the transport below) is fine. Getters of
+ * a single field need no lock. */
+#define TLS_LOCKED_NOARGS(fn) TL_LOCKED_NOARGS(fn##_locked, fn, tl_tls, self->loop)
+#define TLS_LOCKED_O(fn) TL_LOCKED_O(fn##_locked, fn, tl_tls, self->loop)
+#define TLS_LOCKED_KW(fn) TL_LOCKED_VARARGS_KW(fn##_locked, fn, tl_tls, self->loop)
+TLS_LOCKED_O(tls_set_protocol)
+TLS_LOCKED_NOARGS(tls_close)
+TLS_LOCKED_NOARGS(tls_pause_reading)
+TLS_LOCKED_NOARGS(tls_resume_reading)
+TLS_LOCKED_KW(tls_set_write_buffer_limits)
+TLS_LOCKED_NOARGS(tls_get_write_buffer_size)
+TLS_LOCKED_KW(tls_set_read_buffer_limits)
+TLS_LOCKED_NOARGS(tls_get_read_buffer_size)
+TLS_LOCKED_O(tls_write)
+TLS_LOCKED_O(tls_writelines)
+TLS_LOCKED_NOARGS(tls_abort_py)
+TLS_LOCKED_O(tls_force_close)
+TLS_LOCKED_O(tls_test_append_write_backlog)
+TLS_LOCKED_O(tls_connection_made)
+TLS_LOCKED_O(tls_connection_lost)
+TLS_LOCKED_O(tls_get_buffer)
+TLS_LOCKED_O(tls_buffer_updated)
+TLS_LOCKED_O(tls_data_received)
+TLS_LOCKED_NOARGS(tls_eof_received)
+TLS_LOCKED_NOARGS(tls_pause_writing)
+TLS_LOCKED_NOARGS(tls_resume_writing)
+TLS_LOCKED_NOARGS(tls_check_handshake_timeout)
+TLS_LOCKED_NOARGS(tls_check_shutdown_timeout)
+TLS_LOCKED_NOARGS(tls_do_read_py)
+TLS_LOCKED_NOARGS(tls_resume)
+
+#define M_NOARGS(name, fn) {name, (PyCFunction)(fn##_locked), METH_NOARGS, NULL}
+#define M_O(name, fn) {name, (PyCFunction)(fn##_locked), METH_O, NULL}
+#define M_KW(name, fn) {name, (PyCFunction)(void (*)(void))(fn##_locked), METH_VARARGS | METH_KEYWORDS, NULL}
+#define M_NOARGS_UNLOCKED(name, fn) {name, (PyCFunction)(fn), METH_NOARGS, NULL}
 
 static PyMethodDef tls_methods[] = {
     /* the transport the application sees */
     {"get_extra_info", (PyCFunction)(void (*)(void))tls_get_extra_info,
      METH_FASTCALL | METH_KEYWORDS, NULL},
     M_O("set_protocol", tls_set_protocol),
-    M_NOARGS("get_protocol", tls_get_protocol),
-    M_NOARGS("is_closing", tls_is_closing),
+    M_NOARGS_UNLOCKED("get_protocol", tls_get_protocol),
+    M_NOARGS_UNLOCKED("is_closing", tls_is_closing),
     M_NOARGS("close", tls_close),
-    M_NOARGS("is_reading", tls_is_reading),
+    M_NOARGS_UNLOCKED("is_reading", tls_is_reading),
     M_NOARGS("pause_reading", tls_pause_reading),
     M_NOARGS("resume_reading", tls_resume_reading),
     M_KW("set_write_buffer_limits", tls_set_write_buffer_limits),
-    M_NOARGS("get_write_buffer_limits", tls_get_write_buffer_limits),
+    M_NOARGS_UNLOCKED("get_write_buffer_limits", tls_get_write_buffer_limits),
     M_NOARGS("get_write_buffer_size", tls_get_write_buffer_size),
     M_KW("set_read_buffer_limits", tls_set_read_buffer_limits),
-    M_NOARGS("get_read_buffer_limits", tls_get_read_buffer_limits),
+    M_NOARGS_UNLOCKED("get_read_buffer_limits", tls_get_read_buffer_limits),
     M_NOARGS("get_read_buffer_size", tls_get_read_buffer_size),
     M_O("write", tls_write),
     M_O("writelines", tls_writelines),
-    M_NOARGS("write_eof", tls_write_eof),
-    M_NOARGS("can_write_eof", tls_can_write_eof),
+    M_NOARGS_UNLOCKED("write_eof", tls_write_eof),
+    M_NOARGS_UNLOCKED("can_write_eof", tls_can_write_eof),
     M_NOARGS("abort", tls_abort_py),
     M_O("_force_close", tls_force_close),
     M_O("_test__append_write_backlog", tls_test_append_write_backlog),
@@ -1977,8 +2015,10 @@ static PyObject *loop_make_ssl_transport(tl_loop *loop, PyObject *args, PyObject
     return tls;
 }
 
+TL_LOCKED_VARARGS_KW(loop_make_ssl_transport_locked, loop_make_ssl_transport, tl_loop, self)
+
 PyMethodDef tl_tls_loop_methods[] = {
-    {"_make_ssl_transport", (PyCFunction)(void (*)(void))loop_make_ssl_transport,
+    {"_make_ssl_transport", (PyCFunction)(void (*)(void))loop_make_ssl_transport_locked,
      METH_VARARGS | METH_KEYWORDS,
      "_make_ssl_transport(rawsock, protocol, sslcontext, waiter=None, *, server_side=False,\n"
      "                    server_hostname=None, extra=None, server=None,\n"

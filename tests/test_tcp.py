@@ -654,10 +654,6 @@ async def test_debug_mode_logs_slow_protocol_callbacks(caplog):
     import time
     loop = asyncio.get_running_loop()
 
-    if getattr(loop, "threads", 0):
-        pytest.skip("known broken: debug mode on a threaded loop with transports hangs "
-                    "here (TONIO_THREADS; issue 8)")
-
     class Slow(Recorder):
         def data_received(self, data):
             super().data_received(data)

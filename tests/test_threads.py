@@ -189,6 +189,26 @@ def test_futures_across_workers_counts(tloop):
     assert sorted(got) == list(range(n))
 
 
+def test_gather_from_many_workers(tloop):
+    """Tasks on all workers await gather()s (asyncio's own, not thread-safe,
+    future) whose children finish on other workers: every gather wakes its
+    task, once."""
+    n = 200
+
+    async def leaf(i):
+        await asyncio.sleep(0)
+        return i
+
+    async def branch(i):
+        return sum(await asyncio.gather(leaf(i), leaf(i), leaf(i)))
+
+    async def main():
+        return await asyncio.gather(*[branch(i) for i in range(n)])
+
+    got = tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    assert got == [3 * i for i in range(n)]
+
+
 def test_cancel_storm(tloop):
     n = 400
 
@@ -466,3 +486,175 @@ def test_transport_write_from_many_workers(tloop):
         assert seen.get(k, -1) == i - 1
         seen[k] = i
     assert seen == {k: nchunks - 1 for k in range(nwriters)}
+
+
+# ---- what a step schedules starts after it --------------------------------
+
+
+def test_step_finishes_before_what_it_schedules(tloop):
+    """A task's step runs to its next await before the tasks and callbacks
+    it made start, as on asyncio's single thread: asyncio.gather() adds its
+    done callbacks to the children it has just created and only then makes
+    the future they report to (children finishing first hung it)."""
+    rounds = 300
+
+    async def child(i):
+        return i
+
+    async def main():
+        tloop.set_debug(True)     # slower task creation: the widest window
+        try:
+            for r in range(rounds):
+                assert await asyncio.gather(*[child(r + k) for k in range(4)]) == \
+                    [r + k for k in range(4)]
+                started = []
+                t = asyncio.create_task(child(r))
+                t.add_done_callback(lambda _: started.append("child"))
+                asyncio.get_running_loop().call_soon(started.append, "callback")
+                if r % 10 == 0:
+                    time.sleep(0.002)     # other threads may run: none may start them
+                assert started == [] and not t.done()
+                await t
+        finally:
+            tloop.set_debug(False)
+
+    import logging
+    logging.disable(logging.WARNING)     # debug mode's slow-callback reports
+    try:
+        tloop.run_until_complete(asyncio.wait_for(main(), 60))
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+# ---- stress: counts checked, bounded in time ------------------------------
+
+
+def test_stress_futures_ping_pong_across_workers(tloop):
+    """Pairs of tasks hand each other futures for many rounds: every value
+    arrives exactly once, in order, and the whole thing ends in time."""
+    pairs, rounds = 64, 100
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        received = {}
+
+        async def ping(k, box):
+            for i in range(rounds):
+                fut = loop.create_future()
+                box.append(fut)
+                assert await fut == (k, i)
+
+        async def pong(k, box):
+            got = []
+            for i in range(rounds):
+                while not box:
+                    await asyncio.sleep(0)
+                fut = box.pop()
+                got.append(i)
+                fut.set_result((k, i))
+                await asyncio.sleep(0)
+            received[k] = got
+
+        boxes = [[] for _ in range(pairs)]
+        await asyncio.gather(*[ping(k, boxes[k]) for k in range(pairs)],
+                             *[pong(k, boxes[k]) for k in range(pairs)])
+        return received
+
+    received = tloop.run_until_complete(asyncio.wait_for(main(), 60))
+    assert received == {k: list(range(rounds)) for k in range(pairs)}
+
+
+def test_stress_many_connections_written_from_workers(tloop):
+    """32 connections, each written by 4 tasks at once: every chunk arrives
+    once, each writer's chunks in order, on every connection."""
+    nconn, nwriters, nchunks = 32, 4, 100
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        protos = []
+
+        def factory():
+            p = Checked()
+            protos.append(p)
+            return p
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conns = [await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+                 for _ in range(nconn)]
+
+        async def writer(c, k):
+            tr = conns[c][0]
+            for i in range(nchunks):
+                tr.write(b"<%d:%d>" % (k, i))
+                if i % 8 == 0:
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(*[writer(c, k) for c in range(nconn) for k in range(nwriters)])
+        for tr, _ in conns:
+            tr.close()
+        await asyncio.wait_for(asyncio.gather(*[p.lost for p in protos]), 30)
+        server.close()
+        await server.wait_closed()
+        return protos
+
+    protos = tloop.run_until_complete(asyncio.wait_for(main(), 60))
+    assert len(protos) == nconn
+    for p in protos:
+        assert p.overlaps == 0
+        chunks = bytes(p.data)[1:-1].split(b"><")
+        assert len(chunks) == nwriters * nchunks
+        seen = {}
+        for c in chunks:
+            k, i = map(int, c.split(b":"))
+            assert seen.get(k, -1) == i - 1
+            seen[k] = i
+        assert seen == {k: nchunks - 1 for k in range(nwriters)}
+
+
+def test_stress_cancel_storm_racing_completion(tloop):
+    """Tasks finishing while other tasks cancel them: each ends exactly once,
+    either with its result or cancelled; each done callback runs once;
+    cancelled ones ran their cleanup."""
+    n = 600
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        cleanups = []
+        callbacks = []
+
+        async def victim(i):
+            try:
+                for _ in range(i % 5):
+                    await asyncio.sleep(0)
+                return i
+            except asyncio.CancelledError:
+                cleanups.append(i)
+                raise
+
+        tasks = [asyncio.create_task(victim(i)) for i in range(n)]
+        for t in tasks:
+            t.add_done_callback(callbacks.append)
+
+        async def canceller(part):
+            for t in part:
+                t.cancel()
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*[canceller(tasks[k::6]) for k in range(6)])
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.01)
+        for _ in range(100):              # the done callbacks are callbacks: let them run
+            if len(callbacks) == n:
+                break
+            await asyncio.sleep(0.01)
+        return tasks, results, cleanups, callbacks
+
+    tasks, results, cleanups, callbacks = tloop.run_until_complete(asyncio.wait_for(main(), 60))
+    assert len(callbacks) == n and len({id(t) for t in callbacks}) == n
+    done_ok = [i for i, r in enumerate(results) if r == i]
+    cancelled = [i for i, r in enumerate(results) if isinstance(r, asyncio.CancelledError)]
+    assert sorted(done_ok + cancelled) == list(range(n))
+    assert all(tasks[i].cancelled() for i in cancelled)
+    # a task cancelled before its first step never ran its body
+    assert set(cleanups) <= set(cancelled) and len(cleanups) == len(set(cleanups))

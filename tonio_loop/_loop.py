@@ -201,6 +201,9 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
 
         transport.set_protocol(ssl_transport)
         conmade_cb = self.call_soon(ssl_transport.connection_made, transport)
+        early = _early_handshake_bytes(self, protocol)
+        if early:
+            self.call_soon(ssl_transport.data_received, early)
         resume_cb = self.call_soon(transport.resume_reading)
 
         try:
@@ -219,12 +222,21 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         # unix_events._make_subprocess_transport without the child watcher:
         # the loop watches its own children (_watch_child)
         waiter = self.create_future()
-        transp = unix_events._UnixSubprocessTransport(
+        transport_type = (_ThreadedSubprocessTransport if self.threads
+                          else unix_events._UnixSubprocessTransport)
+        transp = transport_type(
             self, protocol, args, shell, stdin, stdout, stderr, bufsize,
             waiter=waiter, extra=extra, **kwargs)
         self._watch_child(transp)
         try:
             await waiter
+            if self.threads:
+                # _connect_pipes queues protocol.connection_made with
+                # call_soon, then sets the waiter at once: a task woken on
+                # a worker does not wait for the loop's callbacks, so one
+                # more pass through them lets connection_made run first
+                # (asyncio.subprocess reads the streams it made right after)
+                await _after_queued_callbacks(self)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException:
@@ -372,14 +384,21 @@ def _stepped_locked(loop, coro):
             exc = e
 
 
-def _locked_method(name):
-    base = getattr(base_events.Server, name)
+def _locked_method(cls, name):
+    base = getattr(cls, name)
+    # a subprocess transport drops its loop once finished: nothing to guard then
     if inspect.iscoroutinefunction(base):
         async def method(self, *args, **kwargs):
-            return await _stepped_locked(self._loop, base(self, *args, **kwargs))
+            loop = self._loop
+            if loop is None:
+                return await base(self, *args, **kwargs)
+            return await _stepped_locked(loop, base(self, *args, **kwargs))
     else:
         def method(self, *args, **kwargs):
-            with _LoopLock(self._loop):
+            loop = self._loop
+            if loop is None:
+                return base(self, *args, **kwargs)
+            with _LoopLock(loop):
                 return base(self, *args, **kwargs)
     method.__name__ = method.__qualname__ = name
     method.__doc__ = base.__doc__
@@ -394,9 +413,59 @@ class _ThreadedServer(base_events.Server):
 for _name in ("_attach", "_detach", "_wakeup", "close", "close_clients", "abort_clients",
               "_start_serving", "start_serving", "serve_forever", "wait_closed"):
     if hasattr(base_events.Server, _name):
-        setattr(_ThreadedServer, _name, _locked_method(_name))
+        setattr(_ThreadedServer, _name, _locked_method(base_events.Server, _name))
 del _name
 _ThreadedServer.__name__ = _ThreadedServer.__qualname__ = "Server"
+
+
+class _ThreadedSubprocessTransport(unix_events._UnixSubprocessTransport):
+    """asyncio's subprocess transport whose state changes hold the loop
+    lock: its pipes' protocols report from the loop thread (pipe data, pipe
+    lost) while the exit (_process_exited, a callback) and close() come from
+    workers; _try_finish must see one consistent state. Named as asyncio's
+    in reprs."""
+
+for _name in ("_connect_pipes", "close", "_process_exited", "_pipe_connection_lost",
+              "_pipe_data_received", "_call_connection_lost", "_wait"):
+    setattr(_ThreadedSubprocessTransport, _name,
+            _locked_method(unix_events._UnixSubprocessTransport, _name))
+del _name
+_ThreadedSubprocessTransport.__name__ = "_UnixSubprocessTransport"
+_ThreadedSubprocessTransport.__qualname__ = "_UnixSubprocessTransport"
+
+
+def _early_handshake_bytes(loop, protocol):
+    """What the peer's TLS handshake already put in a stream reader's buffer.
+
+    With worker threads the loop thread reads the socket while the task
+    that answered "go ahead with TLS" has not yet paused reading: the
+    peer's first handshake bytes may land in the old protocol's
+    StreamReader, where asyncio's single thread never lets them arrive
+    (the task writes the answer and pauses reading in one step). Once
+    pause_reading() has returned nothing more comes there: hand them to
+    the TLS transport. Single-threaded loops keep asyncio's behaviour."""
+    if not loop.threads:
+        return None
+    reader = getattr(protocol, "_stream_reader", None)
+    buffer = getattr(reader, "_buffer", None)
+    if not buffer:
+        return None
+    data = bytes(buffer)
+    buffer.clear()
+    return data
+
+
+async def _after_queued_callbacks(loop):
+    """Return once the callbacks queued (call_soon) before the call ran:
+    one trip through the loop's strand, which keeps call_soon's order."""
+    done = loop.create_future()
+    loop.call_soon(_set_result_unless_done, done)
+    await done
+
+
+def _set_result_unless_done(fut):
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _server_for(loop, server):

@@ -7,6 +7,7 @@ still leaves nothing running: `Child.stop()` signals the whole process group
 it started and waits for it.
 """
 
+import asyncio
 import contextlib
 import datetime
 import ipaddress
@@ -33,6 +34,18 @@ LOOP_MODULES = {
     "asyncio": "asyncio.unix_events",
     "tonio": "tonio_loop._loop",
 }
+
+
+def skip_shared_pool_on_threaded_loop():
+    """Call from a test whose tasks share one httpx client: on a loop with
+    worker threads (TONIO_THREADS) those tasks run on several workers at
+    once, and httpcore's connection pool guards its state with an anyio
+    Lock built on asyncio's primitives, which are not thread-safe (the
+    documented non-guarantee of threads=N): the pool loses track of its
+    connections ("list.remove(x): x not in list")."""
+    if getattr(asyncio.get_running_loop(), "threads", 0):
+        pytest.skip("httpx's connection pool shared by tasks on several worker threads: its "
+                    "anyio Lock rests on asyncio primitives, which are not thread-safe")
 
 
 def free_port():

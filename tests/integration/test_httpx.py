@@ -12,7 +12,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 web = pytest.importorskip("aiohttp.web")
 
-from tests.integration.support import aiohttp_site  # noqa: E402
+from tests.integration.support import aiohttp_site, skip_shared_pool_on_threaded_loop  # noqa: E402
 
 CONNECTIONS = web.AppKey("connections", set)
 
@@ -58,6 +58,7 @@ async def test_requests_reuse_one_connection(server):
 
 
 async def test_concurrent_requests(server):
+    skip_shared_pool_on_threaded_loop()
     async with client(server, limits=httpx.Limits(max_connections=5)) as c:
         rs = await asyncio.gather(*[c.get("/hello", params={"name": str(i)})
                                     for i in range(50)])

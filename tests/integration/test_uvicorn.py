@@ -12,7 +12,7 @@ import ssl
 
 import pytest
 
-from tests.integration.support import LOOP_MODULES, start_uvicorn
+from tests.integration.support import LOOP_MODULES, skip_shared_pool_on_threaded_loop, start_uvicorn
 
 httpx = pytest.importorskip("httpx")
 websockets_client = pytest.importorskip("websockets.asyncio.client")
@@ -103,6 +103,7 @@ async def test_streamed_response(server):
 
 
 async def test_concurrent_requests_share_connections(server):
+    skip_shared_pool_on_threaded_loop()
     limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
     async with server.client(limits=limits) as client:
         responses = await asyncio.gather(
