@@ -665,7 +665,12 @@ async def test_debug_mode_logs_slow_protocol_callbacks(caplog):
         with caplog.at_level(logging.WARNING, logger="asyncio"):
             tr.write(b"slow")
             await sp.wait_for_data(4)
-            await asyncio.sleep(0.01)
+            # on a threaded loop data_received() may still be sleeping on a
+            # worker while this task goes on: wait for its report (bounded)
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if any(r.getMessage().startswith("Executing") for r in caplog.records):
+                    break
         slow = [r for r in caplog.records if r.getMessage().startswith("Executing")]
         assert slow and "took" in slow[0].getMessage()
         tr.close()
