@@ -179,10 +179,11 @@ static inline void tl_loop_io_start(tl_loop *loop, ev_io *w)
     static PyObject *name params                                              \
     {                                                                         \
         tl_loop *lk_loop_ = (loop_of);                                        \
-        int lk_ = lk_loop_ != NULL ? tl_loop_ev_lock(lk_loop_) : 0;           \
+        if (TL_LIKELY(lk_loop_ == NULL || !lk_loop_->shared))                 \
+            return fn args;     /* a tail call: nothing added */              \
+        int lk_ = tl_loop_ev_lock(lk_loop_);                                  \
         PyObject *lk_r_ = fn args;                                            \
-        if (lk_)                                                              \
-            tl_loop_ev_unlock(lk_loop_, lk_);                                 \
+        tl_loop_ev_unlock(lk_loop_, lk_);                                     \
         return lk_r_;                                                         \
     }
 #define TL_LOCKED_NOARGS(name, fn, T, loop_of)                                \

@@ -291,11 +291,6 @@ void tl_loop_defer_error(tl_loop *loop)
 static void loop_release_cb(struct ev_loop *ev)
 {
     tl_loop *loop = ev_userdata(ev);
-    if (loop->shared) {
-        /* other threads may change watchers while we sleep (tl_loop.h) */
-        atomic_store_explicit(&loop->ev_owner, 0, memory_order_relaxed);
-        tl_mutex_unlock(&loop->ev_mutex);
-    }
     if (loop->poll_blocking)
         loop->tstate = PyEval_SaveThread();
 }
@@ -308,11 +303,33 @@ static void loop_acquire_cb(struct ev_loop *ev)
         loop->tstate = NULL;
         PyEval_RestoreThread(ts);
     }
-    if (loop->shared) {
-        tl_mutex_lock(&loop->ev_mutex);
-        atomic_store_explicit(&loop->ev_owner, PyThread_get_thread_ident(),
-                              memory_order_relaxed);
-    }
+}
+
+/* A shared loop's: other threads may change watchers while it sleeps
+ * (tl_loop.h: ev_mutex). Separate from the plain ones so that a loop of
+ * one thread pays nothing for them. */
+static void loop_release_shared_cb(struct ev_loop *ev)
+{
+    tl_loop *loop = ev_userdata(ev);
+    atomic_store_explicit(&loop->ev_owner, 0, memory_order_relaxed);
+    tl_mutex_unlock(&loop->ev_mutex);
+    loop_release_cb(ev);
+}
+
+static void loop_acquire_shared_cb(struct ev_loop *ev)
+{
+    tl_loop *loop = ev_userdata(ev);
+    loop_acquire_cb(ev);
+    tl_mutex_lock(&loop->ev_mutex);
+    atomic_store_explicit(&loop->ev_owner, PyThread_get_thread_ident(), memory_order_relaxed);
+}
+
+static void loop_set_release_cbs(tl_loop *loop)
+{
+    if (loop->shared)
+        ev_set_loop_release_cb(loop->ev, loop_release_shared_cb, loop_acquire_shared_cb);
+    else
+        ev_set_loop_release_cb(loop->ev, loop_release_cb, loop_acquire_cb);
 }
 
 static void loop_wakeup_cb(struct ev_loop *ev, ev_async *w, int revents)
@@ -1229,7 +1246,7 @@ static int loop_ev_init(tl_loop *loop)
         return -1;
     }
     ev_set_userdata(loop->ev, loop);
-    ev_set_loop_release_cb(loop->ev, loop_release_cb, loop_acquire_cb);
+    loop_set_release_cbs(loop);
     ev_set_invoke_pending_cb(loop->ev, loop_invoke_pending_cb);
     ev_async_init(&loop->wakeup, loop_wakeup_cb);
     ev_async_start(loop->ev, &loop->wakeup);
@@ -1300,6 +1317,8 @@ static int loop_init(tl_loop *loop, PyObject *args, PyObject *kwds)
     if (tl_dispatch_create(loop, (int)n) < 0)
         return -1;
     loop->shared = 1;
+    if (loop->ev != NULL)
+        loop_set_release_cbs(loop);
     return 0;
 }
 

@@ -2267,7 +2267,17 @@ fail:
 
 /* Entry points that workers of a threaded loop may call (tl_loop.h). */
 TL_LOCKED_FASTCALL_KW(tl_dgram_sendto_locked, tl_dgram_sendto, tl_stream, self->loop)
-TL_LOCKED_O(stream_write_locked, stream_write, tl_stream, self->loop)
+static PyObject *stream_write_shared(tl_stream *self, PyObject *arg) TL_NOINLINE;
+TL_LOCKED_O(stream_write_shared, stream_write, tl_stream, self->loop)
+
+/* The hottest entry point checks for a shared loop itself: a loop of one
+ * thread then pays one branch, not a wrapper call */
+static PyObject *stream_write_locked(tl_stream *t, PyObject *data)
+{
+    if (TL_UNLIKELY(t->loop->shared))
+        return stream_write_shared(t, data);
+    return stream_write(t, data);
+}
 TL_LOCKED_O(stream_writelines_locked, stream_writelines, tl_stream, self->loop)
 TL_LOCKED_NOARGS(stream_write_eof_locked, stream_write_eof, tl_stream, self->loop)
 TL_LOCKED_NOARGS(stream_close_locked, stream_close, tl_stream, self->loop)
