@@ -237,6 +237,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
                 # more pass through them lets connection_made run first
                 # (asyncio.subprocess reads the streams it made right after)
                 await _after_queued_callbacks(self)
+                _lock_stream_readers(protocol)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException:
@@ -432,6 +433,29 @@ for _name in ("_connect_pipes", "close", "_process_exited", "_pipe_connection_lo
 del _name
 _ThreadedSubprocessTransport.__name__ = "_UnixSubprocessTransport"
 _ThreadedSubprocessTransport.__qualname__ = "_UnixSubprocessTransport"
+
+
+class _ThreadedStreamReader(asyncio.StreamReader):
+    """asyncio's StreamReader with its buffer under the loop lock: the
+    protocol feeds it from one thread (a subprocess's pipe data arrives as a
+    callback) while a task reads it on another worker, and a bytearray
+    resized during a read's memoryview copy loses or repeats data (or
+    raises BufferError) without the GIL. The coroutines hold the lock for
+    each step, never across an await. Named as asyncio's in reprs."""
+
+for _name in ("feed_data", "feed_eof", "set_exception", "read", "readline", "readuntil",
+              "readexactly"):
+    setattr(_ThreadedStreamReader, _name, _locked_method(asyncio.StreamReader, _name))
+del _name
+_ThreadedStreamReader.__name__ = _ThreadedStreamReader.__qualname__ = "StreamReader"
+
+
+def _lock_stream_readers(protocol):
+    """asyncio.subprocess's readers of a threaded loop's child: the locked kind."""
+    for name in ("stdout", "stderr"):
+        reader = getattr(protocol, name, None)
+        if type(reader) is asyncio.StreamReader:
+            reader.__class__ = _ThreadedStreamReader
 
 
 def _early_handshake_bytes(loop, protocol):
