@@ -494,6 +494,12 @@ static int eof_fn(tl_loop *loop, PyObject *obj);
 
 static int stream_on_eof(tl_stream *t)
 {
+    if (TL_UNLIKELY(t->loop->dispatch != NULL) && !tl_dispatch_on_worker(t->loop)) {
+        /* the loop thread read it: the EOF comes after the data_received()
+         * calls still waiting on the strand */
+        watch_stop(t, &t->rio);
+        return stream_push(t, eof_fn) < 0 ? stream_fatal_error(t, read_error_message(t)) : 0;
+    }
     if (t->kind == TL_STREAM_READ_PIPE) {
         /* _UnixReadPipeTransport: eof_received() and connection_lost(None)
          * on the next iteration; the return value does not matter */
@@ -503,12 +509,6 @@ static int stream_on_eof(tl_stream *t)
         watch_stop(t, &t->rio);
         return stream_push(t, eof_then_lost_fn) < 0
                    ? stream_fatal_error(t, read_error_message(t)) : 0;
-    }
-    if (TL_UNLIKELY(t->loop->dispatch != NULL) && !tl_dispatch_on_worker(t->loop)) {
-        /* the loop thread read it: eof_received() comes after the
-         * data_received() calls still waiting on the strand */
-        watch_stop(t, &t->rio);
-        return stream_push(t, eof_fn) < 0 ? stream_fatal_error(t, read_error_message(t)) : 0;
     }
     debug_log(t, "debug", "%r received EOF");
     PyObject *r = call_protocol(t, t->loop->st->str_eof_received, NULL);
@@ -613,10 +613,11 @@ static int stream_deliver_step(tl_stream *t)
 {
     tl_loop *loop = t->loop;
     int rc = 0;
-    /* asyncio's protocol hears nothing more once reading paused or the
-     * transport closed; what was read meanwhile waits (resume_reading) or
-     * goes away with the transport */
-    while (rc == 0 && t->inbox.len && !t->paused && !t->closing && t->protocol != NULL) {
+    /* Everything read reaches the protocol before the EOF or error that
+     * followed it (they queue behind), except once reading paused (it
+     * waits for resume_reading) or the protocol's side closed the
+     * transport: asyncio's protocol hears nothing after close()/abort(). */
+    while (rc == 0 && t->inbox.len && !t->paused && !t->user_closed && t->protocol != NULL) {
         PyObject *data = tl_ready_pop(&t->inbox).obj;
         t->inbox_size -= PyBytes_GET_SIZE(data);
         PyObject *proto = Py_NewRef(t->protocol);
@@ -1326,6 +1327,7 @@ static int stream_close_impl(tl_stream *t)
 
 static PyObject *stream_close(tl_stream *t, PyObject *Py_UNUSED(ignored))
 {
+    t->user_closed = 1;
     Py_INCREF(t);
     int rc = stream_close_impl(t);
     Py_DECREF(t);
@@ -1336,6 +1338,7 @@ static PyObject *stream_close(tl_stream *t, PyObject *Py_UNUSED(ignored))
 
 static PyObject *stream_abort(tl_stream *t, PyObject *Py_UNUSED(ignored))
 {
+    t->user_closed = 1;
     Py_INCREF(t);
     int rc = stream_force_close(t, NULL);
     Py_DECREF(t);
