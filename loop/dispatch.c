@@ -115,6 +115,8 @@ typedef struct tl_worker {
     _Atomic uint8_t searching;  /* woken to search (counted in nsearching) */
     uint32_t rng;               /* where to start stealing */
     uint32_t tick;              /* items run: every 61st looks at the injector first */
+    uint8_t in_item;            /* running an item: what it queues waits (run_item) */
+    tl_ready deferred;          /* what the running item queued */
     char debug;                 /* the loop's debug mode as last applied */
 } tl_worker;
 
@@ -477,11 +479,31 @@ static void dispatch_fail(tl_dispatch *d)
     wake_loop_thread(d);
 }
 
+/* What an item queues (a task step: the tasks it creates, the steps it
+ * wakes) is published when it returns, not while it runs: asyncio's code
+ * counts on nothing it schedules running before it yields. gather() makes
+ * its children, adds its done callback to each, and only then the outer
+ * future that callback completes: a child finished on another worker in
+ * between was lost, and the gather never returned. */
+static void publish_deferred(tl_worker *w)
+{
+    if (w->deferred.len == 0)
+        return;
+    while (w->deferred.len) {
+        tl_ready_item it = tl_ready_pop(&w->deferred);
+        runq_put(w, it.fn, it.obj);
+    }
+    notify(w->d);
+}
+
 static inline void run_item(tl_worker *w, tl_ready_item it)
 {
     tl_loop *loop = w->d->loop;
+    w->in_item = 1;
     int rc = it.fn(loop, it.obj);
+    w->in_item = 0;
     tl_loop_unqueue(it.obj);
+    publish_deferred(w);
     if (TL_UNLIKELY(rc < 0))
         dispatch_fail(w->d);
 }
@@ -656,6 +678,13 @@ int tl_dispatch_push(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
     tl_dispatch *d = loop->dispatch;
     tl_worker *w = tl_self;
     if (w != NULL && w->d == d) {
+        if (w->in_item) {
+            if (w->deferred.len < w->deferred.cap || tl_ready_grow(&w->deferred) == 0) {
+                tl_ready_push(&w->deferred, fn, obj);
+                return 0;
+            }
+            PyErr_Clear();      /* no room to wait in: publish it now */
+        }
         runq_put(w, fn, obj);
     } else {
         tl_ready_item it = {fn, obj};
@@ -1050,6 +1079,7 @@ void tl_dispatch_destroy(tl_loop *loop)
         if (w == NULL)
             continue;
         Py_XDECREF(w->key);
+        tl_ready_clear(&w->deferred);
         parker_destroy(&w->parker);
         free(w);
     }
@@ -1071,6 +1101,14 @@ int tl_dispatch_traverse(tl_loop *loop, visitproc visit, void *arg)
         uint32_t h = atomic_load(&w->head), t = atomic_load(&w->tail);
         for (uint32_t k = h; k != t; k++) {
             int r = tl_loop_visit_queued(slot_load(&w->q[k % TL_RUNQ]).obj, visit, arg);
+            if (r)
+                return r;
+        }
+    }
+    for (int i = 0; i < d->nworkers; i++) {
+        tl_ready *q = &d->workers[i]->deferred;
+        for (size_t k = 0; k < q->len; k++) {
+            int r = tl_loop_visit_queued(q->items[(q->head + k) & (q->cap - 1)].obj, visit, arg);
             if (r)
                 return r;
         }
