@@ -114,7 +114,7 @@ typedef struct tl_loop {
 
     char closed;
     char stopping;
-    char debug;
+    _Atomic char debug;         /* set_debug() from any thread, read by workers */
     char poll_blocking;         /* the current poll may sleep: drop the GIL */
     char poll_had_events;       /* set by the last poll when watchers fired */
     char poll_quiet;            /* the last poll found nothing */

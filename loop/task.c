@@ -738,7 +738,12 @@ static PyObject *task_wakeup_py(tl_task *task, PyObject *fut)
 {
     PyObject *exc;
     task_outcome_of(task, fut, &exc);
-    int rc = task_step(task, exc);
+    tl_loop *tloop = task->fut.tloop;
+    /* Worker threads: asyncio steps the task right here, in the callback;
+     * here the step goes through the task's serial queue, or it could run
+     * beside a step of the same task on another worker */
+    int rc = tloop != NULL && tloop->dispatch != NULL ? task_schedule_step(task, exc)
+                                                      : task_step(task, exc);
     Py_XDECREF(exc);
     if (rc < 0)
         return NULL;
@@ -930,9 +935,16 @@ static int task_init(tl_task *task, PyObject *coro, PyObject *loop, PyObject *na
 #else
     TL_UNUSED(eager_start);
 #endif
-    if (task_schedule_step(task, NULL) < 0)
+    /* registered before its first step is queued (asyncio does it after):
+     * on a threaded loop that step may run, and finish, on another worker
+     * before this returns, and unregistering must find the entry */
+    if (task_register(task) < 0)
         return -1;
-    return task_register(task);
+    if (task_schedule_step(task, NULL) < 0) {
+        task_unregister(task);
+        return -1;
+    }
+    return 0;
 }
 
 PyObject *tl_task_new(tl_loop *loop, PyObject *coro, PyObject *name, PyObject *context,

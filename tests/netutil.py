@@ -17,7 +17,8 @@ class Recorder(asyncio.Protocol):
     def __init__(self, *, keep_open=False, echo=False):
         loop = asyncio.get_running_loop()
         self.events = []
-        self.data = bytearray()
+        self.chunks = []
+        self.received = 0
         self.transport = None
         self.keep_open = keep_open
         self.echo = echo
@@ -33,9 +34,17 @@ class Recorder(asyncio.Protocol):
         self.transport = transport
         self.made.set_result(transport)
 
+    # With worker threads (TONIO_THREADS) the protocol's callbacks and the
+    # test's tasks run on different threads: a list append and an attribute
+    # store are safe beside a reader there; a growing bytearray is not.
+    @property
+    def data(self):
+        return b"".join(self.chunks)
+
     def data_received(self, data):
         self.events.append("data")
-        self.data += data
+        self.chunks.append(data)
+        self.received += len(data)
         if self.echo:
             self.transport.write(data)
 
@@ -58,7 +67,7 @@ class Recorder(asyncio.Protocol):
 
     async def wait_for_data(self, n, timeout=5):
         async with asyncio.timeout(timeout):
-            while len(self.data) < n:
+            while self.received < n:
                 await asyncio.sleep(0.001)
         return bytes(self.data)
 
@@ -69,7 +78,7 @@ class BufferedRecorder(asyncio.BufferedProtocol):
     def __init__(self, size=1024):
         loop = asyncio.get_running_loop()
         self.buf = bytearray(size)
-        self.data = bytearray()
+        self.chunks = []
         self.sizehints = []
         self.transport = None
         self.made = loop.create_future()
@@ -84,8 +93,12 @@ class BufferedRecorder(asyncio.BufferedProtocol):
         self.sizehints.append(sizehint)
         return self.buf
 
+    @property
+    def data(self):     # see Recorder.data
+        return b"".join(self.chunks)
+
     def buffer_updated(self, nbytes):
-        self.data += self.buf[:nbytes]
+        self.chunks.append(bytes(self.buf[:nbytes]))
 
     def eof_received(self):
         self.eof_count += 1
