@@ -1545,6 +1545,15 @@ static int made_step(tl_stream *t)
     tl_state *st = t->loop->st;
     PyObject *pending = NULL;
     t->made = 1;
+    if (TL_UNLIKELY(t->loop->dispatch != NULL) && t->protocol != NULL) {
+        /* tonio_loop/_loop.py: asyncio's StreamReader made safe to feed
+         * here while a task reads it on another worker */
+        PyObject *r = tl_call_method((PyObject *)t->loop, "_thread_safe_protocol", "O",
+                                     t->protocol);
+        if (r == NULL)
+            PyErr_WriteUnraisable((PyObject *)t);
+        Py_XDECREF(r);
+    }
     call_step(t, st->str_connection_made, (PyObject *)t, "connection_made", &pending);
     if (!t->lost_scheduled) {
         if (t->kind == TL_STREAM_WRITE_PIPE) {

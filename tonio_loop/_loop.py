@@ -450,6 +450,19 @@ del _name
 _ThreadedStreamReader.__name__ = _ThreadedStreamReader.__qualname__ = "StreamReader"
 
 
+def _thread_safe_protocol(loop, protocol):
+    """A threaded loop's transport is about to call connection_made(): an
+    asyncio StreamReaderProtocol's reader (open_connection, start_server)
+    is fed by data_received() on one worker while tasks read it on others,
+    so it becomes the locked kind, as a subprocess's readers do."""
+    reader = getattr(protocol, "_stream_reader", None)
+    if type(reader) is asyncio.StreamReader:
+        reader.__class__ = _ThreadedStreamReader
+
+
+Loop._thread_safe_protocol = _thread_safe_protocol
+
+
 def _lock_stream_readers(protocol):
     """asyncio.subprocess's readers of a threaded loop's child: the locked kind."""
     for name in ("stdout", "stderr"):
