@@ -357,6 +357,19 @@ static void loop_invoke_pending_cb(struct ev_loop *ev)
     ev_invoke_pending(ev);
 }
 
+/* The poll may sleep until the first timer is due (at most
+ * TL_MAX_POLL_TIMEOUT) */
+static void loop_arm_poll_timer(tl_loop *loop, double timeout)
+{
+    if (timeout > TL_MAX_POLL_TIMEOUT)
+        timeout = TL_MAX_POLL_TIMEOUT;
+    /* libev measures the timer from its cached clock */
+    ev_now_update(loop->ev);
+    ev_timer_stop(loop->ev, &loop->timer);
+    ev_timer_set(&loop->timer, timeout, 0.0);
+    ev_timer_start(loop->ev, &loop->timer);
+}
+
 static int loop_poll(tl_loop *loop)
 {
     int flags = EVRUN_NOWAIT;
@@ -372,13 +385,7 @@ static int loop_poll(tl_loop *loop)
         } else {
             double timeout = tl_timer_heap_next(&loop->timers) - tl_monotonic();
             if (timeout > 0) {
-                if (timeout > TL_MAX_POLL_TIMEOUT)
-                    timeout = TL_MAX_POLL_TIMEOUT;
-                /* libev measures the timer from its cached clock */
-                ev_now_update(loop->ev);
-                ev_timer_stop(loop->ev, &loop->timer);
-                ev_timer_set(&loop->timer, timeout, 0.0);
-                ev_timer_start(loop->ev, &loop->timer);
+                loop_arm_poll_timer(loop, timeout);
                 flags = EVRUN_ONCE;
             }
         }
@@ -410,16 +417,10 @@ static int loop_poll_threads(tl_loop *loop, int block)
         flags = EVRUN_ONCE;
         if (loop->timers.len) {
             double timeout = tl_timer_heap_next(&loop->timers) - tl_monotonic();
-            if (timeout <= 0) {
+            if (timeout <= 0)
                 flags = EVRUN_NOWAIT;
-            } else {
-                if (timeout > TL_MAX_POLL_TIMEOUT)
-                    timeout = TL_MAX_POLL_TIMEOUT;
-                ev_now_update(loop->ev);
-                ev_timer_stop(loop->ev, &loop->timer);
-                ev_timer_set(&loop->timer, timeout, 0.0);
-                ev_timer_start(loop->ev, &loop->timer);
-            }
+            else
+                loop_arm_poll_timer(loop, timeout);
         }
     }
     loop->poll_blocking = flags == EVRUN_ONCE;

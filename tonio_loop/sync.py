@@ -120,6 +120,20 @@ class _Primitive:
 
 
 class _ContextManagerMixin:
+    """acquire()/release() and `async with`, over the subclass's
+    _try_acquire(loop) (None: taken at once, else a waiter) and _pass_on()"""
+
+    async def acquire(self):
+        w = self._try_acquire(_loop())
+        if w is not None:
+            await self._wait(w, self._pass_on)
+        return True
+
+    def acquire_blocking(self, timeout=None):
+        """Acquire from a plain thread; False when timeout passed first."""
+        w = self._try_acquire(None)
+        return w is None or self._wait_blocking(w, timeout, None)
+
     async def __aenter__(self):
         await self.acquire()
         return None
@@ -158,16 +172,7 @@ class Lock(_ContextManagerMixin, _Primitive):
             self._waiters.append(w)
             return w
 
-    async def acquire(self):
-        w = self._try_acquire(_loop())
-        if w is not None:
-            await self._wait(w, self._pass_on)
-        return True
 
-    def acquire_blocking(self, timeout=None):
-        """Acquire from a plain thread; False when timeout passed first."""
-        w = self._try_acquire(None)
-        return w is None or self._wait_blocking(w, timeout, None)
 
     def _pass_on(self):
         # we were given the lock but leave: give it to the next
@@ -370,15 +375,7 @@ class Semaphore(_ContextManagerMixin, _Primitive):
             self._waiters.append(w)
             return w
 
-    async def acquire(self):
-        w = self._try_acquire(_loop())
-        if w is not None:
-            await self._wait(w, self._pass_on)
-        return True
 
-    def acquire_blocking(self, timeout=None):
-        w = self._try_acquire(None)
-        return w is None or self._wait_blocking(w, timeout, None)
 
     def _pass_on(self):
         return self._give()
