@@ -176,15 +176,21 @@ static inline void tl_loop_io_start(tl_loop *loop, ev_io *w)
  * operation's method: with worker threads they run beside the loop thread's
  * I/O callbacks. Nothing but two predictable branches without workers. */
 #define TL_LOCKED_METHOD(name, fn, T, loop_of, params, args)                  \
+    /* out of line: GCC saves every register up front otherwise */           \
+    static TL_NOINLINE PyObject *name##_shared params                         \
+    {                                                                         \
+        tl_loop *lk_loop_ = (loop_of);                                        \
+        int lk_ = tl_loop_ev_lock(lk_loop_);                                  \
+        PyObject *lk_r_ = fn args;                                            \
+        tl_loop_ev_unlock(lk_loop_, lk_);                                     \
+        return lk_r_;                                                         \
+    }                                                                         \
     static PyObject *name params                                              \
     {                                                                         \
         tl_loop *lk_loop_ = (loop_of);                                        \
         if (TL_LIKELY(lk_loop_ == NULL || !lk_loop_->shared))                 \
             return fn args;     /* a tail call: nothing added */              \
-        int lk_ = tl_loop_ev_lock(lk_loop_);                                  \
-        PyObject *lk_r_ = fn args;                                            \
-        tl_loop_ev_unlock(lk_loop_, lk_);                                     \
-        return lk_r_;                                                         \
+        return name##_shared args;                                            \
     }
 #define TL_LOCKED_NOARGS(name, fn, T, loop_of)                                \
     TL_LOCKED_METHOD(name, fn, T, loop_of, (T *self, PyObject *unused), (self, unused))

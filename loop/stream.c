@@ -31,6 +31,14 @@ static int stream_force_close(tl_stream *t, PyObject *exc);
 static int stream_close_impl(tl_stream *t);
 static int run_in_context(tl_stream *t, int (*step)(tl_stream *));
 
+/* The queue item (tl_ready_fn) that runs step(t) through run_in_context */
+#define STREAM_STEP_FN(name, step)                                  \
+    static int name(tl_loop *loop, PyObject *obj)                   \
+    {                                                               \
+        TL_UNUSED(loop);                                            \
+        return run_in_context((tl_stream *)obj, step);              \
+    }
+
 /* socket and datagram transports: asyncio's _SelectorTransport */
 static inline int is_selector(tl_stream *t)
 {
@@ -640,11 +648,7 @@ static int stream_deliver_step(tl_stream *t)
     return rc;
 }
 
-static int stream_deliver_fn(tl_loop *loop, PyObject *obj)
-{
-    TL_UNUSED(loop);
-    return run_in_context((tl_stream *)obj, stream_deliver_step);
-}
+STREAM_STEP_FN(stream_deliver_fn, stream_deliver_step)
 
 /* Queue the inbox's delivery on the strand unless it is queued already */
 static int stream_deliver_soon(tl_stream *t)
@@ -845,17 +849,9 @@ static int resume_writing_step(tl_stream *t)
                                  "protocol.resume_writing() failed");
 }
 
-static int pause_writing_fn(tl_loop *loop, PyObject *obj)
-{
-    TL_UNUSED(loop);
-    return run_in_context((tl_stream *)obj, pause_writing_step);
-}
+STREAM_STEP_FN(pause_writing_fn, pause_writing_step)
 
-static int resume_writing_fn(tl_loop *loop, PyObject *obj)
-{
-    TL_UNUSED(loop);
-    return run_in_context((tl_stream *)obj, resume_writing_step);
-}
+STREAM_STEP_FN(resume_writing_fn, resume_writing_step)
 
 /* protocol.pause_writing()/resume_writing(): right away from the write()
  * or flush that decided it, as asyncio does, or on a threaded loop from the
@@ -1471,11 +1467,7 @@ static int lost_step(tl_stream *t)
     return rc;
 }
 
-static int connection_lost_fn(tl_loop *loop, PyObject *obj)
-{
-    TL_UNUSED(loop);
-    return run_in_context((tl_stream *)obj, lost_step);
-}
+STREAM_STEP_FN(connection_lost_fn, lost_step)
 
 /* Call protocol.<name>(arg); report what it raises. A SystemExit or
  * KeyboardInterrupt is kept in *pending (the first one wins) so the steps
@@ -1516,11 +1508,7 @@ static int eof_then_lost_step(tl_stream *t)
     return finish_steps(pending, call_connection_lost(t, NULL));
 }
 
-static int eof_then_lost_fn(tl_loop *loop, PyObject *obj)
-{
-    TL_UNUSED(loop);
-    return run_in_context((tl_stream *)obj, eof_then_lost_step);
-}
+STREAM_STEP_FN(eof_then_lost_fn, eof_then_lost_step)
 
 /* A threaded loop's EOF on the transport's strand (stream_on_eof) */
 static int eof_step(tl_stream *t)
@@ -1532,11 +1520,7 @@ static int eof_step(tl_stream *t)
     return rc;
 }
 
-static int eof_fn(tl_loop *loop, PyObject *obj)
-{
-    TL_UNUSED(loop);
-    return run_in_context((tl_stream *)obj, eof_step);
-}
+STREAM_STEP_FN(eof_fn, eof_step)
 
 /* connection_made(), then the reader, then the waiter: the three call_soon
  * of asyncio's constructors, in their order. */
@@ -1580,11 +1564,7 @@ static int made_step(tl_stream *t)
     return finish_steps(pending, rc);
 }
 
-static int made_fn(tl_loop *loop, PyObject *obj)
-{
-    TL_UNUSED(loop);
-    return run_in_context((tl_stream *)obj, made_step);
-}
+STREAM_STEP_FN(made_fn, made_step)
 
 /* ---- reading control ------------------------------------------------------------ */
 
@@ -2279,17 +2259,7 @@ fail:
 
 /* Entry points that workers of a threaded loop may call (tl_loop.h). */
 TL_LOCKED_FASTCALL_KW(tl_dgram_sendto_locked, tl_dgram_sendto, tl_stream, self->loop)
-static PyObject *stream_write_shared(tl_stream *self, PyObject *arg) TL_NOINLINE;
-TL_LOCKED_O(stream_write_shared, stream_write, tl_stream, self->loop)
-
-/* The hottest entry point checks for a shared loop itself: a loop of one
- * thread then pays one branch, not a wrapper call */
-static PyObject *stream_write_locked(tl_stream *t, PyObject *data)
-{
-    if (TL_UNLIKELY(t->loop->shared))
-        return stream_write_shared(t, data);
-    return stream_write(t, data);
-}
+TL_LOCKED_O(stream_write_locked, stream_write, tl_stream, self->loop)
 TL_LOCKED_O(stream_writelines_locked, stream_writelines, tl_stream, self->loop)
 TL_LOCKED_NOARGS(stream_write_eof_locked, stream_write_eof, tl_stream, self->loop)
 TL_LOCKED_NOARGS(stream_close_locked, stream_close, tl_stream, self->loop)

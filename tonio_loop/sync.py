@@ -172,8 +172,6 @@ class Lock(_ContextManagerMixin, _Primitive):
             self._waiters.append(w)
             return w
 
-
-
     def _pass_on(self):
         # we were given the lock but leave: give it to the next
         return self._release_locked()
@@ -374,8 +372,6 @@ class Semaphore(_ContextManagerMixin, _Primitive):
             w = _Waiter(loop)
             self._waiters.append(w)
             return w
-
-
 
     def _pass_on(self):
         return self._give()
