@@ -54,9 +54,12 @@ test: build test-deps
 	$(MAKE) --no-print-directory test-threads
 
 # the whole pytest suite again with worker threads: tonio's loops are then
-# Loop(threads=4) (tests/conftest.py)
+# Loop(threads=4), and only they run (asyncio's ran in the first pass;
+# tests/conftest.py). The benchmark's smoke test makes its own loops: once is
+# enough.
 test-threads: build
-	TONIO_THREADS=4 $(VPY) -m pytest -q --timeout-method=thread $(PYTEST_ARGS)
+	TONIO_THREADS=4 $(VPY) -m pytest -q --timeout-method=thread \
+	    --ignore=tests/test_bench.py $(PYTEST_ARGS)
 
 conformance: build
 	$(VPY) -m tests.conformance

@@ -77,6 +77,16 @@ int tl_serial_push(tl_loop *loop, tl_serial *s, tl_ready_fn run, tl_ready_fn fn,
  * the one that came meanwhile, if any. */
 int tl_serial_run(tl_loop *loop, tl_serial *s, tl_ready_fn run, PyObject *obj);
 
+/* Run something of the owner's outside the queue (a Task's eager first
+ * step, on the thread that created it) as if it were its item: hold() before,
+ * release() after, which queues what was pushed meanwhile (as run(obj)). */
+static inline void tl_serial_hold(tl_serial *s)
+{
+    atomic_store_explicit(&s->state, TL_SERIAL_RUNNING, memory_order_release);
+}
+
+void tl_serial_release(tl_loop *loop, tl_serial *s, tl_ready_fn run, PyObject *obj);
+
 /* Loop(threads=n): the dispatcher, no threads yet (they start with the
  * first run). -1 with an exception set. */
 int tl_dispatch_create(tl_loop *loop, int nthreads);

@@ -87,6 +87,9 @@ int tl_future_cancel(tl_future *fut, PyObject *msg);
 /* The CancelledError to raise for a cancelled future (new reference). */
 PyObject *tl_future_make_cancelled_error(tl_future *fut);
 
+/* CancelledError(msg), or CancelledError() when msg is NULL. */
+PyObject *tl_cancelled_error_new(tl_state *st, PyObject *msg);
+
 /* For a done future: 0 and *result set (a new reference), or 1 and *result
  * the exception to throw (new reference; a cancelled future's
  * CancelledError included). Marks the exception retrieved. -1 on error. */

@@ -26,6 +26,8 @@ typedef struct tl_handle {
     PyObject *source_traceback; /* list of frames, debug mode only */
     PyObject *repr;             /* frozen repr of a cancelled debug handle */
     PyObject *weakreflist;
+    PyObject *home;             /* threaded loops: the Task that scheduled it
+                                   (tl_task.h), or NULL */
     char cancelled;
     char is_timer;
     int io_fd;                  /* add_reader/add_writer's fd (threaded loops) */

@@ -31,9 +31,16 @@ typedef struct tl_task {
     PyObject *step_exc;         /* what the scheduled step throws in */
     PyObject *registry_ref;     /* our entry in asyncio's set of tasks */
     tl_serial serial;           /* threaded loops: one step at a time */
+    tl_mutex step_lock;         /* threaded loops: held by each step and by
+                                   the callbacks it scheduled (home tasks) */
     uint64_t name_id;
     int num_cancels_requested;
+    /* Threaded loops: cancel() may come from any thread while a step runs
+     * on a worker. must_cancel, fut_waiter, cancel_msg, finishing and
+     * num_cancels_requested change under this lock there (task.c). */
+    tl_spinlock cancel_lock;
     uint8_t must_cancel;
+    uint8_t finishing;          /* the last step is settling the outcome */
     uint8_t log_destroy_pending;
 } tl_task;
 
@@ -52,6 +59,23 @@ int tl_task_waiter_wake(tl_waiter *w, PyObject *source);
 
 /* The task's wakeup callable (what asyncio shows in a future's _callbacks). */
 PyObject *tl_task_wakeup_method(tl_task *task);
+
+/* Threaded loops: a callback scheduled by a task (call_soon, call_later,
+ * add_reader, or add_done_callback on any future) never runs beside that
+ * task's steps: it keeps the task as its "home" and holds the task's
+ * step_lock while it runs. asyncio's own helpers rely on it: TaskGroup's
+ * _on_task_done (a child's done callback, added by the parent) and the
+ * parent's __aexit__ share state unlocked, as do asyncio.timeout()'s timer
+ * and the task inside it. */
+
+/* The task whose step (or homed callback) this thread runs, as a new
+ * reference; NULL on any other thread. */
+PyObject *tl_task_running_ref(void);
+
+/* Around a homed callback: *saved keeps what enter() replaced; enter()
+ * returns whether it took the lock (not when this thread holds it). */
+int tl_task_home_enter(PyObject *home, void **saved);
+void tl_task_home_leave(PyObject *home, void *saved, int locked);
 
 static inline tl_task *tl_task_of_waiter(tl_waiter *w)
 {

@@ -29,6 +29,7 @@
 #endif
 
 #define TL_RUNQ 256                 /* slots of a worker's run queue */
+#define TL_DEFER 32                 /* strand items a running item may hold back */
 #define TL_MAX_THREADS 256
 
 enum { GATE_OPEN = 0, GATE_CLOSED = 1, GATE_EXIT = 2 };
@@ -99,6 +100,15 @@ typedef struct {
     _Atomic(PyObject *) obj;
 } tl_slot;
 
+/* A strand item held back by the worker that queued it (tl_worker.defer). */
+typedef struct {
+    tl_strand *s;
+    tl_ready_fn run;
+    PyObject *owner;            /* strong: the strand lives in it */
+    tl_ready_fn fn;
+    PyObject *obj;
+} tl_deferred;
+
 typedef struct tl_worker {
     /* the run queue: head moves by compare-and-swap (owner and thieves),
      * tail is written by the owner only; separate cache lines */
@@ -124,6 +134,14 @@ typedef struct tl_worker {
      * the future they report to). Owner only. */
     uint8_t holding;
     uint32_t held_tail;
+    /* The same for strand items: queued when the item returns, those of one
+     * strand at once. A task's done callbacks (a TaskGroup's, then the
+     * user's) thus land in one batch of the loop's strand: the task woken by
+     * the first does not start before the second has run, as in asyncio's
+     * FIFO (one by one, the strand could start between the two and publish
+     * the wake-up first). */
+    uint32_t ndefer;
+    tl_deferred defer[TL_DEFER];
 } tl_worker;
 
 typedef struct tl_rpc {
@@ -506,12 +524,20 @@ static void dispatch_fail(tl_dispatch *d)
     wake_loop_thread(d);
 }
 
+static void strand_flush(tl_worker *w);
+
 static inline void run_item(tl_worker *w, tl_ready_item it)
 {
     tl_loop *loop = w->d->loop;
     w->held_tail = atomic_load_explicit(&w->tail, memory_order_relaxed);
     w->holding = 1;
     int rc = it.fn(loop, it.obj);
+    if (w->ndefer > 0) {
+        PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
+        strand_flush(w);
+        if (exc != NULL)
+            PyErr_SetRaisedException(exc);
+    }
     w->holding = 0;
     if (runq_publish(w))
         notify(w->d);
@@ -702,23 +728,68 @@ int tl_dispatch_push(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
     return 0;
 }
 
+/* Append items[0..n) to s, scheduling it (as run(owner)) when it was idle.
+ * Steals the references to the items' objects. */
+static int strand_append(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner,
+                         const tl_deferred *items, size_t n)
+{
+    size_t pushed = 0;
+    tl_mutex_lock(&s->lock);
+    for (; pushed < n; pushed++) {
+        /* a transport's strand rarely holds more than a few items */
+        if (s->q.len == s->q.cap && tl_ready_grow_from(&s->q, 4) < 0)
+            break;
+        tl_ready_push(&s->q, items[pushed].fn, items[pushed].obj);
+    }
+    int schedule = pushed > 0 && !s->scheduled;
+    if (schedule)
+        s->scheduled = 1;
+    tl_mutex_unlock(&s->lock);
+    int rc = pushed < n ? -1 : 0;
+    for (size_t i = pushed; i < n; i++)
+        Py_DECREF(items[i].obj);
+    if (schedule && tl_dispatch_push(loop, run, Py_NewRef(owner)) < 0)
+        rc = -1;
+    return rc;
+}
+
+/* Queue what the worker's running item held back, in order, each strand's
+ * consecutive items at once. */
+static void strand_flush(tl_worker *w)
+{
+    tl_loop *loop = w->d->loop;
+    tl_deferred items[TL_DEFER];
+    /* a copy: what a release below runs (a finalizer's call_soon) defers anew */
+    while (w->ndefer > 0) {
+        uint32_t n = w->ndefer;
+        memcpy(items, w->defer, n * sizeof(items[0]));
+        w->ndefer = 0;
+        for (uint32_t i = 0; i < n;) {
+            uint32_t j = i + 1;
+            while (j < n && items[j].s == items[i].s)
+                j++;
+            PyObject *owner = items[i].owner;
+            if (strand_append(loop, items[i].s, items[i].run, owner, &items[i], j - i) < 0)
+                PyErr_WriteUnraisable(owner);
+            for (uint32_t k = i; k < j; k++)
+                Py_DECREF(items[k].owner);
+            i = j;
+        }
+    }
+}
+
 int tl_strand_push(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner,
                    tl_ready_fn fn, PyObject *obj)
 {
-    tl_mutex_lock(&s->lock);
-    /* a transport's strand rarely holds more than a few items */
-    if (s->q.len == s->q.cap && tl_ready_grow_from(&s->q, 4) < 0) {
-        tl_mutex_unlock(&s->lock);
-        Py_DECREF(obj);
-        return -1;
-    }
-    tl_ready_push(&s->q, fn, obj);
-    int schedule = !s->scheduled;
-    s->scheduled = 1;
-    tl_mutex_unlock(&s->lock);
-    if (!schedule)
+    tl_worker *w = tl_self;
+    if (w != NULL && w->holding && w->d == loop->dispatch) {
+        if (w->ndefer == TL_DEFER)
+            strand_flush(w);        /* order kept; only the batching is lost */
+        w->defer[w->ndefer++] = (tl_deferred){s, run, Py_NewRef(owner), fn, obj};
         return 0;
-    return tl_dispatch_push(loop, run, Py_NewRef(owner));
+    }
+    tl_deferred item = {s, run, owner, fn, obj};
+    return strand_append(loop, s, run, owner, &item, 1);
 }
 
 int tl_strand_run(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner)
@@ -785,24 +856,29 @@ int tl_serial_push(tl_loop *loop, tl_serial *s, tl_ready_fn run, tl_ready_fn fn,
 
 int tl_serial_run(tl_loop *loop, tl_serial *s, tl_ready_fn run, PyObject *obj)
 {
-    atomic_store_explicit(&s->state, TL_SERIAL_RUNNING, memory_order_release);
+    tl_serial_hold(s);
     tl_ready_fn fn = atomic_load_explicit(&s->fn, memory_order_relaxed);
     tl_ready_item it = {fn, obj};
     int rc = tl_loop_run_ready(loop, it);
+    PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
+    tl_serial_release(loop, s, run, obj);
+    if (exc != NULL)
+        PyErr_SetRaisedException(exc);
+    return rc;
+}
+
+void tl_serial_release(tl_loop *loop, tl_serial *s, tl_ready_fn run, PyObject *obj)
+{
     uint8_t st = TL_SERIAL_RUNNING;
     if (atomic_compare_exchange_strong_explicit(&s->state, &st, TL_SERIAL_IDLE,
                                                 memory_order_acq_rel, memory_order_acquire))
-        return rc;
+        return;
     /* woken while it ran: now it may go (the waker's reference with it) */
     atomic_store_explicit(&s->fn, atomic_load_explicit(&s->next, memory_order_relaxed),
                           memory_order_relaxed);
     atomic_store_explicit(&s->state, TL_SERIAL_QUEUED, memory_order_release);
-    PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
     if (tl_dispatch_push(loop, run, obj) < 0)
         PyErr_WriteUnraisable(obj);
-    if (exc != NULL)
-        PyErr_SetRaisedException(exc);
-    return rc;
 }
 
 void tl_strand_clear(tl_strand *s)

@@ -117,11 +117,12 @@ typedef struct {
     tl_waiter w;
     PyObject *fn;
     PyObject *ctx;
+    PyObject *home;             /* threaded loops: the task that added it */
 } callback_node;
 
 static int callback_wake(tl_waiter *w, PyObject *source);
 
-static callback_node *callback_new(tl_state *st, PyObject *fn, PyObject *ctx)
+static callback_node *callback_new(tl_state *st, tl_future *fut, PyObject *fn, PyObject *ctx)
 {
     callback_node *n = NULL;
 #if TL_FREELIST_MAX
@@ -140,12 +141,14 @@ static callback_node *callback_new(tl_state *st, PyObject *fn, PyObject *ctx)
     tl_waiter_init(&n->w, TL_WAITER_CALLBACK, callback_wake);
     n->fn = Py_NewRef(fn);
     n->ctx = Py_NewRef(ctx);
+    n->home = fut->tloop != NULL && TL_UNLIKELY(fut->tloop->dispatch != NULL)
+                  ? tl_task_running_ref() : NULL;
     return n;
 }
 
 static void callback_free(tl_state *st, callback_node *n)
 {
-    PyObject *fn = n->fn, *ctx = n->ctx;
+    PyObject *fn = n->fn, *ctx = n->ctx, *home = n->home;
 #if TL_FREELIST_MAX
     if (st->callback_nfree < TL_FREELIST_MAX)
         st->callback_free[st->callback_nfree++] = n;
@@ -156,13 +159,27 @@ static void callback_free(tl_state *st, callback_node *n)
     /* last: these may run arbitrary code */
     Py_DECREF(fn);
     Py_DECREF(ctx);
+    Py_XDECREF(home);
 }
 
 static int callback_wake(tl_waiter *w, PyObject *source)
 {
     callback_node *n = (callback_node *)w;
     tl_future *fut = (tl_future *)source;
-    int rc = tl_call_soon(fut->st, fut->loop, fut->tloop, n->fn, &source, 1, n->ctx);
+    int rc;
+    if (n->home != NULL) {
+        /* scheduled for the task that added it, not the one completing it */
+        tl_handle *h = tl_loop_check_closed(fut->tloop) < 0
+                           ? NULL : tl_handle_new(fut->tloop, n->fn, &source, 1, n->ctx);
+        if (h != NULL) {
+            Py_XSETREF(h->home, Py_NewRef(n->home));
+            rc = tl_loop_push_ready_threadsafe(fut->tloop, tl_handle_ready_fn, (PyObject *)h);
+        } else {
+            rc = -1;
+        }
+    } else {
+        rc = tl_call_soon(fut->st, fut->loop, fut->tloop, n->fn, &source, 1, n->ctx);
+    }
     callback_free(fut->st, n);
     return rc;
 }
@@ -222,7 +239,7 @@ static int future_add_callback(tl_future *fut, PyObject *fn, PyObject *ctx)
             return -1;
         ctx = own_ctx;
     }
-    callback_node *n = callback_new(st, fn, ctx);
+    callback_node *n = callback_new(st, fut, fn, ctx);
     Py_XDECREF(own_ctx);
     if (n == NULL)
         return -1;
@@ -407,9 +424,14 @@ PyObject *tl_future_make_cancelled_error(tl_future *fut)
         fut->cancelled_exc = NULL;
         return exc;
     }
-    if (fut->cancel_msg == NULL)
+    return tl_cancelled_error_new(st, fut->cancel_msg);
+}
+
+PyObject *tl_cancelled_error_new(tl_state *st, PyObject *msg)
+{
+    if (msg == NULL)
         return PyObject_CallNoArgs(st->cancelled_error);
-    return PyObject_CallOneArg(st->cancelled_error, fut->cancel_msg);
+    return PyObject_CallOneArg(st->cancelled_error, msg);
 }
 
 int tl_future_outcome(tl_future *fut, PyObject **result)
@@ -1239,6 +1261,7 @@ int tl_future_traverse(tl_future *fut, visitproc visit, void *arg)
         if (w->kind == TL_WAITER_CALLBACK) {
             Py_VISIT(((callback_node *)w)->fn);
             Py_VISIT(((callback_node *)w)->ctx);
+            Py_VISIT(((callback_node *)w)->home);
         } else if (w->kind == TL_WAITER_TASK) {
             Py_VISIT((PyObject *)tl_task_of_waiter(w));
         }

@@ -5,6 +5,7 @@
 #include "tl_loop.h"
 #include "tl_timer.h"
 #include "tl_lock.h"
+#include "tl_task.h"
 
 static tl_handle *handle_alloc(tl_state *st)
 {
@@ -31,6 +32,7 @@ static tl_handle *handle_alloc(tl_state *st)
     h->source_traceback = NULL;
     h->repr = NULL;
     h->weakreflist = NULL;
+    h->home = NULL;
     h->cancelled = 0;
     h->is_timer = 0;
     return h;
@@ -49,6 +51,7 @@ int tl_handle_init(tl_handle *h, tl_loop *loop, PyObject *callback,
 {
     h->loop = (tl_loop *)Py_NewRef((PyObject *)loop);
     h->callback = Py_NewRef(callback);
+    h->home = TL_UNLIKELY(loop->dispatch != NULL) ? tl_task_running_ref() : NULL;
     if (context == NULL || context == Py_None) {
         h->context = PyContext_CopyCurrent();
         if (h->context == NULL)
@@ -120,6 +123,7 @@ void tl_handle_clear_refs(tl_handle *h)
     Py_CLEAR(h->source_traceback);
     Py_CLEAR(h->repr);
     Py_CLEAR(h->loop);
+    Py_CLEAR(h->home);
 }
 
 int tl_handle_traverse(tl_handle *h, visitproc visit, void *arg)
@@ -138,6 +142,7 @@ int tl_handle_traverse_contents(tl_handle *h, visitproc visit, void *arg)
         for (Py_ssize_t i = 1; i <= h->nargs; i++)
             Py_VISIT(h->argv[i]);
     Py_VISIT(h->source_traceback);
+    Py_VISIT(h->home);
     return 0;
 }
 
@@ -221,6 +226,10 @@ int tl_handle_run(tl_handle *h)
         stack[0] = NULL;
         argv = stack + 1;
     }
+    /* threaded loops: never beside the steps of the task that scheduled it */
+    PyObject *home = Py_XNewRef(h->home);
+    void *saved = NULL;
+    int locked = home != NULL ? tl_task_home_enter(home, &saved) : 0;
     PyObject *res;
     if (TL_LIKELY(PyContext_CheckExact(context))) {
         if (PyContext_Enter(context) < 0) {
@@ -269,6 +278,10 @@ int tl_handle_run(tl_handle *h)
             rc = tl_handle_report_error(h, callback, args);
             Py_DECREF(args);
         }
+    }
+    if (home != NULL) {
+        tl_task_home_leave(home, saved, locked);
+        Py_DECREF(home);
     }
     Py_DECREF(context);
     if (argtuple == NULL)

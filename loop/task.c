@@ -215,10 +215,42 @@ static int leave_task(tl_task *task)
 
 /* ---- scheduling the next step ------------------------------------------ */
 
-/* A threaded loop's item for a task: its step, never on two threads at once. */
+/* Threaded loops: the task whose step (or homed callback) this thread runs
+ * (tl_task.h). */
+static _Thread_local tl_task *task_running;
+
+PyObject *tl_task_running_ref(void)
+{
+    return Py_XNewRef((PyObject *)task_running);
+}
+
+int tl_task_home_enter(PyObject *home, void **saved)
+{
+    tl_task *task = (tl_task *)home;
+    *saved = task_running;
+    if (task == task_running)
+        return 0;               /* its own step runs it (Handle._run() by hand) */
+    tl_mutex_lock(&task->step_lock);
+    task_running = task;
+    return 1;
+}
+
+void tl_task_home_leave(PyObject *home, void *saved, int locked)
+{
+    task_running = saved;
+    if (locked)
+        tl_mutex_unlock(&((tl_task *)home)->step_lock);
+}
+
+/* A threaded loop's item for a task: its step, never on two threads at once,
+ * nor beside a callback it scheduled. */
 static int task_serial_ready(tl_loop *loop, PyObject *obj)
 {
-    return tl_serial_run(loop, &((tl_task *)obj)->serial, task_serial_ready, obj);
+    void *saved;
+    int locked = tl_task_home_enter(obj, &saved);
+    int rc = tl_serial_run(loop, &((tl_task *)obj)->serial, task_serial_ready, obj);
+    tl_task_home_leave(obj, saved, locked);
+    return rc;
 }
 
 /* Queue fn(task); takes a new reference (threadsafe: the one the caller
@@ -232,6 +264,96 @@ static inline int task_push(tl_loop *loop, tl_ready_fn fn, tl_task *task, int th
         return tl_serial_push(loop, &task->serial, task_serial_ready, fn, obj);
     return threadsafe ? tl_loop_push_ready_threadsafe(loop, fn, obj)
                       : tl_loop_push_ready(loop, fn, obj);
+}
+
+/* ---- cancel() beside a running step ------------------------------------ */
+
+/* On a threaded loop cancel() may come from any thread while the task's step
+ * runs on a worker. asyncio's cancel() reads fut_waiter and otherwise sets
+ * must_cancel; the step clears fut_waiter and takes must_cancel when it
+ * starts, and sets fut_waiter and passes must_cancel on to it when the
+ * coroutine yields. Each side does its part under cancel_lock, so one of the
+ * two always sees the other: cancel() finds the new waiter, or the step
+ * finds must_cancel (without it, a cancel() landing between the step's
+ * look at must_cancel and its new fut_waiter was lost: the task slept on).
+ * Classic loops run both on the loop's thread: no lock. */
+static inline int task_shared(tl_task *task)
+{
+    return task->fut.tloop != NULL && task->fut.tloop->dispatch != NULL;
+}
+
+static inline void task_lock(tl_task *task, int shared)
+{
+    if (shared)
+        tl_spin_lock(&task->cancel_lock);
+}
+
+static inline void task_unlock(tl_task *task, int shared)
+{
+    if (shared)
+        tl_spin_unlock(&task->cancel_lock);
+}
+
+/* fut_waiter = waiter (stolen); the old one is released outside the lock. */
+static void task_set_waiter(tl_task *task, PyObject *waiter)
+{
+    int shared = task_shared(task);
+    task_lock(task, shared);
+    PyObject *old = task->fut_waiter;
+    task->fut_waiter = waiter;
+    task_unlock(task, shared);
+    Py_XDECREF(old);
+}
+
+/* Take must_cancel (and a reference to its message in *msg). finishing:
+ * the coroutine is over, a cancel() from now on finds the task done. */
+static int task_take_cancel(tl_task *task, PyObject **msg, int finishing)
+{
+    int shared = task_shared(task);
+    task_lock(task, shared);
+    int must = task->must_cancel;
+    task->must_cancel = 0;
+    *msg = must ? Py_XNewRef(task->fut.cancel_msg) : NULL;
+    if (finishing)
+        task->finishing = 1;
+    task_unlock(task, shared);
+    return must;
+}
+
+/* waiter.cancel(msg): 1, 0 when it was done already, -1. */
+static int task_cancel_waiter(tl_task *task, PyObject *waiter, PyObject *msg)
+{
+    tl_state *st = task->fut.st;
+    if (Py_IS_TYPE(waiter, st->task_type))
+        return task_cancel((tl_task *)waiter, msg);
+    if (Py_IS_TYPE(waiter, st->future_type))
+        return tl_future_cancel((tl_future *)waiter, msg);
+    PyObject *res = PyObject_CallMethodOneArg(waiter, st->str_cancel, msg ? msg : Py_None);
+    int r = res ? PyObject_IsTrue(res) : -1;
+    Py_XDECREF(res);
+    return r;
+}
+
+/* A cancel() that came while the step ran goes to what the task now waits
+ * on (asyncio: "if self._must_cancel: if self._fut_waiter.cancel(msg=...):
+ * self._must_cancel = False"). */
+static int task_pass_cancel(tl_task *task, PyObject *waiter)
+{
+    int shared = task_shared(task);
+    task_lock(task, shared);
+    int must = task->must_cancel;
+    PyObject *msg = must ? Py_XNewRef(task->fut.cancel_msg) : NULL;
+    task_unlock(task, shared);
+    if (!must)
+        return 0;
+    int r = task_cancel_waiter(task, waiter, msg);
+    Py_XDECREF(msg);
+    if (r > 0) {
+        task_lock(task, shared);
+        task->must_cancel = 0;
+        task_unlock(task, shared);
+    }
+    return r < 0 ? -1 : 0;
 }
 
 /* call_soon(step, exc) in the task's context. */
@@ -345,27 +467,6 @@ static int task_watch_foreign(tl_task *task, PyObject *result)
     return 0;
 }
 
-/* A cancel() that came before the task waited: pass it to the waited-on
- * (foreign) future, as asyncio does. */
-static int task_cancel_foreign_waiter(tl_task *task)
-{
-    if (!task->must_cancel)
-        return 0;
-    PyObject *msg = task->fut.cancel_msg ? task->fut.cancel_msg : Py_None;
-    Py_INCREF(msg);
-    PyObject *r = PyObject_CallMethodOneArg(task->fut_waiter, task->fut.st->str_cancel, msg);
-    Py_DECREF(msg);
-    if (r == NULL)
-        return -1;
-    int is_true = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    if (is_true < 0)
-        return -1;
-    if (is_true)
-        task->must_cancel = 0;
-    return 0;
-}
-
 static int task_report_error(tl_task *task, PyMethodDef *def, PyObject *arg);
 
 /* task_watch_foreign() on a threaded loop's strand (see task_handle_yield).
@@ -381,12 +482,12 @@ static int task_watch_foreign_ready(tl_loop *loop, PyObject *obj)
     Py_INCREF(result);
     int rc = task_watch_foreign(task, result);
     if (rc == 0)
-        rc = task_cancel_foreign_waiter(task);
+        rc = task_pass_cancel(task, result);
     Py_DECREF(result);
     if (rc == 0)
         return 0;
     /* as a failed step: reported, the task left waiting */
-    Py_CLEAR(task->fut_waiter);
+    task_set_waiter(task, NULL);
     return task_report_error(task, &task_step_def, NULL);
 }
 
@@ -408,20 +509,11 @@ static int task_handle_yield(tl_task *task, PyObject *result)
         fut->blocking = 0;
         /* wait as a Waiter of the future: the list owns a reference */
         Py_INCREF(task);
-        task->fut_waiter = result;
+        task_set_waiter(task, result);
         if (tl_future_add_task_waiter(fut, &task->waiter) == 1 &&
             tl_task_waiter_wake(&task->waiter, result) < 0)
             return -1;
-        if (task->must_cancel) {
-            int r = Py_IS_TYPE(result, st->task_type)
-                        ? task_cancel((tl_task *)result, task->fut.cancel_msg)
-                        : tl_future_cancel(fut, task->fut.cancel_msg);
-            if (r < 0)
-                return -1;
-            if (r)
-                task->must_cancel = 0;
-        }
-        return 0;
+        return task_pass_cancel(task, result);
     }
 
     if (result == Py_None) {
@@ -475,7 +567,7 @@ static int task_handle_yield(tl_task *task, PyObject *result)
              * children's done callbacks) runs on the loop's strand. Watch
              * it from there too, in line with them: from this worker, the
              * wake-up could be lost to a set_result() running beside. */
-            task->fut_waiter = result;
+            task_set_waiter(task, result);
             return tl_loop_push_ready(tloop, task_watch_foreign_ready, Py_NewRef(task));
         }
         if (task_watch_foreign(task, result) < 0) {
@@ -483,7 +575,7 @@ static int task_handle_yield(tl_task *task, PyObject *result)
             return -1;
         }
         task->fut_waiter = result;
-        return task_cancel_foreign_waiter(task);
+        return task_pass_cancel(task, result);
     }
     Py_XDECREF(o);
 
@@ -510,22 +602,16 @@ static int task_step_impl(tl_task *task, PyObject *exc)
         return -1;
     }
     PyObject *own_exc = NULL;
-    if (task->must_cancel) {
-        if (exc != NULL) {
-            int is_cancel = PyObject_IsInstance(exc, st->cancelled_error);
-            if (is_cancel < 0)
-                return -1;
-            if (!is_cancel)
-                exc = NULL;
-        }
-        if (exc == NULL) {
-            exc = own_exc = tl_future_make_cancelled_error(&task->fut);
-            if (exc == NULL)
-                return -1;
-        }
-        task->must_cancel = 0;
+    PyObject *msg;
+    if (task_take_cancel(task, &msg, 0)) {
+        int is_cancel = exc != NULL ? PyObject_IsInstance(exc, st->cancelled_error) : 0;
+        if (is_cancel == 0)
+            exc = own_exc = tl_cancelled_error_new(st, msg);
+        Py_XDECREF(msg);
+        if (is_cancel < 0 || exc == NULL)
+            return -1;
     }
-    Py_CLEAR(task->fut_waiter);
+    task_set_waiter(task, NULL);
 
     PyObject *coro = task->coro;
     if (coro == NULL) {
@@ -559,18 +645,20 @@ static int task_step_impl(tl_task *task, PyObject *exc)
         return task_handle_yield(task, result);
 
     int rc;
+    int must = task_take_cancel(task, &msg, 1);
     if (status == PYGEN_RETURN) {
-        if (task->must_cancel) {
+        if (must) {
             /* cancelled right before the coroutine returned */
-            task->must_cancel = 0;
-            rc = tl_future_cancel(&task->fut, task->fut.cancel_msg) < 0 ? -1 : 0;
+            rc = tl_future_cancel(&task->fut, msg) < 0 ? -1 : 0;
         } else {
             rc = tl_future_set_result(&task->fut, result);
         }
+        Py_XDECREF(msg);
         Py_DECREF(result);
         task_finished(task);
         return rc;
     }
+    Py_XDECREF(msg);
 
     if (PyErr_ExceptionMatches(st->cancelled_error)) {
         /* kept so that result() re-raises this very exception */
@@ -789,6 +877,15 @@ static int task_eager_start(tl_task *task)
         Py_DECREF(prev);
         return -1;
     }
+    /* a wake-up from another worker waits until this step is over, and so
+     * do the callbacks it schedules */
+    int shared = task_shared(task);
+    void *saved = NULL;
+    int locked = 0;
+    if (shared) {
+        tl_serial_hold(&task->serial);
+        locked = tl_task_home_enter((PyObject *)task, &saved);
+    }
     int retval = task_step_impl(task, NULL);
     PyObject *error = retval < 0 ? PyErr_GetRaisedException() : NULL;
 
@@ -834,6 +931,10 @@ static int task_eager_start(tl_task *task)
     } else {
         /* done in one go: the coroutine is not needed any more */
         Py_CLEAR(task->coro);
+    }
+    if (shared) {
+        tl_task_home_leave((PyObject *)task, saved, locked);
+        tl_serial_release(task->fut.tloop, &task->serial, task_serial_ready, (PyObject *)task);
     }
     if (error != NULL)
         PyErr_SetRaisedException(error);
@@ -887,6 +988,8 @@ static int task_init(tl_task *task, PyObject *coro, PyObject *loop, PyObject *na
         return -1;
     tl_state *st = task->fut.st;
     task->must_cancel = 0;
+    task->finishing = 0;
+    atomic_init(&task->cancel_lock.held, 0);
     task->log_destroy_pending = 1;
     task->num_cancels_requested = 0;
     int is_coro = task_is_coroutine(st, coro);
@@ -1007,32 +1110,49 @@ static int task_cancel(tl_task *task, PyObject *msg)
     task->fut.log_tb = 0;
     if (tl_future_state(&task->fut) != TL_FUT_PENDING)
         return 0;
+    int shared = task_shared(task);
+    task_lock(task, shared);
+    if (task->finishing) {
+        task_unlock(task, shared);
+        return 0;
+    }
     task->num_cancels_requested += 1;
     /* (asyncio keeps "if num_cancels_requested > 1: return False"
      * commented out; so do we) */
-    PyObject *waiter = task->fut_waiter;
-    if (waiter != NULL) {
-        tl_state *st = task->fut.st;
-        int r;
-        Py_INCREF(waiter);
-        if (Py_IS_TYPE(waiter, st->task_type)) {
-            r = task_cancel((tl_task *)waiter, msg);
-        } else if (Py_IS_TYPE(waiter, st->future_type)) {
-            r = tl_future_cancel((tl_future *)waiter, msg);
-        } else {
-            PyObject *res = PyObject_CallMethodOneArg(waiter, st->str_cancel,
-                                                      msg ? msg : Py_None);
-            r = res ? PyObject_IsTrue(res) : -1;
-            Py_XDECREF(res);
+    PyObject *waiter = Py_XNewRef(task->fut_waiter);
+    PyObject *was_done = NULL;  /* released with the lock let go */
+    while (waiter != NULL) {
+        task_unlock(task, shared);
+        Py_CLEAR(was_done);
+        int r = task_cancel_waiter(task, waiter, msg);
+        if (r != 0) {
+            Py_DECREF(waiter);
+            return r;
         }
-        Py_DECREF(waiter);
-        if (r < 0)
-            return -1;
-        if (r)
-            return 1;
+        /* It was done: the step that comes raises. Unless, on a threaded
+         * loop, that step has run meanwhile and the task waits on
+         * something new (cancel that), or is over. */
+        task_lock(task, shared);
+        PyObject *now = task->fut_waiter;
+        if (!shared || now == waiter || now == NULL)
+            break;
+        was_done = waiter;
+        waiter = Py_NewRef(now);
+    }
+    if (task->finishing) {
+        task->num_cancels_requested -= 1;
+        task_unlock(task, shared);
+        Py_XDECREF(waiter);
+        Py_XDECREF(was_done);
+        return 0;
     }
     task->must_cancel = 1;
-    Py_XSETREF(task->fut.cancel_msg, (msg == NULL || msg == Py_None) ? NULL : Py_NewRef(msg));
+    PyObject *old_msg = task->fut.cancel_msg;
+    task->fut.cancel_msg = (msg == NULL || msg == Py_None) ? NULL : Py_NewRef(msg);
+    task_unlock(task, shared);
+    Py_XDECREF(old_msg);
+    Py_XDECREF(waiter);
+    Py_XDECREF(was_done);
     return 1;
 }
 
@@ -1055,6 +1175,8 @@ static PyObject *task_cancelling(tl_task *task, PyObject *Py_UNUSED(ignored))
 
 static PyObject *task_uncancel(tl_task *task, PyObject *Py_UNUSED(ignored))
 {
+    int shared = task_shared(task);
+    task_lock(task, shared);
     if (task->num_cancels_requested > 0) {
         task->num_cancels_requested -= 1;
 #if PY_VERSION_HEX >= 0x030D0000
@@ -1062,7 +1184,9 @@ static PyObject *task_uncancel(tl_task *task, PyObject *Py_UNUSED(ignored))
             task->must_cancel = 0;
 #endif
     }
-    return PyLong_FromLong(task->num_cancels_requested);
+    int left = task->num_cancels_requested;
+    task_unlock(task, shared);
+    return PyLong_FromLong(left);
 }
 
 static PyObject *task_get_name(tl_task *task, PyObject *Py_UNUSED(ignored))

@@ -657,3 +657,45 @@ def test_stress_cancel_storm_racing_completion(tloop):
     assert all(tasks[i].cancelled() for i in cancelled)
     # a task cancelled before its first step never ran its body
     assert set(cleanups) <= set(cancelled) and len(cleanups) == len(set(cleanups))
+
+
+def test_stress_cancel_lands_while_task_steps(tloop):
+    """cancel() from other workers while the victim's step runs: whether it
+    lands before, during or after the step, it is never lost. Each victim
+    ends waiting for a future nobody completes, so only the cancel ends it:
+    a lost one hangs the victim."""
+    n = 400
+
+    def finish(f):
+        try:
+            f.set_result(None)
+        except asyncio.InvalidStateError:
+            pass                    # a canceller got there first
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def victim(i):
+            for _ in range(i % 20):
+                f = loop.create_future()
+                loop.call_soon(finish, f)
+                await f
+            await loop.create_future()
+
+        tasks = [asyncio.create_task(victim(i)) for i in range(n)]
+        returned = []
+
+        async def canceller(part):
+            for k, t in enumerate(part):
+                returned.append(t.cancel())
+                if k % 3 == 0:
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(*[canceller(tasks[k::4]) for k in range(4)])
+        done, pending = await asyncio.wait(tasks, timeout=20)
+        return tasks, returned, len(pending)
+
+    tasks, returned, pending = tloop.run_until_complete(asyncio.wait_for(main(), 60))
+    assert pending == 0
+    assert returned == [True] * n
+    assert all(t.cancelled() for t in tasks)
