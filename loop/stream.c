@@ -617,6 +617,8 @@ static int data_received_done(tl_stream *t, PyObject *proto, PyObject *r)
 
 #define TL_INBOX_MAX (256 * 1024)
 
+static int eof_step(tl_stream *t);
+
 static int stream_deliver_step(tl_stream *t)
 {
     tl_loop *loop = t->loop;
@@ -645,6 +647,10 @@ static int stream_deliver_step(tl_stream *t)
         t->inbox_full = 0;
         stream_start_reading(t);
     }
+    if (rc == 0 && t->eof_waiting && t->inbox.len == 0 && !t->paused) {
+        t->eof_waiting = 0;
+        rc = eof_step(t);
+    }
     return rc;
 }
 
@@ -653,7 +659,7 @@ STREAM_STEP_FN(stream_deliver_fn, stream_deliver_step)
 /* Queue the inbox's delivery on the strand unless it is queued already */
 static int stream_deliver_soon(tl_stream *t)
 {
-    if (t->inbox_queued || t->inbox.len == 0)
+    if (t->inbox_queued || (t->inbox.len == 0 && !t->eof_waiting))
         return 0;
     t->inbox_queued = 1;
     return stream_push(t, stream_deliver_fn);
@@ -1515,6 +1521,13 @@ static int eof_step(tl_stream *t)
 {
     if (t->lost_scheduled || t->protocol == NULL)
         return 0;
+    if (t->inbox.len > 0 || t->paused) {
+        /* read before the protocol paused reading (asyncio would not have
+         * read it yet): the EOF waits for resume_reading(), behind the
+         * bytes still in the inbox (stream_deliver_step) */
+        t->eof_waiting = 1;
+        return 0;
+    }
     int rc = stream_on_eof(t);
     stream_hold_update(t);
     return rc;

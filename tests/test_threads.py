@@ -449,6 +449,59 @@ def test_protocol_callbacks_in_order_never_concurrent(tloop):
         assert p.events == ["made", "data", "eof", "lost"]
 
 
+def test_eof_waits_while_reading_is_paused(tloop):
+    """A protocol pauses reading in data_received(); the peer has already
+    sent the rest and its EOF. asyncio reads nothing more while paused; a
+    threaded loop may have read it all already: either way eof_received()
+    comes only after resume_reading() and after every byte."""
+    payload = [b"a" * 1000, b"b" * 1000, b"c" * 1000]
+
+    class Pausing(asyncio.Protocol):
+        def __init__(self):
+            self.events = []
+            self.data = bytearray()
+            self.eof = asyncio.get_running_loop().create_future()
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            if not self.data:
+                self.transport.pause_reading()
+            self.data += data
+            self.events.append("data")
+
+        def eof_received(self):
+            self.events.append("eof")
+            self.eof.set_result(bytes(self.data))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        protos = []
+        server = await loop.create_server(lambda: protos.append(Pausing()) or protos[-1],
+                                          "127.0.0.1", 0)
+        r, w = await asyncio.open_connection(*server.sockets[0].getsockname())
+        for chunk in payload:
+            w.write(chunk)
+        w.write_eof()
+        await w.drain()
+        await asyncio.sleep(0.1)
+        p = protos[0]
+        seen_while_paused = list(p.events)
+        p.transport.resume_reading()
+        got = await asyncio.wait_for(p.eof, 10)
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return seen_while_paused, got, p.events
+
+    seen_while_paused, got, events = tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    assert "eof" not in seen_while_paused
+    assert got == b"".join(payload)
+    assert events[-1] == "eof" and events.count("eof") == 1
+
+
 def test_transport_write_from_many_workers(tloop):
     """Eight tasks write numbered chunks to one transport at once: every
     chunk arrives whole, each task's chunks in order."""
