@@ -450,25 +450,49 @@ del _name
 _ThreadedStreamReader.__name__ = _ThreadedStreamReader.__qualname__ = "StreamReader"
 
 
+def _locked_drain(cls):
+    """cls (an asyncio protocol with FlowControlMixin) whose _drain_helper()
+    steps under the loop lock: a writer task on one worker adds and removes
+    its waiter in _drain_waiters while resume_writing()/connection_lost()
+    (transport callbacks, under the lock) walk that deque on another
+    ("deque mutated during iteration" on 3.13t). Named as cls in reprs."""
+    locked = type(cls.__name__, (cls,), {
+        "_drain_helper": _locked_method(cls, "_drain_helper"),
+        "__qualname__": cls.__qualname__, "__module__": cls.__module__})
+    return locked
+
+
+_LOCKED_PROTOCOLS = {cls: _locked_drain(cls) for cls in (
+    asyncio.StreamReaderProtocol, asyncio.subprocess.SubprocessStreamProtocol)}
+
+
 def _thread_safe_protocol(loop, protocol):
     """A threaded loop's transport is about to call connection_made(): an
     asyncio StreamReaderProtocol's reader (open_connection, start_server)
     is fed by data_received() on one worker while tasks read it on others,
-    so it becomes the locked kind, as a subprocess's readers do."""
+    so it becomes the locked kind, as a subprocess's readers do; and so does
+    its drain()."""
     reader = getattr(protocol, "_stream_reader", None)
     if type(reader) is asyncio.StreamReader:
         reader.__class__ = _ThreadedStreamReader
+    locked = _LOCKED_PROTOCOLS.get(type(protocol))
+    if locked is not None:
+        protocol.__class__ = locked
 
 
 Loop._thread_safe_protocol = _thread_safe_protocol
 
 
 def _lock_stream_readers(protocol):
-    """asyncio.subprocess's readers of a threaded loop's child: the locked kind."""
+    """asyncio.subprocess's readers (and stdin's drain()) of a threaded
+    loop's child: the locked kind."""
     for name in ("stdout", "stderr"):
         reader = getattr(protocol, name, None)
         if type(reader) is asyncio.StreamReader:
             reader.__class__ = _ThreadedStreamReader
+    locked = _LOCKED_PROTOCOLS.get(type(protocol))
+    if locked is not None:
+        protocol.__class__ = locked
 
 
 def _early_handshake_bytes(loop, protocol):
