@@ -25,6 +25,14 @@ LOOP_FACTORIES = {
 }
 
 
+# Scenarios whose outcome rests on what only one thread gives: the order in
+# which two tasks' steps interleave, or asyncio's own Lock/Event/Condition/
+# Semaphore (not thread-safe) shared by tasks. Neither is promised with worker
+# threads (README, "Not promised"), so they run in the first pass only.
+one_thread_only = pytest.mark.skipif(
+    TONIO_THREADS > 0, reason="relies on one thread: the interleaving of two tasks' steps, "
+    "or asyncio's own primitives shared by tasks (not promised with worker threads)")
+
 # With worker threads the suite has already run on asyncio's loop (make test's
 # first pass): only tonio's loops are parametrized then, which halves the pass.
 PARAMETRIZED = ["tonio"] if TONIO_THREADS else list(LOOP_FACTORIES)

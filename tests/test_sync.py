@@ -52,7 +52,16 @@ async def test_lock_order_and_errors(prim):
             await asyncio.sleep(0)
             order.append(("out", i))
 
-    await asyncio.gather(*[worker(i) for i in range(4)])
+    # queued one after the other (with worker threads, tasks started
+    # together reach acquire() in any order): the lock goes in that order
+    await lock.acquire()
+    tasks = []
+    for i in range(4):
+        tasks.append(asyncio.create_task(worker(i)))
+        while tasks[-1]._fut_waiter is None:
+            await asyncio.sleep(0)
+    lock.release()
+    await asyncio.gather(*tasks)
     assert order == [(w, i) for i in range(4) for w in ("in", "out")]
     assert not lock.locked()
     assert "unlocked" in repr(lock)
@@ -123,13 +132,16 @@ async def test_semaphores(prim):
         prim.Semaphore(-1)
     sem = prim.Semaphore(2)
     active, peak = [0], [0]
+    counting = threading.Lock()     # two holders may run at once on workers
 
     async def worker():
         async with sem:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
+            with counting:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
             await asyncio.sleep(0.001)
-            active[0] -= 1
+            with counting:
+                active[0] -= 1
 
     await asyncio.gather(*[worker() for _ in range(8)])
     assert peak[0] == 2 and active[0] == 0

@@ -16,6 +16,8 @@ import pytest
 
 import tonio_loop
 
+from tests.conftest import one_thread_only
+
 cvar = contextvars.ContextVar("cvar", default="unset")
 
 TASK_CLASSES = {"asyncio": asyncio.Task, "tonio": tonio_loop.Task}
@@ -308,6 +310,7 @@ def test_yield_generator(loop):
         run(loop, body())
 
 
+@one_thread_only
 def test_bare_yield_gives_one_iteration(loop):
     order = []
 
@@ -688,6 +691,7 @@ async def test_taskgroup():
     assert sleeper.cancelled()
 
 
+@one_thread_only
 async def test_locks_events_semaphores_conditions():
     lock = asyncio.Lock()
     event = asyncio.Event()
