@@ -1,28 +1,36 @@
 """Loop(threads=N): echo (Protocol, 64 connections), an HTTP-like
-request/response server and a million coroutines, at several thread counts.
+request/response server, a JSON API server and a million coroutines, at
+several thread counts.
 
     python -m bench.threads [--threads 0,1,2] [--duration 5] [--conns 64]
+                            [--workloads echo,http,api,coros]
 
 Run it on the free-threaded Python (3.13t) to see the workers run in
 parallel; with the GIL they take turns. The load comes from bench/bin/loadgen
-(built by `make bench`), pinned to the last CPU; the server's CPU time per
+(built on first use), pinned to the last CPU; the server's CPU time per
 request is reported next to the throughput because the load generator
-shares the machine.
+shares the machine. echo and http do a few microseconds of Python per
+request: on two cores the load generator, not the server, sets their pace.
+api renders a JSON document per request (tens of microseconds of Python, as
+an application's handler does): there the workers' Python is the work that
+threads=N spreads over the cores. Results also go to
+bench/results/threads-<python>.json.
 """
 
 import argparse
 import asyncio
 import json
 import os
+import platform
 import resource
-import subprocess
 import sys
 import time
 
 import tonio_loop
 
+from bench import net
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-LOADGEN = os.path.join(HERE, "bin", "loadgen")
 
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n"
             b"Connection: keep-alive\r\n\r\nHello, world!")
@@ -55,6 +63,27 @@ class Http(asyncio.Protocol):
         self.transport.write(RESPONSE)
 
 
+def render_items(n=20):
+    """The request's data (as rows from a database would be: made for it)
+    rendered as a JSON document."""
+    items = [{"id": i, "name": f"item {i}", "price": i * 1.25, "tags": ["new", "sale"],
+              "stock": i % 7} for i in range(n)]
+    for it in items:
+        it["total"] = it["price"] * it["stock"]
+    return json.dumps({"count": n, "items": items}).encode()
+
+
+class Api(Http):
+    """A JSON API: each request's handler task builds and renders a document
+    (on 3.13t some tens of microseconds of Python, as an application's
+    handler spends)."""
+
+    async def handle(self):
+        body = render_items()
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
 def cpu_time():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -64,29 +93,15 @@ async def serve(protocol, mode, args):
     loop = asyncio.get_running_loop()
     server = await loop.create_server(protocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    cmd = [LOADGEN, "--port", str(port), "--mode", mode, "--conns", str(args.conns),
-           "--size", "64", "--warmup", "1", "--duration", str(args.duration),
-           "--cpu", str(os.cpu_count() - 1)]
-    # tonio_loop has no subprocesses yet: the load generator runs from a thread
-    result = {}
-
-    def run_load():
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        for line in p.stdout:
-            line = line.strip()
-            if line == "START":
-                result["cpu0"] = cpu_time()
-            elif line == "END":
-                result["cpu1"] = cpu_time()
-            elif line.startswith("{"):
-                result.update(json.loads(line))
-        p.wait()
-
-    await loop.run_in_executor(None, run_load)
+    cpu = {}
+    # from a thread: its output is read while the server runs on the loop
+    result = await loop.run_in_executor(None, lambda: net.run_loadgen(
+        port, mode=mode, size=64, conns=args.conns, warmup=1, seconds=args.duration,
+        cpu=os.cpu_count() - 1, on_start=lambda: cpu.setdefault("start", cpu_time()),
+        on_end=lambda: cpu.setdefault("end", cpu_time())))
     server.close()
     await server.wait_closed()
-    cpu = result["cpu1"] - result["cpu0"]
-    return result["rps"], cpu / max(result["requests"], 1) * 1e6
+    return result["rps"], (cpu["end"] - cpu["start"]) / max(result["requests"], 1) * 1e6
 
 
 async def coroutines(n):
@@ -109,22 +124,57 @@ def main():
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--coroutines", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workloads", default="echo,http,api,coros")
+    ap.add_argument("--out", help="the JSON report (default bench/results/threads-<python>.json)")
     args = ap.parse_args()
-    if not os.path.exists(LOADGEN):
-        sys.exit("bench/bin/loadgen is missing: `make bench` builds it")
+    net.tool("loadgen")
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    python = f"{sys.version.split()[0]}{'' if gil else 't'}"
     print(f"Python {sys.version.split()[0]} GIL={'on' if gil else 'off'} "
-          f"cpus={os.cpu_count()} conns={args.conns}")
-    for threads in [int(t) for t in args.threads.split(",")]:
-        for name, fn in (("echo", lambda: serve(Echo, "echo", args)),
-                         ("http", lambda: serve(Http, "http", args))):
-            runs = sorted(tonio_loop.run(fn(), threads=threads) for _ in range(args.repeat))
-            rps, cpu = runs[len(runs) // 2]
+          f"cpus={os.cpu_count()} conns={args.conns} {platform.machine()} "
+          f"{platform.processor() or ''}".rstrip())
+    servers = {"echo": (Echo, "echo"), "http": (Http, "http"), "api": (Api, "http")}
+    workloads = args.workloads.split(",")
+    counts = [int(t) for t in args.threads.split(",")]
+    report = {"python": python, "gil": gil, "cpus": os.cpu_count(), "conns": args.conns,
+              "duration": args.duration, "repeat": args.repeat, "results": []}
+    # rounds of every thread count in turn, so that the machine's drift
+    # (other tenants, frequency) weighs on each count alike
+    runs = {}
+    for _ in range(args.repeat):
+        for threads in counts:
+            for name in workloads:
+                if name == "coros":
+                    run = tonio_loop.run(coroutines(args.coroutines), threads=threads)
+                else:
+                    protocol, mode = servers[name]
+                    run = tonio_loop.run(serve(protocol, mode, args), threads=threads)
+                runs.setdefault((threads, name), []).append(run)
+    for threads in counts:
+        for name in workloads:
+            got = sorted(runs[(threads, name)])
+            if name == "coros":
+                rate = got[len(got) // 2]
+                print(f"threads={threads} coros {rate:10.0f} coroutines/s", flush=True)
+                report["results"].append({"threads": threads, "workload": name,
+                                          "coroutines_per_s": rate, "runs": got})
+                continue
+            rps, cpu = got[len(got) // 2]
             print(f"threads={threads} {name:5} {rps:10.0f} req/s  {cpu:6.1f} us CPU/req "
                   f"(median of {args.repeat})", flush=True)
-        rates = sorted(tonio_loop.run(coroutines(args.coroutines), threads=threads)
-                       for _ in range(args.repeat))
-        print(f"threads={threads} coros {rates[len(rates) // 2]:10.0f} coroutines/s", flush=True)
+            report["results"].append({"threads": threads, "workload": name, "rps": rps,
+                                      "cpu_us_per_req": cpu, "runs": got})
+    for name in workloads:
+        if name != "coros" and 1 in counts and 2 in counts:
+            ratios = sorted(b[0] / a[0] for a, b in zip(runs[(1, name)], runs[(2, name)]))
+            print(f"{name:5} threads=2 / threads=1: {ratios[len(ratios) // 2]:.2f}x "
+                  f"(median of the {len(ratios)} rounds' ratios, "
+                  f"{ratios[0]:.2f}-{ratios[-1]:.2f})", flush=True)
+    out = args.out or os.path.join(HERE, "results", f"threads-{python}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"written: {os.path.relpath(out)}")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,22 @@ def test_bench_runs_end_to_end(tmp_path):
     assert (out / "table.txt").read_text().startswith("tonio_loop benchmark (tiny)")
     assert (out / "summary.png").stat().st_size > 0
     assert (out / "loop-core.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(300)
+def test_threads_bench_runs(tmp_path):
+    """bench.threads (Loop(threads=N)): every workload at two thread counts."""
+    out = tmp_path / "threads.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.threads", "--threads", "0,2", "--duration", "0.3",
+         "--repeat", "1", "--coroutines", "20000", "--conns", "4", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=290,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.startswith("Python ")
+    report = json.loads(out.read_text())
+    got = {(r["threads"], r["workload"]) for r in report["results"]}
+    assert got == {(t, w) for t in (0, 2) for w in ("echo", "http", "api", "coros")}
+    for r in report["results"]:
+        assert (r["coroutines_per_s"] if r["workload"] == "coros" else r["rps"]) > 0
