@@ -21,6 +21,7 @@
 #define TL_UNUSED(x) ((void)(x))
 /* keeps a cold path out of its caller, so the hot one stays a few instructions */
 #define TL_NOINLINE __attribute__((noinline))
+#define TL_INLINE inline __attribute__((always_inline))
 #define TL_LIKELY(x) __builtin_expect(!!(x), 1)
 #define TL_UNLIKELY(x) __builtin_expect(!!(x), 0)
 

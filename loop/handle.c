@@ -227,9 +227,13 @@ int tl_handle_run(tl_handle *h)
         argv = stack + 1;
     }
     /* threaded loops: never beside the steps of the task that scheduled it */
-    PyObject *home = Py_XNewRef(h->home);
+    PyObject *home = h->home;
     void *saved = NULL;
-    int locked = home != NULL ? tl_task_home_enter(home, &saved) : 0;
+    int locked = 0;
+    if (TL_UNLIKELY(home != NULL)) {
+        Py_INCREF(home);
+        locked = tl_task_home_enter(home, &saved);
+    }
     PyObject *res;
     if (TL_LIKELY(PyContext_CheckExact(context))) {
         if (PyContext_Enter(context) < 0) {

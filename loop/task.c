@@ -295,29 +295,47 @@ static inline void task_unlock(tl_task *task, int shared)
 }
 
 /* fut_waiter = waiter (stolen); the old one is released outside the lock. */
-static void task_set_waiter(tl_task *task, PyObject *waiter)
+static TL_NOINLINE void task_set_waiter_shared(tl_task *task, PyObject *waiter)
 {
-    int shared = task_shared(task);
-    task_lock(task, shared);
+    tl_spin_lock(&task->cancel_lock);
     PyObject *old = task->fut_waiter;
     task->fut_waiter = waiter;
-    task_unlock(task, shared);
+    tl_spin_unlock(&task->cancel_lock);
     Py_XDECREF(old);
+}
+
+static TL_INLINE void task_set_waiter(tl_task *task, PyObject *waiter)
+{
+    if (TL_LIKELY(!task_shared(task)))
+        Py_XSETREF(task->fut_waiter, waiter);
+    else
+        task_set_waiter_shared(task, waiter);
 }
 
 /* Take must_cancel (and a reference to its message in *msg). finishing:
  * the coroutine is over, a cancel() from now on finds the task done. */
-static int task_take_cancel(tl_task *task, PyObject **msg, int finishing)
+static TL_NOINLINE int task_take_cancel_shared(tl_task *task, PyObject **msg, int finishing)
 {
-    int shared = task_shared(task);
-    task_lock(task, shared);
+    tl_spin_lock(&task->cancel_lock);
     int must = task->must_cancel;
     task->must_cancel = 0;
     *msg = must ? Py_XNewRef(task->fut.cancel_msg) : NULL;
     if (finishing)
         task->finishing = 1;
-    task_unlock(task, shared);
+    tl_spin_unlock(&task->cancel_lock);
     return must;
+}
+
+static TL_INLINE int task_take_cancel(tl_task *task, PyObject **msg, int finishing)
+{
+    if (TL_UNLIKELY(task_shared(task)))
+        return task_take_cancel_shared(task, msg, finishing);
+    *msg = NULL;
+    if (TL_LIKELY(!task->must_cancel))
+        return 0;
+    task->must_cancel = 0;
+    *msg = Py_XNewRef(task->fut.cancel_msg);
+    return 1;
 }
 
 /* waiter.cancel(msg): 1, 0 when it was done already, -1. */
@@ -340,6 +358,8 @@ static int task_cancel_waiter(tl_task *task, PyObject *waiter, PyObject *msg)
 static int task_pass_cancel(tl_task *task, PyObject *waiter)
 {
     int shared = task_shared(task);
+    if (TL_LIKELY(!shared) && TL_LIKELY(!task->must_cancel))
+        return 0;
     task_lock(task, shared);
     int must = task->must_cancel;
     PyObject *msg = must ? Py_XNewRef(task->fut.cancel_msg) : NULL;
