@@ -47,6 +47,7 @@ struct tl_waiter {
     uint32_t seq;               /* owner's tag (Future: callback order) */
     uint8_t kind;
     uint8_t linked;             /* on an Event's list right now */
+    uint8_t after_callback;     /* tl_event_fire: a done callback came before it */
 };
 
 typedef struct {
@@ -83,6 +84,7 @@ static inline void tl_waiter_init(tl_waiter *w, int kind, tl_wake_fn wake)
     w->seq = 0;
     w->kind = (uint8_t)kind;
     w->linked = 0;
+    w->after_callback = 0;
 }
 
 /* 1 once tl_event_fire() ran. */

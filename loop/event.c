@@ -64,10 +64,13 @@ int tl_event_fire(tl_event *ev, PyObject *source)
 
     int rc = 0;
     PyObject *first_error = NULL;
+    uint8_t after_callback = 0;
     while (w != NULL) {
         /* the wake function may free the waiter: read the link first */
         tl_waiter *next = w->next;
         w->prev = w->next = NULL;
+        w->after_callback = after_callback;
+        after_callback |= w->kind == TL_WAITER_CALLBACK;
         if (w->wake(w, source) < 0) {
             rc = -1;
             if (first_error == NULL)

@@ -1521,10 +1521,11 @@ static int eof_step(tl_stream *t)
 {
     if (t->lost_scheduled || t->protocol == NULL)
         return 0;
-    if (t->inbox.len > 0 || t->paused) {
+    if (t->inbox.len > 0 || (t->paused && t->sink == NULL && !t->buffered)) {
         /* read before the protocol paused reading (asyncio would not have
          * read it yet): the EOF waits for resume_reading(), behind the
-         * bytes still in the inbox (stream_deliver_step) */
+         * bytes still in the inbox (stream_deliver_step). TLS and buffered
+         * reads go to the protocol as they come (no inbox): their EOF too. */
         t->eof_waiting = 1;
         return 0;
     }

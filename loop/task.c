@@ -424,6 +424,13 @@ static int task_error_soon(tl_task *task, const char *format, ...)
     return rc;
 }
 
+/* A threaded loop's wake-up that came behind done callbacks of the same
+ * future: from the loop's strand, after them. */
+static int task_wake_behind_ready(tl_loop *loop, PyObject *obj)
+{
+    return task_push(loop, task_wakeup_ready, (tl_task *)obj, 0);
+}
+
 int tl_task_waiter_wake(tl_waiter *w, PyObject *source)
 {
     /* the reference the future's list held now belongs to us */
@@ -434,6 +441,14 @@ int tl_task_waiter_wake(tl_waiter *w, PyObject *source)
             Py_DECREF(task);
             return -1;
         }
+        /* asyncio runs the future's done callbacks added before the task
+         * began to wait (asyncpg's _on_waiter_completed) before its step;
+         * on a threaded loop they run on the loop's strand, so the wake-up
+         * goes there too, behind them */
+        uint8_t behind = w->after_callback;
+        w->after_callback = 0;
+        if (TL_UNLIKELY(behind) && f->tloop->dispatch != NULL)
+            return tl_dispatch_push_callback(f->tloop, task_wake_behind_ready, (PyObject *)task);
         /* a future may be set from any thread: wake the loop if it sleeps */
         return task_push(f->tloop, task_wakeup_ready, task, 1);
     }

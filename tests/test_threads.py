@@ -16,6 +16,7 @@ import time
 import pytest
 
 import tonio_loop
+from tonio_loop import sync
 
 THREADS = 4
 
@@ -500,6 +501,36 @@ def test_eof_waits_while_reading_is_paused(tloop):
     assert "eof" not in seen_while_paused
     assert got == b"".join(payload)
     assert events[-1] == "eof" and events.count("eof") == 1
+
+
+def test_done_callbacks_run_before_the_task_that_waits(tloop):
+    """A future's done callbacks added before a task awaits it run before
+    that task resumes, whichever worker completes it (asyncpg's protocol
+    clears its timeout in such a callback, then the task arms the next)."""
+    rounds = 300
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        futures = sync.Queue()      # asyncio's is not thread-safe
+        seen = []
+
+        async def completer():
+            for i in range(rounds):
+                (await futures.get()).set_result(i)
+
+        helper = asyncio.create_task(completer())
+        for i in range(rounds):
+            f = loop.create_future()
+            state = []
+            f.add_done_callback(lambda _, state=state: state.append("callback"))
+            futures.put_nowait(f)
+            await f
+            seen.append(state == ["callback"])
+        await helper
+        return seen
+
+    seen = tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    assert seen == [True] * rounds
 
 
 def test_transport_write_from_many_workers(tloop):
