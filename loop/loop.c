@@ -134,6 +134,19 @@ int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
     return ready_push(&loop->ready, fn, obj);
 }
 
+/* The thread that runs the loop (0: none), seen by threadsafe callers under
+ * the inbox lock when there is no GIL. */
+static void loop_set_thread(tl_loop *loop, unsigned long id)
+{
+#ifdef Py_GIL_DISABLED
+    PyMutex_Lock(&loop->inbox_lock);
+    loop->thread_id = id;
+    PyMutex_Unlock(&loop->inbox_lock);
+#else
+    loop->thread_id = id;
+#endif
+}
+
 void tl_loop_ev_changed(tl_loop *loop)
 {
     unsigned long running = loop->thread_id;
@@ -529,7 +542,7 @@ static PyObject *loop_run_forever_setup(tl_loop *loop, PyObject *Py_UNUSED(ignor
     if (hooks == NULL)
         return NULL;
     Py_XSETREF(loop->old_agen_hooks, hooks);
-    loop->thread_id = PyThread_get_thread_ident();
+    loop_set_thread(loop, PyThread_get_thread_ident());
 
     PyObject *firstiter = PyObject_GetAttr((PyObject *)loop, st->str_asyncgen_firstiter_hook);
     PyObject *finalizer = firstiter ? PyObject_GetAttr((PyObject *)loop, st->str_asyncgen_finalizer_hook) : NULL;
@@ -562,7 +575,7 @@ static PyObject *loop_run_forever_cleanup(tl_loop *loop, PyObject *Py_UNUSED(ign
     PyObject *exc = PyErr_GetRaisedException();
     int failed = 0;
     loop->stopping = 0;
-    loop->thread_id = 0;
+    loop_set_thread(loop, 0);
     ready_track_queued(loop);
     tl_signal_detach(loop);
     PyObject *r = PyObject_CallOneArg(st->set_running_loop, Py_None);
@@ -922,8 +935,13 @@ int tl_loop_push_ready_threadsafe(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
     int rc;
 #ifdef Py_GIL_DISABLED
     if (!own_thread) {
+        /* A loop that does not run takes it in its ready queue, in order
+         * with call_soon() (whose caller owns the loop then); the lock
+         * keeps threadsafe callers apart, and out of run_forever()'s
+         * start (loop_set_thread) */
         PyMutex_Lock(&loop->inbox_lock);
-        rc = ready_push(&loop->inbox, fn, obj);
+        int idle = loop->thread_id == 0;
+        rc = ready_push(idle ? &loop->ready : &loop->inbox, fn, obj);
         PyMutex_Unlock(&loop->inbox_lock);
     } else
 #endif
