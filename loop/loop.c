@@ -127,24 +127,28 @@ void tl_ready_clear(tl_ready *q)
 
 #define ready_clear tl_ready_clear
 
+#ifdef Py_GIL_DISABLED
+/* call_soon() on a loop that does not run: behind what threadsafe callers
+ * left in the inbox meanwhile (call_soon_threadsafe() from the thread about
+ * to run it keeps its place between two call_soon()). */
+static int loop_push_idle(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
+{
+    PyMutex_Lock(&loop->inbox_lock);
+    int rc = ready_push(loop->inbox.len ? &loop->inbox : &loop->ready, fn, obj);
+    PyMutex_Unlock(&loop->inbox_lock);
+    return rc;
+}
+#endif
+
 int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
 {
     if (TL_UNLIKELY(loop->dispatch != NULL))
         return tl_dispatch_push_callback(loop, fn, obj);
-    return ready_push(&loop->ready, fn, obj);
-}
-
-/* The thread that runs the loop (0: none), seen by threadsafe callers under
- * the inbox lock when there is no GIL. */
-static void loop_set_thread(tl_loop *loop, unsigned long id)
-{
 #ifdef Py_GIL_DISABLED
-    PyMutex_Lock(&loop->inbox_lock);
-    loop->thread_id = id;
-    PyMutex_Unlock(&loop->inbox_lock);
-#else
-    loop->thread_id = id;
+    if (TL_UNLIKELY(loop->thread_id == 0))
+        return loop_push_idle(loop, fn, obj);
 #endif
+    return ready_push(&loop->ready, fn, obj);
 }
 
 void tl_loop_ev_changed(tl_loop *loop)
@@ -542,7 +546,7 @@ static PyObject *loop_run_forever_setup(tl_loop *loop, PyObject *Py_UNUSED(ignor
     if (hooks == NULL)
         return NULL;
     Py_XSETREF(loop->old_agen_hooks, hooks);
-    loop_set_thread(loop, PyThread_get_thread_ident());
+    loop->thread_id = PyThread_get_thread_ident();
 
     PyObject *firstiter = PyObject_GetAttr((PyObject *)loop, st->str_asyncgen_firstiter_hook);
     PyObject *finalizer = firstiter ? PyObject_GetAttr((PyObject *)loop, st->str_asyncgen_finalizer_hook) : NULL;
@@ -575,7 +579,7 @@ static PyObject *loop_run_forever_cleanup(tl_loop *loop, PyObject *Py_UNUSED(ign
     PyObject *exc = PyErr_GetRaisedException();
     int failed = 0;
     loop->stopping = 0;
-    loop_set_thread(loop, 0);
+    loop->thread_id = 0;
     ready_track_queued(loop);
     tl_signal_detach(loop);
     PyObject *r = PyObject_CallOneArg(st->set_running_loop, Py_None);
@@ -898,9 +902,7 @@ static PyObject *loop_call_soon(tl_loop *loop, PyObject *const *args,
     tl_handle *h = tl_handle_new(loop, args[0], args + 1, nargs - 1, context);
     if (h == NULL)
         return NULL;
-    int rc = TL_LIKELY(loop->dispatch == NULL)
-                 ? ready_push(&loop->ready, tl_handle_ready_fn, Py_NewRef(h))
-                 : tl_dispatch_push_callback(loop, tl_handle_ready_fn, Py_NewRef(h));
+    int rc = tl_loop_push_ready(loop, tl_handle_ready_fn, Py_NewRef(h));
     if (rc < 0) {
         Py_DECREF(h);
         return NULL;
@@ -935,13 +937,8 @@ int tl_loop_push_ready_threadsafe(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
     int rc;
 #ifdef Py_GIL_DISABLED
     if (!own_thread) {
-        /* A loop that does not run takes it in its ready queue, in order
-         * with call_soon() (whose caller owns the loop then); the lock
-         * keeps threadsafe callers apart, and out of run_forever()'s
-         * start (loop_set_thread) */
         PyMutex_Lock(&loop->inbox_lock);
-        int idle = loop->thread_id == 0;
-        rc = ready_push(idle ? &loop->ready : &loop->inbox, fn, obj);
+        rc = ready_push(&loop->inbox, fn, obj);
         PyMutex_Unlock(&loop->inbox_lock);
     } else
 #endif
