@@ -112,7 +112,10 @@ typedef struct tl_loop {
     char fork_registered;
     char signal_forked;         /* forked child still holding the wakeup fd */
 
-    char closed;
+    _Atomic char closed;        /* close() on one thread, is_closed() and
+                                   call_soon_threadsafe() on any (asyncio's
+                                   _chain_future checks it from executor
+                                   threads) */
     char stopping;
     _Atomic char debug;         /* set_debug() from any thread, read by workers */
     char poll_blocking;         /* the current poll may sleep: drop the GIL */
