@@ -2292,6 +2292,10 @@ TL_LOCKED_NOARGS(stream_reset_empty_waiter_locked, stream_reset_empty_waiter, tl
                  self->loop)
 TL_LOCKED_NOARGS(stream_release_fd_locked, stream_release_fd, tl_stream, self->loop)
 TL_LOCKED_NOARGS(stream_reclaim_fd_locked, stream_reclaim_fd, tl_stream, self->loop)
+/* repr reads the fd, the state flags and the watchers, which a close or the
+ * loop thread's I/O changes meanwhile */
+TL_LOCKED_METHOD(stream_repr_locked, stream_repr, tl_stream, self->loop, (tl_stream *self),
+                 (self))
 
 #define M_NOARGS(name, fn) {name, (PyCFunction)(fn), METH_NOARGS, NULL}
 
@@ -2371,7 +2375,7 @@ static PyMethodDef datagram_methods[] = {
         {Py_tp_finalize, stream_finalize},                     \
         {Py_tp_traverse, stream_traverse},                     \
         {Py_tp_clear, stream_clear},                           \
-        {Py_tp_repr, stream_repr},                             \
+        {Py_tp_repr, stream_repr_locked},                      \
         {Py_tp_methods, methods},                              \
         {Py_tp_getset, getset},                                \
         {Py_tp_members, members},                              \
