@@ -778,6 +778,22 @@ static void strand_flush(tl_worker *w)
     }
 }
 
+/* The end of a strand's or a serial's item: what it queued on strands lands
+ * now, before its owner may run again on another worker, whose pushes must
+ * come after these (run_item's flush would be too late: a pipe's
+ * data_received() calls call_soon in order, and two batches' calls swapped
+ * places, as two steps' of a task could). */
+static void flush_before_release(tl_loop *loop, int rc)
+{
+    tl_worker *w = tl_self;
+    if (w == NULL || w->ndefer == 0 || w->d != loop->dispatch)
+        return;
+    PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
+    strand_flush(w);
+    if (exc != NULL)
+        PyErr_SetRaisedException(exc);
+}
+
 int tl_strand_push(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner,
                    tl_ready_fn fn, PyObject *obj)
 {
@@ -811,6 +827,7 @@ int tl_strand_run(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner)
         if (rc < 0)
             break;
     }
+    flush_before_release(loop, rc);
     tl_mutex_lock(&s->lock);
     int again = s->q.len > 0;
     if (!again)
@@ -860,6 +877,7 @@ int tl_serial_run(tl_loop *loop, tl_serial *s, tl_ready_fn run, PyObject *obj)
     tl_ready_fn fn = atomic_load_explicit(&s->fn, memory_order_relaxed);
     tl_ready_item it = {fn, obj};
     int rc = tl_loop_run_ready(loop, it);
+    flush_before_release(loop, rc);
     PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
     tl_serial_release(loop, s, run, obj);
     if (exc != NULL)
