@@ -122,6 +122,7 @@ typedef struct tl_stream {
     uint8_t inbox_full;         /* the reader waits for the inbox to drain */
     uint8_t in_data_received;   /* a worker runs it without the loop lock */
     uint8_t eof_waiting;        /* the EOF waits for the inbox (reading paused) */
+    uint8_t eof_read;           /* threaded loops: the loop thread read the EOF */
     uint8_t user_closed;        /* close() or abort() was called */
 } tl_stream;
 

@@ -877,7 +877,6 @@ int tl_serial_run(tl_loop *loop, tl_serial *s, tl_ready_fn run, PyObject *obj)
     tl_ready_fn fn = atomic_load_explicit(&s->fn, memory_order_relaxed);
     tl_ready_item it = {fn, obj};
     int rc = tl_loop_run_ready(loop, it);
-    flush_before_release(loop, rc);
     PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
     tl_serial_release(loop, s, run, obj);
     if (exc != NULL)
@@ -887,6 +886,7 @@ int tl_serial_run(tl_loop *loop, tl_serial *s, tl_ready_fn run, PyObject *obj)
 
 void tl_serial_release(tl_loop *loop, tl_serial *s, tl_ready_fn run, PyObject *obj)
 {
+    flush_before_release(loop, 0);     /* (callers hold their error aside) */
     uint8_t st = TL_SERIAL_RUNNING;
     if (atomic_compare_exchange_strong_explicit(&s->state, &st, TL_SERIAL_IDLE,
                                                 memory_order_acq_rel, memory_order_acquire))

@@ -117,7 +117,9 @@ static inline int stream_is_reading(tl_stream *t)
 /* The reader runs once connection_made() did and while reading is wanted. */
 static void stream_start_reading(tl_stream *t)
 {
-    if (t->made && stream_is_reading(t) && t->kind != TL_STREAM_WRITE_PIPE)
+    /* (after an EOF a threaded loop's reader never starts again: the EOF
+     * may wait in the strand, and a second one would be read) */
+    if (t->made && stream_is_reading(t) && t->kind != TL_STREAM_WRITE_PIPE && !t->eof_read)
         watch_start(t, &t->rio);
 }
 
@@ -505,6 +507,7 @@ static int stream_on_eof(tl_stream *t)
     if (TL_UNLIKELY(t->loop->dispatch != NULL) && !tl_dispatch_on_worker(t->loop)) {
         /* the loop thread read it: the EOF comes after the data_received()
          * calls still waiting on the strand */
+        t->eof_read = 1;
         watch_stop(t, &t->rio);
         return stream_push(t, eof_fn) < 0 ? stream_fatal_error(t, read_error_message(t)) : 0;
     }

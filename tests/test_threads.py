@@ -533,6 +533,60 @@ def test_done_callbacks_run_before_the_task_that_waits(tloop):
     assert seen == [True] * rounds
 
 
+class HeldBack(asyncio.Protocol):
+    """At its first data: calls first(), waits a little (a threaded loop's
+    reader goes on meanwhile: what first() made the peer send, and its EOF,
+    wait behind this call), pauses reading, resumes a little later."""
+
+    def __init__(self, loop, first):
+        self.loop = loop
+        self.first = first
+        self.data = bytearray()
+        self.events = []
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        if not self.data:
+            self.first()
+            time.sleep(0.2)
+            self.transport.pause_reading()
+            self.loop.call_later(0.1, self.transport.resume_reading)
+        self.data += data
+        self.events.append("data")
+
+    def eof_received(self):
+        self.events.append("eof")
+
+    def connection_lost(self, exc):
+        self.events.append("lost")
+        self.lost.set_result(exc)
+
+
+def test_eof_waits_for_data_held_back_by_pause_reading(tloop):
+    # a subprocess's output lost its last bytes this way (communicate())
+    payload = os.urandom(1000)
+    r, w = os.pipe()
+    os.write(w, payload[:983])
+
+    def first():
+        os.write(w, payload[983:])
+        os.close(w)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        p = HeldBack(loop, first)
+        await loop.connect_read_pipe(lambda: p, os.fdopen(r, "rb", buffering=0))
+        await asyncio.wait_for(p.lost, 10)
+        return p
+
+    p = tloop.run_until_complete(main())
+    assert bytes(p.data) == payload
+    assert p.events == ["data", "data", "eof", "lost"]
+
+
 def test_transport_write_from_many_workers(tloop):
     """Eight tasks write numbered chunks to one transport at once: every
     chunk arrives whole, each task's chunks in order."""
