@@ -74,8 +74,8 @@ PyObject *tl_task_running_ref(void);
 
 /* Around a homed callback: *saved keeps what enter() replaced; enter()
  * returns whether it took the lock (not when this thread holds it). */
-int tl_task_home_enter(PyObject *home, void **saved);
-void tl_task_home_leave(PyObject *home, void *saved, int locked);
+int tl_task_home_enter(PyObject *home, tl_task **saved);
+void tl_task_home_leave(PyObject *home, tl_task *saved, int locked);
 
 static inline tl_task *tl_task_of_waiter(tl_waiter *w)
 {

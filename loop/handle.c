@@ -228,7 +228,7 @@ int tl_handle_run(tl_handle *h)
     }
     /* threaded loops: never beside the steps of the task that scheduled it */
     PyObject *home = h->home;
-    void *saved = NULL;
+    tl_task *saved = NULL;
     int locked = 0;
     if (TL_UNLIKELY(home != NULL)) {
         Py_INCREF(home);

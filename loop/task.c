@@ -224,7 +224,7 @@ PyObject *tl_task_running_ref(void)
     return Py_XNewRef((PyObject *)task_running);
 }
 
-int tl_task_home_enter(PyObject *home, void **saved)
+int tl_task_home_enter(PyObject *home, tl_task **saved)
 {
     tl_task *task = (tl_task *)home;
     *saved = task_running;
@@ -235,7 +235,7 @@ int tl_task_home_enter(PyObject *home, void **saved)
     return 1;
 }
 
-void tl_task_home_leave(PyObject *home, void *saved, int locked)
+void tl_task_home_leave(PyObject *home, tl_task *saved, int locked)
 {
     task_running = saved;
     if (locked)
@@ -246,7 +246,7 @@ void tl_task_home_leave(PyObject *home, void *saved, int locked)
  * nor beside a callback it scheduled. */
 static int task_serial_ready(tl_loop *loop, PyObject *obj)
 {
-    void *saved;
+    tl_task *saved;
     int locked = tl_task_home_enter(obj, &saved);
     int rc = tl_serial_run(loop, &((tl_task *)obj)->serial, task_serial_ready, obj);
     tl_task_home_leave(obj, saved, locked);
@@ -297,10 +297,10 @@ static inline void task_unlock(tl_task *task, int shared)
 /* fut_waiter = waiter (stolen); the old one is released outside the lock. */
 static TL_NOINLINE void task_set_waiter_shared(tl_task *task, PyObject *waiter)
 {
-    tl_spin_lock(&task->cancel_lock);
+    task_lock(task, 1);
     PyObject *old = task->fut_waiter;
     task->fut_waiter = waiter;
-    tl_spin_unlock(&task->cancel_lock);
+    task_unlock(task, 1);
     Py_XDECREF(old);
 }
 
@@ -316,13 +316,13 @@ static TL_INLINE void task_set_waiter(tl_task *task, PyObject *waiter)
  * the coroutine is over, a cancel() from now on finds the task done. */
 static TL_NOINLINE int task_take_cancel_shared(tl_task *task, PyObject **msg, int finishing)
 {
-    tl_spin_lock(&task->cancel_lock);
+    task_lock(task, 1);
     int must = task->must_cancel;
     task->must_cancel = 0;
     *msg = must ? Py_XNewRef(task->fut.cancel_msg) : NULL;
     if (finishing)
         task->finishing = 1;
-    tl_spin_unlock(&task->cancel_lock);
+    task_unlock(task, 1);
     return must;
 }
 
@@ -915,7 +915,7 @@ static int task_eager_start(tl_task *task)
     /* a wake-up from another worker waits until this step is over, and so
      * do the callbacks it schedules */
     int shared = task_shared(task);
-    void *saved = NULL;
+    tl_task *saved = NULL;
     int locked = 0;
     if (shared) {
         tl_serial_hold(&task->serial);
