@@ -526,18 +526,29 @@ static void dispatch_fail(tl_dispatch *d)
 
 static void strand_flush(tl_worker *w);
 
+/* The end of a strand's or a serial's item: what it queued on strands lands
+ * now, before its owner may run again on another worker, whose pushes must
+ * come after these (run_item's flush would be too late: a pipe's
+ * data_received() calls call_soon in order, and two batches' calls swapped
+ * places, as two steps' of a task could). */
+static void flush_before_release(tl_loop *loop, int rc)
+{
+    tl_worker *w = tl_self;
+    if (w == NULL || w->ndefer == 0 || w->d != loop->dispatch)
+        return;
+    PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
+    strand_flush(w);
+    if (exc != NULL)
+        PyErr_SetRaisedException(exc);
+}
+
 static inline void run_item(tl_worker *w, tl_ready_item it)
 {
     tl_loop *loop = w->d->loop;
     w->held_tail = atomic_load_explicit(&w->tail, memory_order_relaxed);
     w->holding = 1;
     int rc = it.fn(loop, it.obj);
-    if (w->ndefer > 0) {
-        PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
-        strand_flush(w);
-        if (exc != NULL)
-            PyErr_SetRaisedException(exc);
-    }
+    flush_before_release(loop, rc);     /* what is left of its strand pushes */
     w->holding = 0;
     if (runq_publish(w))
         notify(w->d);
@@ -776,22 +787,6 @@ static void strand_flush(tl_worker *w)
             i = j;
         }
     }
-}
-
-/* The end of a strand's or a serial's item: what it queued on strands lands
- * now, before its owner may run again on another worker, whose pushes must
- * come after these (run_item's flush would be too late: a pipe's
- * data_received() calls call_soon in order, and two batches' calls swapped
- * places, as two steps' of a task could). */
-static void flush_before_release(tl_loop *loop, int rc)
-{
-    tl_worker *w = tl_self;
-    if (w == NULL || w->ndefer == 0 || w->d != loop->dispatch)
-        return;
-    PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
-    strand_flush(w);
-    if (exc != NULL)
-        PyErr_SetRaisedException(exc);
 }
 
 int tl_strand_push(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner,
