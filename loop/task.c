@@ -131,13 +131,13 @@ static int enter_task(tl_task *task)
     int private = key != task->fut.loop;
     if (private)
         tl_dispatch_key_private(1);
-    /* one lookup: insert unless this thread's key already has a task */
-    Py_ssize_t before = PyDict_GET_SIZE(st->current_tasks);
+    /* one lookup: insert unless this thread's key already has a task.
+     * The dict is shared by every loop and thread of the interpreter (on a
+     * free-threaded build they change it meanwhile), so only the identity of
+     * what the key holds tells; the same task entered twice would show up
+     * at leave_task, which finds no entry for the inner step's exit. */
     PyObject *current = PyDict_SetDefault(st->current_tasks, key, (PyObject *)task);
-    /* other workers add and remove their own entries meanwhile: the size
-     * tells nothing there, and a worker's key can only hold what it runs */
-    int inserted = current != NULL && (private ? current == (PyObject *)task
-                                               : PyDict_GET_SIZE(st->current_tasks) != before);
+    int inserted = current == (PyObject *)task;
     if (private)
         tl_dispatch_key_private(0);
     if (current == NULL)

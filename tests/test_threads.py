@@ -127,6 +127,46 @@ def test_running_loop_and_current_task_on_workers(tloop):
     assert sorted(seen) == [(i, True, f"w{i}") for i in range(20)]
 
 
+@pytest.mark.parametrize("factory", ["asyncio", "tonio", "tonio-threads"])
+def test_current_task_with_loops_on_several_threads(factory):
+    """Loops of each kind stepping tasks at once on four threads: they share
+    the interpreter's current-task table, and (without the GIL) change it at
+    the same moment. Each step must still find its own task there, and no
+    step may be refused as if another task were running."""
+    make = {"asyncio": asyncio.new_event_loop, "tonio": tonio_loop.new_event_loop,
+            "tonio-threads": lambda: tonio_loop.new_event_loop(threads=2)}[factory]
+    results = []
+    errors = []
+
+    async def work():
+        me = asyncio.current_task()
+        for _ in range(300):
+            await asyncio.sleep(0)
+            if asyncio.current_task() is not me:
+                return False
+        return True
+
+    async def main():
+        return await asyncio.gather(*[work() for _ in range(10)])
+
+    def run_loop():
+        loop = make()
+        loop.set_exception_handler(lambda lp, ctx: errors.append(ctx.get("message")))
+        try:
+            results.append(loop.run_until_complete(asyncio.wait_for(main(), 30)))
+        finally:
+            loop.close()
+
+    threads = [threading.Thread(target=run_loop, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert results == [[True] * 10] * 4
+
+
 def test_task_never_on_two_threads(tloop):
     """One task hands futures to another, which sets them at once from its
     own worker: the wake-up often comes while the waiting task's step is
