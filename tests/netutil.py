@@ -36,10 +36,12 @@ class Recorder(asyncio.Protocol):
 
     # With worker threads (TONIO_THREADS) the protocol's callbacks and the
     # test's tasks run on different threads: a list append and an attribute
-    # store are safe beside a reader there; a growing bytearray is not.
+    # store are safe beside a reader there; a growing bytearray is not, nor
+    # is join() walking the list itself while it grows (free-threaded
+    # Python: "sequence changed size"), so it joins a copy.
     @property
     def data(self):
-        return b"".join(self.chunks)
+        return b"".join(self.chunks[:])
 
     def data_received(self, data):
         self.events.append("data")
@@ -95,7 +97,7 @@ class BufferedRecorder(asyncio.BufferedProtocol):
 
     @property
     def data(self):     # see Recorder.data
-        return b"".join(self.chunks)
+        return b"".join(self.chunks[:])
 
     def buffer_updated(self, nbytes):
         self.chunks.append(bytes(self.buf[:nbytes]))
