@@ -99,6 +99,10 @@ int tl_dispatch_nthreads(tl_loop *loop);
 /* Run fn(obj) on some worker; steals obj. From any thread. */
 int tl_dispatch_push(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 
+/* The loop thread, having let the loop lock go: hand the workers what it
+ * queued while it held the lock (tl_dispatch_push holds it back there). */
+void tl_dispatch_publish_held(tl_loop *loop);
+
 /* Plain callbacks: the loop's strand. */
 int tl_dispatch_push_callback(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 

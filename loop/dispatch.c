@@ -174,6 +174,10 @@ typedef struct tl_dispatch {
     tl_mutex inj_lock;          /* the injector */
     tl_ready inj;
     _Atomic size_t inj_len;
+    /* what the loop thread queues while it holds the loop lock (the I/O
+     * and timers of one poll): published when it lets the lock go, so that
+     * the workers it wakes do not queue up on the lock it still holds */
+    tl_ready held;
 
     tl_strand strand;           /* the loop's callbacks */
 
@@ -197,6 +201,8 @@ typedef struct {
  * thread-pointer load (a few bytes of the static TLS reserve). */
 static _Thread_local tl_worker *tl_self __attribute__((tls_model("initial-exec")));
 static _Thread_local int tl_key_private __attribute__((tls_model("initial-exec")));
+/* The dispatcher whose loop this thread runs (tl_dispatch_run) */
+static _Thread_local tl_dispatch *tl_polling __attribute__((tls_model("initial-exec")));
 
 int tl_dispatch_nthreads(tl_loop *loop)
 {
@@ -730,13 +736,33 @@ int tl_dispatch_push(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
         runq_put(w, fn, obj);
         if (w->holding)
             return 0;           /* run_item() publishes and notifies */
+    } else if (tl_polling == d &&
+               (d->held.len < d->held.cap || tl_ready_grow_from(&d->held, 64) == 0)) {
+        tl_ready_push(&d->held, fn, obj);
+        return 0;               /* tl_dispatch_publish_held() */
     } else {
+        PyErr_Clear();          /* no room to hold it: published at once */
         tl_ready_item it = {fn, obj};
         if (injector_put_many(d, &it, 1) < 0)
             return -1;
     }
     notify(d);
     return 0;
+}
+
+void tl_dispatch_publish_held(tl_loop *loop)
+{
+    tl_dispatch *d = loop->dispatch;
+    if (d == NULL || d->held.len == 0)
+        return;
+    tl_ready_item batch[64];
+    while (d->held.len) {
+        size_t n = 0;
+        while (n < 64 && d->held.len)
+            batch[n++] = tl_ready_pop(&d->held);
+        injector_put_many(d, batch, n);   /* on failure it said so, loudly */
+    }
+    notify(d);
 }
 
 /* Append items[0..n) to s, scheduling it (as run(owner)) when it was idle.
@@ -1030,10 +1056,14 @@ int tl_dispatch_run(tl_loop *loop, int (*poll)(tl_loop *loop, int block))
     int rc = 0;
     if (!d->started && start_workers(d) < 0)
         return -1;
+    tl_polling = d;
     /* asyncio's order: poll once, then run what is ready */
-    if (poll(loop, 0) < 0)
-        return -1;
+    if (poll(loop, 0) < 0) {
+        rc = -1;
+        goto out;
+    }
     serve_rpcs(d);
+    tl_dispatch_publish_held(loop);
     if (loop->stopping) {
         /* stop() before run_forever(): one batch of callbacks, then out */
         if (!strand_pending(d))
@@ -1074,6 +1104,10 @@ quiesce:
             PyErr_SetRaisedException(error);
         rc = -1;
     }
+out:
+    /* what the last poll queued runs when the loop runs again */
+    tl_polling = NULL;
+    tl_dispatch_publish_held(loop);
     return rc;
 }
 
@@ -1142,6 +1176,7 @@ static void dispatch_drop_queued(tl_dispatch *d)
     d->inj = (tl_ready){0};
     atomic_store(&d->inj_len, 0);
     tl_ready_clear(&q);
+    tl_ready_clear(&d->held);
     tl_strand_clear(&d->strand);
 }
 

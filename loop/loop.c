@@ -330,6 +330,7 @@ static void loop_release_shared_cb(struct ev_loop *ev)
     tl_loop *loop = ev_userdata(ev);
     atomic_store_explicit(&loop->ev_owner, 0, memory_order_relaxed);
     tl_mutex_unlock(&loop->ev_mutex);
+    tl_dispatch_publish_held(loop);
     loop_release_cb(ev);
 }
 
