@@ -124,6 +124,14 @@ typedef struct tl_stream {
     uint8_t eof_waiting;        /* the EOF waits for the inbox (reading paused) */
     uint8_t eof_read;           /* threaded loops: the loop thread read the EOF */
     uint8_t user_closed;        /* close() or abort() was called */
+    /* Shared loops: while the write side is idle (nothing buffered, no
+     * write watcher, not closing, no EOF or sendfile) write() sends under
+     * wlock alone, without the loop lock. Turned on only under the loop
+     * lock, by the code that found the write side idle; turned off (under
+     * wlock too, which waits for a send in flight) before anything changes
+     * that (stream.c: wfast_off, wfast_update). */
+    _Atomic uint8_t wfast;
+    tl_mutex wlock;
 } tl_stream;
 
 /* A new socket transport on a connected, non-blocking socket, as

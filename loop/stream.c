@@ -89,6 +89,34 @@ static void watch_stop(tl_stream *t, ev_io *w)
     stream_hold_update(t);
 }
 
+/* ---- write() without the loop lock (tl_stream.h: wfast) ---------------- */
+
+static void wfast_set(tl_stream *t, uint8_t on)
+{
+    tl_mutex_lock(&t->wlock);
+    atomic_store_explicit(&t->wfast, on, memory_order_relaxed);
+    tl_mutex_unlock(&t->wlock);
+}
+
+/* Before the write side or the fd changes: waits for a send in flight. */
+static inline void wfast_off(tl_stream *t)
+{
+    if (atomic_load_explicit(&t->wfast, memory_order_relaxed))
+        wfast_set(t, 0);
+}
+
+/* With the loop lock, after a write or a flush: is the write side idle? */
+static void wfast_update(tl_stream *t)
+{
+    if (!t->loop->shared)
+        return;
+    uint8_t idle = t->kind == TL_STREAM_SOCKET && t->is_socket && t->fd >= 0 &&
+                   t->wq_len == 0 && !ev_is_active(&t->wio) && !t->closing && !t->eof &&
+                   !t->conn_lost && !t->lost_scheduled && t->empty_waiter == NULL;
+    if (idle != atomic_load_explicit(&t->wfast, memory_order_relaxed))
+        wfast_set(t, idle);
+}
+
 /* asyncio's _add_reader/_add_writer refuse once the loop is closed */
 static int stream_check_loop(tl_stream *t)
 {
@@ -1033,6 +1061,7 @@ static int stream_write_done(tl_stream *t)
         PyErr_SetFromErrno(PyExc_OSError);
         return report_callback_error(t, t->protocol ? t->protocol : Py_None, "_write_ready");
     }
+    wfast_update(t);
     return 0;
 }
 
@@ -1111,6 +1140,15 @@ static void warn_lost_writes(tl_stream *t)
     t->conn_lost++;
 }
 
+/* A send failed with errno (not EAGAIN): asyncio's _fatal_error. */
+static int stream_write_failed(tl_stream *t)
+{
+    PyErr_SetFromErrno(PyExc_OSError);
+    if (t->kind != TL_STREAM_SOCKET)
+        t->conn_lost++;
+    return stream_fatal_error(t, write_error_message(t));
+}
+
 /* After the checks: send now, buffer what the kernel refused. */
 static PyObject *stream_write_data(tl_stream *t, PyObject *data, Py_buffer *view)
 {
@@ -1118,14 +1156,8 @@ static PyObject *stream_write_data(tl_stream *t, PyObject *data, Py_buffer *view
     if (t->wq_len == 0) {
         n = fd_send(t, view->buf, (size_t)view->len);
         if (n < 0) {
-            if (!would_block(errno)) {
-                PyErr_SetFromErrno(PyExc_OSError);
-                if (t->kind != TL_STREAM_SOCKET)
-                    t->conn_lost++;
-                if (stream_fatal_error(t, write_error_message(t)) < 0)
-                    return NULL;
-                Py_RETURN_NONE;
-            }
+            if (!would_block(errno))
+                return stream_write_failed(t) < 0 ? NULL : Py_NewRef(Py_None);
             n = 0;
         }
         if (n == view->len)
@@ -1275,6 +1307,7 @@ static PyObject *stream_write_eof(tl_stream *t, PyObject *Py_UNUSED(ignored))
     }
     if (t->closing || t->eof)
         Py_RETURN_NONE;
+    wfast_off(t);
     t->eof = 1;
     if (t->wq_len == 0 && shutdown(t->fd, SHUT_WR) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -1299,6 +1332,7 @@ static int stream_force_close(tl_stream *t, PyObject *exc)
         return 0;
     if (stream_check_loop(t) < 0)   /* asyncio's call_soon refuses */
         return -1;
+    wfast_off(t);
     t->lost_scheduled = 1;
     if (t->wq_len) {
         wq_clear(t);
@@ -1323,6 +1357,7 @@ static int stream_close_impl(tl_stream *t)
     }
     if (t->closing)
         return 0;
+    wfast_off(t);
     t->closing = 1;
     watch_stop(t, &t->rio);
     if (t->wq_len == 0)
@@ -1383,6 +1418,7 @@ static int stream_close_fd(tl_stream *t)
             rc = -1;
         Py_XDECREF(r);
     } else if (t->fd >= 0) {
+        wfast_off(t);
         close(t->fd);
     }
     t->lost_done = 1;
@@ -1772,6 +1808,7 @@ static PyObject *stream_make_empty_waiter(tl_stream *t, PyObject *Py_UNUSED(igno
         Py_DECREF(fut);
         return NULL;
     }
+    wfast_off(t);
     t->empty_waiter = Py_NewRef(fut);
     return fut;
 }
@@ -2276,8 +2313,98 @@ fail:
 
 /* Entry points that workers of a threaded loop may call (tl_loop.h). */
 TL_LOCKED_FASTCALL_KW(tl_dgram_sendto_locked, tl_dgram_sendto, tl_stream, self->loop)
-TL_LOCKED_O(stream_write_locked, stream_write, tl_stream, self->loop)
-TL_LOCKED_O(stream_writelines_locked, stream_writelines, tl_stream, self->loop)
+/* Shared loops: the part of write() that ran under wlock alone (the write
+ * side was idle) left n bytes of data unsent (-1: the send failed with
+ * errno): the rest is buffered already; with the loop lock now, watch for
+ * room, or fail the transport. */
+static int stream_write_fast_rest(tl_stream *t, ssize_t n)
+{
+    int err = errno;
+    int locked = tl_loop_ev_lock(t->loop);
+    int rc = 0;
+    Py_INCREF(t);
+    if (n < 0) {
+        errno = err;
+        rc = stream_write_failed(t);
+    } else if (t->wq_len && !t->conn_lost) {
+        /* close() meanwhile waits for this flush; abort() emptied it */
+        rc = stream_check_loop(t);
+        if (rc == 0)
+            watch_start(t, &t->wio);
+        if (rc == 0)
+            rc = stream_maybe_pause_protocol(t);
+    }
+    Py_DECREF(t);
+    tl_loop_ev_unlock(t->loop, locked);
+    return rc;
+}
+
+/* write(bytes) while the write side is idle: send under wlock, without the
+ * loop lock (workers writing their responses while the loop thread reads).
+ * 0 when that state was gone: take the locked path. */
+static int stream_write_fast(tl_stream *t, PyObject *data, PyObject **result)
+{
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    tl_mutex_lock(&t->wlock);
+    if (!atomic_load_explicit(&t->wfast, memory_order_relaxed)) {
+        tl_mutex_unlock(&t->wlock);
+        return 0;
+    }
+    ssize_t n = fd_send(t, PyBytes_AS_STRING(data), (size_t)len);
+    if (n == len) {
+        tl_mutex_unlock(&t->wlock);
+        *result = Py_NewRef(Py_None);
+        return 1;
+    }
+    /* busy from here: what is left is buffered before anyone can send
+     * behind it (no allocation: data is kept as it is) */
+    int err = errno;
+    atomic_store_explicit(&t->wfast, 0, memory_order_relaxed);
+    if (n < 0 && would_block(err))
+        n = 0;
+    int rc = 0;
+    if (n >= 0) {
+        Py_buffer view = {.buf = PyBytes_AS_STRING(data), .len = len};
+        rc = wq_append(t, data, &view, n);
+    }
+    tl_mutex_unlock(&t->wlock);
+    errno = err;
+    if (rc == 0)
+        rc = stream_write_fast_rest(t, n);
+    *result = rc < 0 ? NULL : Py_NewRef(Py_None);
+    return 1;
+}
+
+/* write() and writelines() on a shared loop: the loop lock, the write
+ * side's fast path off meanwhile, and on again if it is idle after. */
+static TL_NOINLINE PyObject *stream_write_shared(tl_stream *t, PyObject *arg,
+                                                 PyObject *(*fn)(tl_stream *, PyObject *))
+{
+    PyObject *r;
+    if (fn == stream_write && PyBytes_CheckExact(arg) && PyBytes_GET_SIZE(arg) &&
+        atomic_load_explicit(&t->wfast, memory_order_relaxed) && stream_write_fast(t, arg, &r))
+        return r;
+    int locked = tl_loop_ev_lock(t->loop);
+    wfast_off(t);
+    r = fn(t, arg);
+    wfast_update(t);
+    tl_loop_ev_unlock(t->loop, locked);
+    return r;
+}
+
+static PyObject *stream_write_locked(tl_stream *t, PyObject *data)
+{
+    if (TL_LIKELY(t->loop == NULL || !t->loop->shared))
+        return stream_write(t, data);
+    return stream_write_shared(t, data, stream_write);
+}
+
+static PyObject *stream_writelines_locked(tl_stream *t, PyObject *lines)
+{
+    if (TL_LIKELY(t->loop == NULL || !t->loop->shared))
+        return stream_writelines(t, lines);
+    return stream_write_shared(t, lines, stream_writelines);
+}
 TL_LOCKED_NOARGS(stream_write_eof_locked, stream_write_eof, tl_stream, self->loop)
 TL_LOCKED_NOARGS(stream_close_locked, stream_close, tl_stream, self->loop)
 TL_LOCKED_NOARGS(stream_abort_locked, stream_abort, tl_stream, self->loop)

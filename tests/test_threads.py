@@ -659,6 +659,128 @@ def test_transport_write_from_many_workers(tloop):
     check_chunks(data, nwriters, nchunks)
 
 
+def sized_chunk(k, i):
+    """Writer k's chunk i: sizes from a few bytes to tens of KiB, so that
+    some writes go out whole and some fill the socket's buffer."""
+    return b"<%d:%d:%s>" % (k, i, b"x" * ((k * 7919 + i * 104729) % 40000))
+
+
+def check_sized_chunks(data, nwriters, complete=None):
+    """data is whole sized_chunk()s, each writer's in order from 0 (all
+    `complete` of them, when given); returns how many of each arrived."""
+    assert data[:1] == b"<" and data[-1:] == b">"
+    seen = {}
+    for c in data[1:-1].split(b"><"):
+        k, i, pad = c.split(b":")
+        k, i = int(k), int(i)
+        assert seen.get(k, -1) == i - 1
+        assert b"<%d:%d:%s>" % (k, i, pad) == sized_chunk(k, i)
+        seen[k] = i
+    if complete is not None:
+        assert seen == {k: complete - 1 for k in range(nwriters)}
+    return seen
+
+
+def test_transport_write_while_the_kernel_refuses_some(tloop):
+    """Writers on several workers, a reader slower than them on a small
+    socket buffer: some writes go out at once, some in part, some only
+    into the transport's buffer. Every byte arrives once, in each writer's
+    order, no chunk torn or mixed with another."""
+    nwriters, nchunks = 4, 60
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        b.setblocking(False)
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+
+        async def writer(k):
+            for i in range(nchunks):
+                transport.write(sized_chunk(k, i))
+                if i % 3 == 0:
+                    await asyncio.sleep(0)
+
+        expected = sum(len(sized_chunk(k, i)) for k in range(nwriters) for i in range(nchunks))
+        writers = asyncio.gather(*[writer(k) for k in range(nwriters)])
+        received = bytearray()
+        while len(received) < expected:
+            received += await loop.sock_recv(b, 16384)
+            if len(received) % 5 == 0:
+                await asyncio.sleep(0.001)
+        await writers
+        transport.close()
+        await asyncio.sleep(0)
+        b.close()
+        return bytes(received)
+
+    data = tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    check_sized_chunks(data, nwriters, nchunks)
+
+
+@pytest.mark.parametrize("how", ["close", "abort", "write_eof"])
+def test_transport_closed_while_workers_write(tloop, how):
+    """close(), abort() or write_eof() lands while tasks on other workers
+    keep writing: what arrives is whole chunks in each writer's order (all
+    that was written before close() or write_eof(); a prefix of it after
+    abort()), nothing after the end, and the writers that write on are told
+    so as asyncio tells them (RuntimeError after write_eof(), nothing for
+    close() and abort())."""
+    nwriters = 4
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        b.setblocking(False)
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        written = {k: 0 for k in range(nwriters)}
+        ended = asyncio.Event()
+        errors = []
+
+        async def writer(k):
+            i = 0
+            while not ended.is_set():
+                try:
+                    transport.write(sized_chunk(k, i))
+                except RuntimeError as exc:
+                    errors.append(str(exc))
+                    return
+                i += 1
+                written[k] = i
+                await asyncio.sleep(0)
+
+        async def ender():
+            await asyncio.sleep(0.02)
+            getattr(transport, how)()
+            ended.set()
+
+        tasks = [asyncio.ensure_future(writer(k)) for k in range(nwriters)]
+        end = asyncio.ensure_future(ender())
+        received = bytearray()
+        while True:
+            got = await loop.sock_recv(b, 65536)
+            if not got:
+                break
+            received += got
+        await asyncio.gather(end, *tasks)
+        b.close()
+        return bytes(received), written, errors
+
+    data, written, errors = tloop.run_until_complete(asyncio.wait_for(main(), 30))
+    if how == "abort":
+        data = data[:data.rfind(b">") + 1]   # the buffer's rest never left: one torn chunk
+    seen = check_sized_chunks(data, nwriters) if data else {}
+    for k, n in seen.items():
+        assert n < written[k]
+    if how == "write_eof":
+        assert set(errors) <= {"Cannot call write() after write_eof()"}
+    else:
+        assert errors == []
+        if how == "close":
+            assert seen and sum(seen.values()) + len(seen) >= 1
+
+
 def check_chunks(data, nwriters, nchunks):
     """data holds every writer's <writer:i> chunks, each once, whole, and
     each writer's in order."""
