@@ -91,30 +91,34 @@ static void watch_stop(tl_stream *t, ev_io *w)
 
 /* ---- write() without the loop lock (tl_stream.h: wfast) ---------------- */
 
-static void wfast_set(tl_stream *t, uint8_t on)
+static inline int wfast_possible(tl_stream *t)
 {
-    tl_mutex_lock(&t->wlock);
-    atomic_store_explicit(&t->wfast, on, memory_order_relaxed);
-    tl_mutex_unlock(&t->wlock);
+    return t->loop != NULL && t->loop->shared;
 }
 
-/* Before the write side or the fd changes: waits for a send in flight. */
-static inline void wfast_off(tl_stream *t)
+/* Before the write side or the fd changes, and before the write buffer is
+ * read: waits for a send in flight, and (taking wlock even when the fast
+ * path is off) sees what a fast write that sent in part has buffered. */
+static void wfast_off(tl_stream *t)
 {
-    if (atomic_load_explicit(&t->wfast, memory_order_relaxed))
-        wfast_set(t, 0);
+    if (!wfast_possible(t))
+        return;
+    tl_mutex_lock(&t->wlock);
+    atomic_store_explicit(&t->wfast, 0, memory_order_relaxed);
+    tl_mutex_unlock(&t->wlock);
 }
 
 /* With the loop lock, after a write or a flush: is the write side idle? */
 static void wfast_update(tl_stream *t)
 {
-    if (!t->loop->shared)
+    if (!wfast_possible(t))
         return;
+    tl_mutex_lock(&t->wlock);
     uint8_t idle = t->kind == TL_STREAM_SOCKET && t->is_socket && t->fd >= 0 &&
                    t->wq_len == 0 && !ev_is_active(&t->wio) && !t->closing && !t->eof &&
                    !t->conn_lost && !t->lost_scheduled && t->empty_waiter == NULL;
-    if (idle != atomic_load_explicit(&t->wfast, memory_order_relaxed))
-        wfast_set(t, idle);
+    atomic_store_explicit(&t->wfast, idle, memory_order_relaxed);
+    tl_mutex_unlock(&t->wlock);
 }
 
 /* asyncio's _add_reader/_add_writer refuse once the loop is closed */
@@ -985,6 +989,7 @@ static PyObject *stream_set_write_buffer_limits(tl_stream *t, PyObject *args, Py
         return NULL;
     if (tl_flow_limits(high, low, 64, &t->high_water, &t->low_water) < 0)
         return NULL;
+    wfast_off(t);   /* sees the buffer as it is */
     if (stream_maybe_pause_protocol(t) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -995,9 +1000,20 @@ static PyObject *stream_get_write_buffer_limits(tl_stream *t, PyObject *Py_UNUSE
     return Py_BuildValue("nn", t->low_water, t->high_water);
 }
 
+/* The write buffer's size, also while a fast write is buffering its rest */
+static Py_ssize_t wq_size(tl_stream *t)
+{
+    if (!wfast_possible(t))
+        return t->wsize;
+    tl_mutex_lock(&t->wlock);
+    Py_ssize_t n = t->wsize;
+    tl_mutex_unlock(&t->wlock);
+    return n;
+}
+
 static PyObject *stream_get_write_buffer_size(tl_stream *t, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromSsize_t(t->wsize);
+    return PyLong_FromSsize_t(wq_size(t));
 }
 
 /* ---- writing --------------------------------------------------------------- */
@@ -1804,11 +1820,11 @@ static PyObject *stream_make_empty_waiter(tl_stream *t, PyObject *Py_UNUSED(igno
     PyObject *fut = PyObject_CallMethodNoArgs((PyObject *)t->loop, t->loop->st->str_create_future);
     if (fut == NULL)
         return NULL;
+    wfast_off(t);
     if (t->wq_len == 0 && set_future_result(t->loop->st, fut, Py_None) < 0) {
         Py_DECREF(fut);
         return NULL;
     }
-    wfast_off(t);
     t->empty_waiter = Py_NewRef(fut);
     return fut;
 }
@@ -1846,7 +1862,7 @@ static PyObject *stream_repr(tl_stream *t)
             return PyUnicode_FromFormat("<%s%s fd=%d>", name, state, t->fd);
         return PyUnicode_FromFormat("<%s%s fd=%d read=%s write=<%s, bufsize=%zd>>", name,
                                     state, t->fd, ev_is_active(&t->rio) ? "polling" : "idle",
-                                    ev_is_active(&t->wio) ? "polling" : "idle", t->wsize);
+                                    ev_is_active(&t->wio) ? "polling" : "idle", wq_size(t));
     }
     if (t->lost_done)
         return PyUnicode_FromFormat("<%s%s fd=%d closed>", name, state, t->fd);
@@ -1856,7 +1872,7 @@ static PyObject *stream_repr(tl_stream *t)
         return PyUnicode_FromFormat("<%s%s fd=%d %s>", name, state, t->fd,
                                     ev_is_active(&t->rio) ? "polling" : "idle");
     return PyUnicode_FromFormat("<%s%s fd=%d %s bufsize=%zd>", name, state, t->fd,
-                                ev_is_active(&t->wio) ? "polling" : "idle", t->wsize);
+                                ev_is_active(&t->wio) ? "polling" : "idle", wq_size(t));
 }
 
 /* ---- attributes asyncio's own code and tests read ----------------------------- */

@@ -530,6 +530,44 @@ def datagrams_every_path():
 
 
 @scenario
+def threaded_stream_writes():
+    """Loop(threads=2): writes that go out whole without the loop lock,
+    writes the kernel takes in part (the rest buffered), a write to a
+    peer that reset, close() and abort() among writers."""
+    loop = tonio_loop.new_event_loop(threads=2)
+    loop.set_exception_handler(_quiet)
+
+    async def main():
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.setblocking(False)
+        tr, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        for i in range(20):
+            tr.write(b"x" * (10 + i))           # whole, the fast way
+        tr.write(b"y" * 200000)                 # in part: the rest buffered
+        tr.write(bytearray(b"z" * 100))         # behind it, copied
+        got = 0
+        while got < sum(range(10, 30)) + 200000 + 100:
+            got += len(await loop.sock_recv(b, 65536))
+        tr.close()
+        b.close()
+        c, d = socket.socketpair()
+        tr2, _ = await loop.create_connection(asyncio.Protocol, sock=c)
+        tr2.write(b"hello")
+        d.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        d.close()                               # a reset for the next writes
+        await asyncio.sleep(0.01)
+        for _ in range(3):
+            tr2.write(b"after reset")
+        await asyncio.sleep(0.01)
+        tr2.abort()
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(main())
+    loop.close()
+
+
+@scenario
 def subprocesses():
     loop = tonio_loop.new_event_loop()
 
