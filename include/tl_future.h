@@ -44,7 +44,8 @@ typedef struct tl_future {
     uint32_t cb_seq;
 #endif
     atomic_uchar state;         /* TL_FUT_*, written after the value */
-    uint8_t log_tb;             /* log "exception was never retrieved" */
+    _Atomic uint8_t log_tb;     /* log "exception was never retrieved"; cancel()
+                                   clears it from any thread */
     uint8_t blocking;           /* _asyncio_future_blocking */
     uint8_t finalized;          /* our finalizer already ran */
 } tl_future;

@@ -398,14 +398,14 @@ int tl_future_set_exception(tl_future *fut, PyObject *exc)
     }
     Py_XSETREF(fut->exception_tb, PyException_GetTraceback(val));
     Py_XSETREF(fut->exception, val);
-    fut->log_tb = 1;
+    atomic_store_explicit(&fut->log_tb, 1, memory_order_relaxed);
     atomic_store_explicit(&fut->state, TL_FUT_FINISHED, memory_order_release);
     return tl_event_fire(&fut->ev, (PyObject *)fut);
 }
 
 int tl_future_cancel(tl_future *fut, PyObject *msg)
 {
-    fut->log_tb = 0;
+    atomic_store_explicit(&fut->log_tb, 0, memory_order_relaxed);
     if (!tl_event_claim(&fut->ev))
         return 0;
     Py_XSETREF(fut->cancel_msg, (msg == NULL || msg == Py_None) ? NULL : Py_NewRef(msg));
@@ -445,7 +445,7 @@ int tl_future_outcome(tl_future *fut, PyObject **result)
         PyErr_SetString(future_state(fut)->invalid_state_error, "Result is not set.");
         return -1;
     }
-    fut->log_tb = 0;
+    atomic_store_explicit(&fut->log_tb, 0, memory_order_relaxed);
     if (fut->exception != NULL) {
         if (PyException_SetTraceback(fut->exception,
                                      fut->exception_tb ? fut->exception_tb : Py_None) < 0)
@@ -493,7 +493,7 @@ static void future_reset(tl_future *fut)
     Py_CLEAR(fut->cancel_msg);
     Py_CLEAR(fut->cancelled_exc);
     atomic_store_explicit(&fut->state, TL_FUT_PENDING, memory_order_release);
-    fut->log_tb = 0;
+    atomic_store_explicit(&fut->log_tb, 0, memory_order_relaxed);
     fut->blocking = 0;
 }
 
@@ -610,7 +610,7 @@ static PyObject *future_exception(tl_future *fut, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(st->invalid_state_error, "Exception is not set.");
         return NULL;
     }
-    fut->log_tb = 0;
+    atomic_store_explicit(&fut->log_tb, 0, memory_order_relaxed);
     return Py_NewRef(fut->exception ? fut->exception : Py_None);
 }
 
@@ -1033,7 +1033,7 @@ static PyObject *get_log_traceback(tl_future *fut, void *c)
     TL_UNUSED(c);
     if (ensure_alive(fut) < 0)
         return NULL;
-    return PyBool_FromLong(fut->log_tb);
+    return PyBool_FromLong(atomic_load_explicit(&fut->log_tb, memory_order_relaxed));
 }
 
 static int set_log_traceback(tl_future *fut, PyObject *v, void *c)
@@ -1046,7 +1046,7 @@ static int set_log_traceback(tl_future *fut, PyObject *v, void *c)
         PyErr_SetString(PyExc_ValueError, "_log_traceback can only be set to False");
         return -1;
     }
-    fut->log_tb = 0;
+    atomic_store_explicit(&fut->log_tb, 0, memory_order_relaxed);
     return 0;
 }
 
@@ -1219,9 +1219,10 @@ static PyMethodDef future_methods[] = {
 
 void tl_future_finalize(tl_future *fut)
 {
-    if (!fut->log_tb || fut->loop == NULL || fut->exception == NULL)
+    if (!atomic_load_explicit(&fut->log_tb, memory_order_relaxed) || fut->loop == NULL ||
+        fut->exception == NULL)
         return;
-    fut->log_tb = 0;
+    atomic_store_explicit(&fut->log_tb, 0, memory_order_relaxed);
     PyObject *exc = PyErr_GetRaisedException();
     PyObject *message = PyUnicode_FromFormat("%s exception was never retrieved",
                                              tl_type_name(Py_TYPE(fut)));

@@ -1142,7 +1142,7 @@ static int task_tp_init(tl_task *task, PyObject *args, PyObject *kwds)
 
 static int task_cancel(tl_task *task, PyObject *msg)
 {
-    task->fut.log_tb = 0;
+    atomic_store_explicit(&task->fut.log_tb, 0, memory_order_relaxed);
     if (tl_future_state(&task->fut) != TL_FUT_PENDING)
         return 0;
     int shared = task_shared(task);
@@ -1363,7 +1363,12 @@ static PyObject *get_coro_attr(tl_task *task, void *c)
 static PyObject *get_fut_waiter(tl_task *task, void *c)
 {
     TL_UNUSED(c);
-    return Py_NewRef(task->fut_waiter ? task->fut_waiter : Py_None);
+    /* the task's step replaces it (and drops the old one) on another worker */
+    int shared = task_shared(task);
+    task_lock(task, shared);
+    PyObject *w = Py_NewRef(task->fut_waiter ? task->fut_waiter : Py_None);
+    task_unlock(task, shared);
+    return w;
 }
 
 static PyObject *get_must_cancel(tl_task *task, void *c)
