@@ -627,36 +627,46 @@ def test_eof_waits_for_data_held_back_by_pause_reading(tloop):
     assert p.events == ["data", "data", "eof", "lost"]
 
 
-def test_transport_write_from_many_workers(tloop):
-    """Eight tasks write numbered chunks to one transport at once: every
-    chunk arrives whole, each task's chunks in order."""
-    nwriters, nchunks = 8, 200
+def write_from_workers(loop, chunk, nwriters, nchunks, yield_every, sndbuf=None):
+    """nwriters tasks write chunk(k, i) for i < nchunks to one transport
+    over a socketpair, yielding every yield_every chunks, while this reads
+    the other end (pausing now and then when sndbuf makes the socket's
+    buffer small); returns what arrived."""
 
     async def main():
-        loop = asyncio.get_running_loop()
         a, b = socket.socketpair()
-        received = bytearray()
+        if sndbuf is not None:
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         b.setblocking(False)
-        transport, proto = await loop.create_connection(asyncio.Protocol, sock=a)
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
 
         async def writer(k):
             for i in range(nchunks):
-                transport.write(b"<%d:%d>" % (k, i))
-                if i % 16 == 0:
+                transport.write(chunk(k, i))
+                if i % yield_every == 0:
                     await asyncio.sleep(0)
 
-        expected = sum(len(b"<%d:%d>" % (k, i)) for k in range(nwriters)
-                       for i in range(nchunks))
-        await asyncio.gather(*[writer(k) for k in range(nwriters)])
+        expected = sum(len(chunk(k, i)) for k in range(nwriters) for i in range(nchunks))
+        writers = asyncio.gather(*[writer(k) for k in range(nwriters)])
+        received = bytearray()
         while len(received) < expected:
-            received += await loop.sock_recv(b, 65536)
+            received += await loop.sock_recv(b, 16384)
+            if sndbuf is not None and len(received) % 5 == 0:
+                await asyncio.sleep(0.001)
+        await writers
         transport.close()
         await asyncio.sleep(0)
         b.close()
         return bytes(received)
 
-    data = tloop.run_until_complete(asyncio.wait_for(main(), 30))
-    check_chunks(data, nwriters, nchunks)
+    return loop.run_until_complete(asyncio.wait_for(main(), 30))
+
+
+def test_transport_write_from_many_workers(tloop):
+    """Eight tasks write numbered chunks to one transport at once: every
+    chunk arrives whole, each task's chunks in order."""
+    data = write_from_workers(tloop, lambda k, i: b"<%d:%d>" % (k, i), 8, 200, 16)
+    check_chunks(data, 8, 200)
 
 
 def sized_chunk(k, i):
@@ -686,36 +696,8 @@ def test_transport_write_while_the_kernel_refuses_some(tloop):
     socket buffer: some writes go out at once, some in part, some only
     into the transport's buffer. Every byte arrives once, in each writer's
     order, no chunk torn or mixed with another."""
-    nwriters, nchunks = 4, 60
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-        b.setblocking(False)
-        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
-
-        async def writer(k):
-            for i in range(nchunks):
-                transport.write(sized_chunk(k, i))
-                if i % 3 == 0:
-                    await asyncio.sleep(0)
-
-        expected = sum(len(sized_chunk(k, i)) for k in range(nwriters) for i in range(nchunks))
-        writers = asyncio.gather(*[writer(k) for k in range(nwriters)])
-        received = bytearray()
-        while len(received) < expected:
-            received += await loop.sock_recv(b, 16384)
-            if len(received) % 5 == 0:
-                await asyncio.sleep(0.001)
-        await writers
-        transport.close()
-        await asyncio.sleep(0)
-        b.close()
-        return bytes(received)
-
-    data = tloop.run_until_complete(asyncio.wait_for(main(), 30))
-    check_sized_chunks(data, nwriters, nchunks)
+    data = write_from_workers(tloop, sized_chunk, 4, 60, 3, sndbuf=8192)
+    check_sized_chunks(data, 4, 60)
 
 
 @pytest.mark.parametrize("how", ["close", "abort", "write_eof"])
