@@ -728,6 +728,19 @@ static void *worker_main(void *arg)
 
 /* ---- public: scheduling ------------------------------------------------- */
 
+/* Room for one more held item; without it the item is published at once. */
+static int held_room(tl_dispatch *d)
+{
+    if (d->held.len < d->held.cap)
+        return 1;
+    PyObject *pending = PyErr_GetRaisedException();  /* the caller's, kept */
+    int ok = tl_ready_grow_from(&d->held, 64) == 0;
+    if (!ok)
+        PyErr_Clear();
+    PyErr_SetRaisedException(pending);
+    return ok;
+}
+
 int tl_dispatch_push(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
 {
     tl_dispatch *d = loop->dispatch;
@@ -736,12 +749,10 @@ int tl_dispatch_push(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
         runq_put(w, fn, obj);
         if (w->holding)
             return 0;           /* run_item() publishes and notifies */
-    } else if (tl_polling == d &&
-               (d->held.len < d->held.cap || tl_ready_grow_from(&d->held, 64) == 0)) {
+    } else if (tl_polling == d && held_room(d)) {
         tl_ready_push(&d->held, fn, obj);
         return 0;               /* tl_dispatch_publish_held() */
     } else {
-        PyErr_Clear();          /* no room to hold it: published at once */
         tl_ready_item it = {fn, obj};
         if (injector_put_many(d, &it, 1) < 0)
             return -1;
