@@ -2410,14 +2410,14 @@ static TL_NOINLINE PyObject *stream_write_shared(tl_stream *t, PyObject *arg,
 
 static PyObject *stream_write_locked(tl_stream *t, PyObject *data)
 {
-    if (TL_LIKELY(t->loop == NULL || !t->loop->shared))
+    if (TL_LIKELY(!wfast_possible(t)))
         return stream_write(t, data);
     return stream_write_shared(t, data, stream_write);
 }
 
 static PyObject *stream_writelines_locked(tl_stream *t, PyObject *lines)
 {
-    if (TL_LIKELY(t->loop == NULL || !t->loop->shared))
+    if (TL_LIKELY(!wfast_possible(t)))
         return stream_writelines(t, lines);
     return stream_write_shared(t, lines, stream_writelines);
 }
