@@ -1832,6 +1832,7 @@ static PyObject *stream_make_empty_waiter(tl_stream *t, PyObject *Py_UNUSED(igno
 static PyObject *stream_reset_empty_waiter(tl_stream *t, PyObject *Py_UNUSED(ignored))
 {
     Py_CLEAR(t->empty_waiter);
+    wfast_update(t);    /* sendfile is over: writes may skip the loop lock again */
     Py_RETURN_NONE;
 }
 
