@@ -1165,6 +1165,16 @@ static int stream_write_failed(tl_stream *t)
     return stream_fatal_error(t, write_error_message(t));
 }
 
+/* Something is buffered: watch for room to flush it (asyncio's
+ * add_writer, which a closed loop refuses). */
+static int stream_start_flush(tl_stream *t)
+{
+    if (stream_check_loop(t) < 0)
+        return -1;
+    watch_start(t, &t->wio);
+    return 0;
+}
+
 /* After the checks: send now, buffer what the kernel refused. */
 static PyObject *stream_write_data(tl_stream *t, PyObject *data, Py_buffer *view)
 {
@@ -1178,9 +1188,8 @@ static PyObject *stream_write_data(tl_stream *t, PyObject *data, Py_buffer *view
         }
         if (n == view->len)
             Py_RETURN_NONE;
-        if (stream_check_loop(t) < 0)
+        if (stream_start_flush(t) < 0)
             return NULL;
-        watch_start(t, &t->wio);
     }
     if (wq_append(t, data, view, n) < 0)
         return NULL;
@@ -1285,11 +1294,8 @@ static PyObject *stream_writelines(tl_stream *t, PyObject *lines)
     if (was_empty) {
         /* try now; the writer watcher takes over what is left */
         rc = stream_write_ready(t);
-        if (rc == 0 && t->wsize) {
-            rc = stream_check_loop(t);
-            if (rc == 0)
-                watch_start(t, &t->wio);
-        }
+        if (rc == 0 && t->wsize)
+            rc = stream_start_flush(t);
     }
     if (rc == 0 && t->wsize)
         rc = stream_maybe_pause_protocol(t);
@@ -2345,9 +2351,7 @@ static int stream_write_fast_rest(tl_stream *t, ssize_t n)
         rc = stream_write_failed(t);
     } else if (t->wq_len && !t->conn_lost) {
         /* close() meanwhile waits for this flush; abort() emptied it */
-        rc = stream_check_loop(t);
-        if (rc == 0)
-            watch_start(t, &t->wio);
+        rc = stream_start_flush(t);
         if (rc == 0)
             rc = stream_maybe_pause_protocol(t);
     }
