@@ -38,6 +38,7 @@ typedef struct tl_strand {
     tl_mutex lock;
     uint8_t scheduled;          /* its run item is queued or running */
     tl_ready q;
+    PyObject *home;             /* under lock: a transport's home task (below) */
 } tl_strand;
 
 /* Queue fn(obj) on the strand; steals the reference to obj. Schedules the
@@ -51,6 +52,22 @@ int tl_strand_push(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner
 int tl_strand_run(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner);
 
 void tl_strand_clear(tl_strand *s);
+
+/* A transport's home task: the task its protocol callbacks never run beside
+ * (the transport's run item holds the task's step lock, tl_task.h), so that
+ * what the protocol shares with the task consuming it (an asyncio.Event that
+ * data_received() sets and the task waits on, a buffer both touch) behaves
+ * as on asyncio's one thread. The home is the last task that one of the
+ * strand's items created, or that paused or resumed the transport's reading
+ * or paused its writing. */
+PyObject *tl_strand_home_ref(tl_strand *s);
+void tl_strand_set_home(tl_strand *s, PyObject *task);
+/* Drop the home if it is still `task` (a finished task) */
+void tl_strand_drop_home(tl_strand *s, PyObject *task);
+/* While the strand's items run on this thread, the tasks they create become
+ * its home (tl_strand_adopt); returns the strand it replaces. */
+tl_strand *tl_strand_adopting(tl_strand *s);
+void tl_strand_adopt(PyObject *task);
 int tl_strand_traverse(tl_strand *s, visitproc visit, void *arg);
 
 /* One object's work items when at most one is pending at a time (a Task:

@@ -937,10 +937,90 @@ void tl_strand_clear(tl_strand *s)
     s->q = (tl_ready){0};
     s->scheduled = 0;
     tl_ready_clear(&q);
+    tl_strand_set_home(s, NULL);
+}
+
+/* The home is a weak reference (a task's basic one, which it has anyway:
+ * tl_task.c's registry), so a transport keeps no finished task alive, nor
+ * what that task returned. */
+static PyObject *home_get(PyObject *ref)
+{
+    if (ref == NULL)
+        return NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *task;
+    if (PyWeakref_GetRef(ref, &task) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return task;
+#else
+    PyObject *task = PyWeakref_GetObject(ref);
+    return task == Py_None ? NULL : Py_NewRef(task);
+#endif
+}
+
+PyObject *tl_strand_home_ref(tl_strand *s)
+{
+    tl_mutex_lock(&s->lock);
+    PyObject *ref = Py_XNewRef(s->home);
+    tl_mutex_unlock(&s->lock);
+    PyObject *task = home_get(ref);
+    Py_XDECREF(ref);
+    return task;
+}
+
+static void home_swap(tl_strand *s, PyObject *ref, PyObject *expected)
+{
+    tl_mutex_lock(&s->lock);
+    PyObject *old = s->home;
+    if (expected == NULL || old == expected)
+        s->home = ref;
+    else
+        old = ref;
+    tl_mutex_unlock(&s->lock);
+    Py_XDECREF(old);            /* outside the lock */
+}
+
+void tl_strand_set_home(tl_strand *s, PyObject *task)
+{
+    PyObject *ref = NULL;
+    if (task != NULL && (ref = PyWeakref_NewRef(task, NULL)) == NULL) {
+        PyErr_WriteUnraisable(task);    /* a lost home costs only the guarantee */
+        return;
+    }
+    home_swap(s, ref, NULL);
+}
+
+void tl_strand_drop_home(tl_strand *s, PyObject *task)
+{
+    PyObject *ref = PyWeakref_NewRef(task, NULL);  /* the one it holds, if the same task */
+    if (ref == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    home_swap(s, NULL, ref);
+    Py_DECREF(ref);
+}
+
+static _Thread_local tl_strand *strand_adopting;
+
+tl_strand *tl_strand_adopting(tl_strand *s)
+{
+    tl_strand *prev = strand_adopting;
+    strand_adopting = s;
+    return prev;
+}
+
+void tl_strand_adopt(PyObject *task)
+{
+    if (strand_adopting != NULL)
+        tl_strand_set_home(strand_adopting, task);
 }
 
 int tl_strand_traverse(tl_strand *s, visitproc visit, void *arg)
 {
+    Py_VISIT(s->home);
     for (size_t i = 0; i < s->q.len; i++) {
         int r = tl_loop_visit_queued(s->q.items[(s->q.head + i) & (s->q.cap - 1)].obj,
                                      visit, arg);

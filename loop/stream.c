@@ -17,6 +17,7 @@
 #include "tl_stream.h"
 #include "tl_io.h"
 #include "tl_sockaddr.h"
+#include "tl_task.h"
 
 #define TL_READ_MAX TL_STREAM_READ_MAX  /* asyncio's max_size */
 #define TL_IOV_MAX 64                   /* buffers per writev/sendmsg */
@@ -162,10 +163,35 @@ static void stream_start_reading(tl_stream *t)
 static int stream_strand_ready(tl_loop *loop, PyObject *obj)
 {
     tl_stream *t = (tl_stream *)obj;
+    /* beside the home task's steps, never during one (tl_dispatch.h) */
+    PyObject *home = tl_strand_home_ref(&t->strand);
+    tl_task *saved = NULL;
+    int locked = home != NULL ? tl_task_home_enter(home, &saved) : 0;
+    tl_strand *adopting = tl_strand_adopting(&t->strand);
     atomic_store_explicit(&t->cb_thread, PyThread_get_thread_ident(), memory_order_relaxed);
     int rc = tl_strand_run(loop, &t->strand, stream_strand_ready, obj);
     atomic_store_explicit(&t->cb_thread, 0, memory_order_relaxed);
+    tl_strand_adopting(adopting);
+    if (home != NULL) {
+        tl_task_home_leave(home, saved, locked);
+        if (tl_future_state((tl_future *)home) != TL_FUT_PENDING)
+            tl_strand_drop_home(&t->strand, home);  /* no steps left to keep apart */
+        Py_DECREF(home);
+    }
     return rc;
+}
+
+/* The task running here (a step or a callback it scheduled) becomes the
+ * transport's home: it paused or resumed the transport. */
+static void stream_home_here(tl_stream *t)
+{
+    if (TL_LIKELY(t->loop->dispatch == NULL))
+        return;
+    PyObject *task = tl_task_running_ref();
+    if (task != NULL) {
+        tl_strand_set_home(&t->strand, task);
+        Py_DECREF(task);
+    }
 }
 
 /* Queue fn(t) where the protocol's callbacks run: the ready queue, or on a
@@ -894,12 +920,28 @@ STREAM_STEP_FN(pause_writing_fn, pause_writing_step)
 
 STREAM_STEP_FN(resume_writing_fn, resume_writing_step)
 
+/* Does this thread run the transport's home task (or is there none)? Its
+ * protocol must not be called beside that task's steps. */
+static int stream_home_is_here(tl_stream *t)
+{
+    if (TL_LIKELY(t->loop->dispatch == NULL))
+        return 1;
+    PyObject *home = tl_strand_home_ref(&t->strand);
+    if (home == NULL)
+        return 1;
+    PyObject *me = tl_task_running_ref();
+    int here = me == home;
+    Py_XDECREF(me);
+    Py_DECREF(home);
+    return here;
+}
+
 /* protocol.pause_writing()/resume_writing(): right away from the write()
  * or flush that decided it, as asyncio does, or on a threaded loop from the
  * transport's strand when that is not where we are */
 static int call_flow_control(tl_stream *t, PyObject *name, const char *failed)
 {
-    if (TL_LIKELY(stream_in_strand(t)))
+    if (TL_LIKELY(stream_in_strand(t)) && stream_home_is_here(t))
         return call_flow_control_now(t, name, failed);
     return stream_push(t, name == t->loop->st->str_pause_writing ? pause_writing_fn
                                                                   : resume_writing_fn);
@@ -923,6 +965,7 @@ static int stream_maybe_pause_protocol(tl_stream *t)
     if (t->wsize <= t->high_water || t->protocol_paused)
         return 0;
     t->protocol_paused = 1;
+    stream_home_here(t);        /* the writer waits for resume_writing() */
     return call_flow_control(t, t->loop->st->str_pause_writing,
                              "protocol.pause_writing() failed");
 }
@@ -1650,6 +1693,7 @@ static PyObject *stream_is_reading_py(tl_stream *t, PyObject *Py_UNUSED(ignored)
 
 static PyObject *stream_pause_reading(tl_stream *t, PyObject *Py_UNUSED(ignored))
 {
+    stream_home_here(t);
     if (!stream_is_reading(t))
         Py_RETURN_NONE;
     t->paused = 1;
@@ -1662,6 +1706,7 @@ static PyObject *stream_pause_reading(tl_stream *t, PyObject *Py_UNUSED(ignored)
 
 static PyObject *stream_resume_reading(tl_stream *t, PyObject *Py_UNUSED(ignored))
 {
+    stream_home_here(t);
     if (t->closing || !t->paused)
         Py_RETURN_NONE;
     if (stream_check_loop(t) < 0)

@@ -1054,6 +1054,8 @@ static int task_init(tl_task *task, PyObject *coro, PyObject *loop, PyObject *na
             return -1;
     }
     task->coro = Py_NewRef(coro);
+    if (task_shared(task) && tl_dispatch_on_worker(task->fut.tloop))
+        tl_strand_adopt((PyObject *)task);     /* created by a protocol callback */
 
 #if PY_VERSION_HEX >= 0x030C0000
     if (eager_start) {

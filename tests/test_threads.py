@@ -490,6 +490,186 @@ def test_protocol_callbacks_in_order_never_concurrent(tloop):
         assert p.events == ["made", "data", "eof", "lost"]
 
 
+class WindowedEvent(asyncio.Event):
+    """asyncio.Event with a thread switch where one costs a wake-up: between
+    wait()'s look at the flag and its waiter going on the list (asyncio's
+    code otherwise). A set() from another thread in that window is lost."""
+
+    async def wait(self):
+        if self._value:
+            return True
+        time.sleep(0.001)
+        fut = self._get_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+            return True
+        finally:
+            self._waiters.remove(fut)
+
+
+class EventStreamProtocol(asyncio.Protocol):
+    """anyio's StreamProtocol (httpx's transport): data_received() and the
+    flow-control callbacks talk to the consuming task through events."""
+
+    def __init__(self):
+        self.queue = []
+        self.read_event = WindowedEvent()
+        self.write_event = WindowedEvent()
+        self.write_event.set()
+        self.closed = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.pause_reading()
+
+    def data_received(self, data):
+        self.queue.append(data)
+        self.read_event.set()
+
+    def eof_received(self):
+        self.closed = True
+        self.read_event.set()
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.read_event.set()
+        self.write_event.set()
+
+    def pause_writing(self):
+        self.write_event.clear()
+
+    def resume_writing(self):
+        self.write_event.set()
+
+    async def receive(self):
+        """anyio's SocketStream.receive(), with a window before the clear()"""
+        if not self.read_event.is_set() and not self.closed:
+            self.transport.resume_reading()
+            await self.read_event.wait()
+            self.transport.pause_reading()
+        if not self.queue:
+            return b""
+        chunk = self.queue.pop(0)
+        time.sleep(0.0002)
+        if not self.queue:
+            self.read_event.clear()
+        return chunk
+
+    async def send(self, data):
+        self.transport.write(data)
+        if not self.write_event.is_set():
+            await self.write_event.wait()
+
+
+def test_protocol_and_consuming_task_share_events(tloop):
+    """The consuming task and its transport's protocol callbacks hand data
+    and flow control over through asyncio.Event, as anyio (httpx) does: no
+    wake-up is lost and nothing read goes missing. On a threaded loop the
+    protocol's callbacks never run beside the steps of the task that paused
+    or resumed the transport (its home task)."""
+    nmsg, big = 200, 2 * 1024 * 1024
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        served = loop.create_future()
+
+        async def serve(r, w):
+            w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            for i in range(nmsg):
+                w.write(b"%05d;" % i)
+                await asyncio.sleep(0.0005 if i % 4 == 0 else 0)
+            await w.drain()
+            got = 0
+            while got < big:     # slowly at first: the client's writes pause it
+                chunk = await r.read(65536)
+                assert chunk
+                got += len(chunk)
+                if got < big // 4:
+                    await asyncio.sleep(0.001)
+            w.write(b"done")
+            await w.drain()
+            w.close()
+            served.set_result(got)
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, p = await loop.create_connection(EventStreamProtocol, "127.0.0.1", port)
+        p.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                          16384)
+        p.transport.set_write_buffer_limits(high=65536)
+        received = bytearray()
+        while len(received) < nmsg * 6:
+            chunk = await asyncio.wait_for(p.receive(), 10)
+            assert chunk, "the connection closed early"
+            received += chunk
+        for _ in range(big // 65536):
+            await asyncio.wait_for(p.send(b"y" * 65536), 10)
+        while not received.endswith(b"done"):
+            chunk = await asyncio.wait_for(p.receive(), 10)
+            assert chunk, "the connection closed early"
+            received += chunk
+        p.transport.close()
+        server.close()
+        await server.wait_closed()
+        return bytes(received), await served
+
+    received, served = tloop.run_until_complete(asyncio.wait_for(main(), 60))
+    assert received == b"".join(b"%05d;" % i for i in range(nmsg)) + b"done"
+    assert served == big
+
+
+def test_protocol_and_the_task_it_created_share_an_event(tloop):
+    """uvicorn's pattern: data_received() starts the request's task and hands
+    it the body through an asyncio.Event it sets; the task never touches the
+    transport before it answers. The task a protocol callback created is its
+    transport's home task on a threaded loop."""
+    nchunks = 100
+
+    class Receiver(asyncio.Protocol):
+        def __init__(self):
+            self.body = bytearray()
+            self.more = WindowedEvent()
+            self.task = None
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.body += data
+            if self.task is None:
+                self.task = asyncio.get_running_loop().create_task(self.handle())
+            self.more.set()
+
+        async def handle(self):
+            got = bytearray()
+            while not got.endswith(b"."):
+                await self.more.wait()
+                self.more.clear()
+                got += self.body
+                self.body.clear()
+            self.transport.write(b"%d" % len(got))
+            self.transport.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Receiver, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection(*server.sockets[0].getsockname())
+        for i in range(nchunks):
+            w.write(b"z" * 100)
+            await w.drain()
+            await asyncio.sleep(0.0005 if i % 3 == 0 else 0)
+        w.write(b".")
+        answer = await asyncio.wait_for(r.read(), 10)
+        w.close()
+        server.close()
+        await server.wait_closed()
+        return answer
+
+    answer = tloop.run_until_complete(asyncio.wait_for(main(), 60))
+    assert answer == b"%d" % (nchunks * 100 + 1)
+
+
 def test_eof_waits_while_reading_is_paused(tloop):
     """A protocol pauses reading in data_received(); the peer has already
     sent the rest and its EOF. asyncio reads nothing more while paused; a
