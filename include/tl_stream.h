@@ -119,6 +119,10 @@ typedef struct tl_stream {
     uint8_t is_socket;          /* fd is a socket: send() with MSG_NOSIGNAL */
     uint8_t watch_close;        /* write pipe: read readiness = peer closed */
     uint8_t inbox_queued;       /* its delivery is on the strand */
+    uint8_t read_queued;        /* a read for the protocol is (stream.c) */
+    uint8_t home_entered;       /* home_held: its step lock taken by us */
+    PyObject *home_held;        /* the home task the running strand item holds */
+    struct tl_task *home_saved; /* what tl_task_home_enter() replaced */
     uint8_t inbox_full;         /* the reader waits for the inbox to drain */
     uint8_t in_data_received;   /* a worker runs it without the loop lock */
     uint8_t eof_waiting;        /* the EOF waits for the inbox (reading paused) */
@@ -196,6 +200,11 @@ PyObject *tl_datagram_transport_new(struct tl_loop *loop, PyObject *sock, PyObje
 /* ---- for the kinds implemented outside stream.c (datagram.c) ----------
  * The life cycle (connection_made, close, abort, connection_lost, flow
  * control, errors) is stream.c's; a kind brings its reading and writing. */
+
+/* Threaded loops: the task running here becomes the home (tl_dispatch.h)
+ * of `transport` when that is a socket transport: a TLS transport above it
+ * was paused or resumed. */
+void tl_stream_home_here(tl_state *st, PyObject *transport);
 
 /* protocol.<name>(arg) (arg may be NULL): a new reference, or NULL with the
  * error set. None once connection_lost() ran. */

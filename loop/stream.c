@@ -163,22 +163,61 @@ static void stream_start_reading(tl_stream *t)
 static int stream_strand_ready(tl_loop *loop, PyObject *obj)
 {
     tl_stream *t = (tl_stream *)obj;
-    /* beside the home task's steps, never during one (tl_dispatch.h) */
-    PyObject *home = tl_strand_home_ref(&t->strand);
-    tl_task *saved = NULL;
-    int locked = home != NULL ? tl_task_home_enter(home, &saved) : 0;
     tl_strand *adopting = tl_strand_adopting(&t->strand);
     atomic_store_explicit(&t->cb_thread, PyThread_get_thread_ident(), memory_order_relaxed);
     int rc = tl_strand_run(loop, &t->strand, stream_strand_ready, obj);
     atomic_store_explicit(&t->cb_thread, 0, memory_order_relaxed);
     tl_strand_adopting(adopting);
+    return rc;
+}
+
+/* A strand item's locks: the home task's step lock (tl_dispatch.h), then
+ * the loop lock, and the home must still be the home once both are held (a
+ * task that resumed reading while the item waited for the loop lock is the
+ * one it must keep apart from). */
+static int stream_lock_homed(tl_stream *t)
+{
+    for (;;) {
+        PyObject *home = tl_strand_home_ref(&t->strand);
+        int entered = home != NULL ? tl_task_home_enter(home, &t->home_saved) : 0;
+        int locked = tl_loop_ev_lock(t->loop);
+        PyObject *now = tl_strand_home_ref(&t->strand);
+        Py_XDECREF(now);
+        if (now == home) {
+            t->home_held = home;
+            t->home_entered = (uint8_t)entered;
+            return locked;
+        }
+        tl_loop_ev_unlock(t->loop, locked);
+        if (home != NULL) {
+            tl_task_home_leave(home, t->home_saved, entered);
+            Py_DECREF(home);
+        }
+    }
+}
+
+static void stream_unlock_homed(tl_stream *t, int locked)
+{
+    PyObject *home = t->home_held;
+    t->home_held = NULL;
+    tl_loop_ev_unlock(t->loop, locked);
     if (home != NULL) {
-        tl_task_home_leave(home, saved, locked);
+        tl_task_home_leave(home, t->home_saved, t->home_entered);
         if (tl_future_state((tl_future *)home) != TL_FUT_PENDING)
             tl_strand_drop_home(&t->strand, home);  /* no steps left to keep apart */
         Py_DECREF(home);
     }
-    return rc;
+}
+
+/* Has the home changed since the item took its lock? (a task its callback
+ * created, or one that resumed reading while data_received() ran) */
+static int stream_home_moved(tl_stream *t)
+{
+    if (TL_LIKELY(t->loop->dispatch == NULL))
+        return 0;
+    PyObject *now = tl_strand_home_ref(&t->strand);
+    Py_XDECREF(now);
+    return now != t->home_held;
 }
 
 /* The task running here (a step or a callback it scheduled) becomes the
@@ -679,6 +718,7 @@ static int data_received_done(tl_stream *t, PyObject *proto, PyObject *r)
 #define TL_INBOX_MAX (256 * 1024)
 
 static int eof_step(tl_stream *t);
+static int stream_deliver_soon(tl_stream *t);
 
 static int stream_deliver_step(tl_stream *t)
 {
@@ -688,7 +728,8 @@ static int stream_deliver_step(tl_stream *t)
      * followed it (they queue behind), except once reading paused (it
      * waits for resume_reading) or the protocol's side closed the
      * transport: asyncio's protocol hears nothing after close()/abort(). */
-    while (rc == 0 && t->inbox.len && !t->paused && !t->user_closed && t->protocol != NULL) {
+    while (rc == 0 && t->inbox.len && !t->paused && !t->user_closed && t->protocol != NULL &&
+           !stream_home_moved(t)) {
         PyObject *data = tl_ready_pop(&t->inbox).obj;
         t->inbox_size -= PyBytes_GET_SIZE(data);
         PyObject *proto = Py_NewRef(t->protocol);
@@ -708,6 +749,8 @@ static int stream_deliver_step(tl_stream *t)
         t->inbox_full = 0;
         stream_start_reading(t);
     }
+    if (rc == 0 && stream_home_moved(t))
+        return stream_deliver_soon(t);      /* the rest beside the new home */
     if (rc == 0 && t->eof_waiting && t->inbox.len == 0 && !t->paused) {
         t->eof_waiting = 0;
         rc = eof_step(t);
@@ -742,7 +785,45 @@ static int stream_inbox_put(tl_stream *t, PyObject *data)
     return 0;
 }
 
+/* Threaded loops: a protocol that reads for itself (datagram_received(),
+ * BufferedProtocol's get_buffer(), TLS) is called from the transport's
+ * strand like the others, beside no step of its home task: the loop thread
+ * only hands the readiness over, and the strand reads and then watches
+ * again. */
+static inline int stream_reads_on_strand(tl_stream *t)
+{
+    return t->kind == TL_STREAM_DATAGRAM || t->sink != NULL || t->buffered;
+}
+
+static int stream_read_now(tl_stream *t);
+
+static int strand_read_step(tl_stream *t)
+{
+    t->read_queued = 0;
+    if (t->conn_lost || !stream_is_reading(t) || t->protocol == NULL)
+        return 0;           /* resume_reading() watches again */
+    int rc = stream_read_now(t);
+    stream_start_reading(t);
+    return rc;
+}
+
+STREAM_STEP_FN(strand_read_fn, strand_read_step)
+
 static int stream_read_ready(tl_stream *t)
+{
+    if (TL_UNLIKELY(t->loop->dispatch != NULL) && stream_reads_on_strand(t) &&
+        !tl_dispatch_on_worker(t->loop)) {
+        watch_stop(t, &t->rio);
+        if (t->read_queued)
+            return 0;
+        t->read_queued = 1;
+        return stream_push(t, strand_read_fn) < 0 ? stream_fatal_error(t, read_error_message(t))
+                                                  : 0;
+    }
+    return stream_read_now(t);
+}
+
+static int stream_read_now(tl_stream *t)
 {
     if (t->kind == TL_STREAM_DATAGRAM)
         return tl_dgram_read_ready(t);
@@ -1550,7 +1631,8 @@ static int call_connection_lost(tl_stream *t, PyObject *exc)
  * the transport's strand) with the loop lock held. */
 static int run_in_context(tl_stream *t, int (*step)(tl_stream *))
 {
-    int locked = tl_loop_ev_lock(t->loop);
+    int locked = TL_LIKELY(t->loop->dispatch == NULL) ? tl_loop_ev_lock(t->loop)
+                                                      : stream_lock_homed(t);
     PyObject *ctx = t->context;
     int rc = -1;
     if (ctx == NULL) {  /* cleared by the GC */
@@ -1564,7 +1646,10 @@ static int run_in_context(tl_stream *t, int (*step)(tl_stream *))
         }
         Py_DECREF(ctx);
     }
-    tl_loop_ev_unlock(t->loop, locked);
+    if (TL_LIKELY(t->loop->dispatch == NULL))
+        tl_loop_ev_unlock(t->loop, locked);
+    else
+        stream_unlock_homed(t, locked);
     return rc;
 }
 
@@ -2720,6 +2805,12 @@ PyMethodDef tl_stream_loop_methods[] = {
 };
 
 /* ---- for the kinds outside this file (tl_stream.h) ----------------------------- */
+
+void tl_stream_home_here(tl_state *st, PyObject *transport)
+{
+    if (transport != NULL && PyObject_TypeCheck(transport, st->socket_transport_type))
+        stream_home_here((tl_stream *)transport);
+}
 
 PyObject *tl_stream_call_protocol(tl_stream *t, PyObject *name, PyObject *arg)
 {

@@ -1041,6 +1041,8 @@ static Py_ssize_t get_write_buffer_size(tl_tls *s)
 
 static int call_app_flow(tl_tls *s, PyObject *name, const char *failed)
 {
+    if (name == s->loop->st->str_pause_writing)
+        tl_stream_home_here(s->loop->st, s->transport);  /* the writer waits for resume */
     PyObject *r = app_call(s, name, NULL);
     if (r != NULL) {
         Py_DECREF(r);
@@ -1433,12 +1435,14 @@ static PyObject *tls_is_reading(tl_tls *s, PyObject *Py_UNUSED(ignored))
 
 static PyObject *tls_pause_reading(tl_tls *s, PyObject *Py_UNUSED(ignored))
 {
+    tl_stream_home_here(s->loop->st, s->transport);
     s->app_reading_paused = 1;
     Py_RETURN_NONE;
 }
 
 static PyObject *tls_resume_reading(tl_tls *s, PyObject *Py_UNUSED(ignored))
 {
+    tl_stream_home_here(s->loop->st, s->transport);
     if (s->app_reading_paused) {
         s->app_reading_paused = 0;
         if (call_soon_self(s, s->T->str_resume) < 0)

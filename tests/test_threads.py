@@ -18,6 +18,8 @@ import pytest
 import tonio_loop
 from tonio_loop import sync
 
+from .tlsutil import make_certs
+
 THREADS = 4
 
 FACTORIES = {
@@ -562,7 +564,13 @@ class EventStreamProtocol(asyncio.Protocol):
             await self.write_event.wait()
 
 
-def test_protocol_and_consuming_task_share_events(tloop):
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(str(tmp_path_factory.mktemp("certs")))
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_protocol_and_consuming_task_share_events(tloop, tls, request):
     """The consuming task and its transport's protocol callbacks hand data
     and flow control over through asyncio.Event, as anyio (httpx) does: no
     wake-up is lost and nothing read goes missing. On a threaded loop the
@@ -592,9 +600,13 @@ def test_protocol_and_consuming_task_share_events(tloop):
             w.close()
             served.set_result(got)
 
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        certs = request.getfixturevalue("certs") if tls else None
+        server = await asyncio.start_server(serve, "127.0.0.1", 0,
+                                            ssl=certs and certs.server_context())
         port = server.sockets[0].getsockname()[1]
-        _, p = await loop.create_connection(EventStreamProtocol, "127.0.0.1", port)
+        _, p = await loop.create_connection(EventStreamProtocol, "127.0.0.1", port,
+                                            ssl=certs and certs.client_context(),
+                                            server_hostname="localhost" if tls else None)
         p.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                                           16384)
         p.transport.set_write_buffer_limits(high=65536)
