@@ -568,6 +568,70 @@ def threaded_stream_writes():
 
 
 @scenario
+def threaded_home_tasks():
+    """Loop(threads=2): transports whose protocol callbacks wait for their
+    home task (one that resumes reading, one a callback created, a paused
+    writer), datagrams read on the strand."""
+    loop = tonio_loop.new_event_loop(threads=2)
+
+    class Serve(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            asyncio.get_running_loop().create_task(self.answer(data))
+
+        async def answer(self, data):
+            self.transport.write(data.upper())
+
+    class Read(asyncio.Protocol):
+        def __init__(self):
+            self.got = asyncio.Event()
+            self.data = bytearray()
+
+        def connection_made(self, transport):
+            self.transport = transport
+            transport.pause_reading()
+
+        def data_received(self, data):
+            self.data += data
+            self.got.set()
+
+    async def main():
+        server = await loop.create_server(Serve, "127.0.0.1", 0)
+        tr, pr = await loop.create_connection(Read, *server.sockets[0].getsockname())
+        for i in range(5):
+            tr.write(b"ping%d" % i)
+            pr.transport.resume_reading()
+            await pr.got.wait()
+            pr.got.clear()
+            pr.transport.pause_reading()
+        tr.set_write_buffer_limits(high=1024)
+        tr.write(b"x" * 10000000)
+        tr.close()
+        server.close()
+        await server.wait_closed()
+        got = loop.create_future()
+
+        class Dgram(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                if not got.done():
+                    got.set_result(data)
+
+        t1, _ = await loop.create_datagram_endpoint(Dgram, local_addr=("127.0.0.1", 0))
+        t2, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=t1.get_extra_info("sockname"))
+        t2.sendto(b"hello")
+        await asyncio.wait_for(got, 5)
+        t1.close()
+        t2.close()
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(main())
+    loop.close()
+
+
+@scenario
 def subprocesses():
     loop = tonio_loop.new_event_loop()
 
