@@ -2482,8 +2482,16 @@ static int stream_write_fast_rest(tl_stream *t, ssize_t n)
     } else if (t->wq_len && !t->conn_lost) {
         /* close() meanwhile waits for this flush; abort() emptied it */
         rc = stream_start_flush(t);
-        if (rc == 0)
+        if (rc == 0) {
             rc = stream_maybe_pause_protocol(t);
+        } else if (!ev_is_active(&t->wio)) {
+            /* a closed loop: asyncio's write() raises before it buffers
+             * (add_writer refuses), and so does the slow path: drop the rest */
+            tl_mutex_lock(&t->wlock);
+            wq_clear(t);
+            tl_mutex_unlock(&t->wlock);
+            wfast_update(t);
+        }
     }
     Py_DECREF(t);
     tl_loop_ev_unlock(t->loop, locked);

@@ -695,6 +695,7 @@ def test_transport_after_loop_close(loop):
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         for _ in range(1000):
             tr.write(b"f" * 65536)
+    assert tr.get_write_buffer_size() == 0     # what the kernel refused is not kept
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         tr.abort()
     with pytest.warns(ResourceWarning):
