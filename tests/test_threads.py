@@ -682,6 +682,93 @@ def test_protocol_and_the_task_it_created_share_an_event(tloop):
     assert answer == b"%d" % (nchunks * 100 + 1)
 
 
+def test_protocols_that_read_for_themselves_run_on_workers(tloop, certs):
+    """datagram_received(), BufferedProtocol's get_buffer()/buffer_updated()
+    and a TLS transport's application protocol run where the other protocol
+    callbacks do: on workers with threads (the transport's strand, so they
+    keep its home task's guarantee), never on the thread that polls."""
+    loop_thread = threading.get_ident()
+    seen = {}
+
+    def note(kind):
+        seen.setdefault(kind, set()).add(threading.get_ident())
+
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(1024)
+            self.got = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, hint):
+            note("buffered")
+            return self.buf
+
+        def buffer_updated(self, n):
+            note("buffered")
+            if not self.got.done():
+                self.got.set_result(bytes(self.buf[:n]))
+
+    class Plain(asyncio.Protocol):
+        def __init__(self):
+            self.got = asyncio.get_running_loop().create_future()
+
+        def data_received(self, data):
+            note("tls" if self.transport.get_extra_info("ssl_object") else "tcp")
+            if not self.got.done():
+                self.got.set_result(data)
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+    class Dgram(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.got = asyncio.get_running_loop().create_future()
+
+        def datagram_received(self, data, addr):
+            note("udp")
+            if not self.got.done():
+                self.got.set_result(data)
+
+    async def send_to(factory, **kwargs):
+        loop = asyncio.get_running_loop()
+        protos = []
+        server = await loop.create_server(lambda: protos.append(factory()) or protos[-1],
+                                          "127.0.0.1", 0, ssl=kwargs.get("ssl"))
+        r, w = await asyncio.open_connection(*server.sockets[0].getsockname(),
+                                             ssl=kwargs.get("client_ssl"),
+                                             server_hostname=kwargs.get("hostname"))
+        w.write(b"hello")
+        while not protos:
+            await asyncio.sleep(0.001)
+        got = await asyncio.wait_for(protos[0].got, 10)
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        results = [await send_to(Plain), await send_to(Buffered),
+                   await send_to(Plain, ssl=certs.server_context(),
+                                 client_ssl=certs.client_context(), hostname="localhost")]
+        t1, p1 = await loop.create_datagram_endpoint(Dgram, local_addr=("127.0.0.1", 0))
+        t2, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=t1.get_extra_info("sockname"))
+        t2.sendto(b"hello")
+        results.append(await asyncio.wait_for(p1.got, 10))
+        t1.close()
+        t2.close()
+        return results
+
+    assert tloop.run_until_complete(main()) == [b"hello"] * 4
+    assert set(seen) == {"tcp", "buffered", "tls", "udp"}
+    for kind, threads in seen.items():
+        if threaded(tloop):
+            assert loop_thread not in threads, kind
+        else:
+            assert threads == {loop_thread}, kind
+
+
 def test_eof_waits_while_reading_is_paused(tloop):
     """A protocol pauses reading in data_received(); the peer has already
     sent the rest and its EOF. asyncio reads nothing more while paused; a
