@@ -167,6 +167,19 @@ typedef struct tl_state {
 
 extern PyModuleDef tl_module_def;
 
+/* A dealloc's weak references. Free-threaded, another thread may be freeing
+ * a weak reference to the object at this moment (a WeakSet entry): the list
+ * is read under its lock by the call, never by a plain test first. */
+#ifdef Py_GIL_DISABLED
+#define TL_CLEAR_WEAKREFS(obj, list) PyObject_ClearWeakRefs((PyObject *)(obj))
+#else
+#define TL_CLEAR_WEAKREFS(obj, list)             \
+    do {                                         \
+        if ((list) != NULL)                      \
+            PyObject_ClearWeakRefs((PyObject *)(obj)); \
+    } while (0)
+#endif
+
 static inline tl_state *tl_state_of_module(PyObject *module)
 {
     return (tl_state *)PyModule_GetState(module);

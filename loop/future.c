@@ -1293,8 +1293,7 @@ static void future_dealloc(tl_future *fut)
     if (PyObject_CallFinalizerFromDealloc((PyObject *)fut) < 0)
         return;     /* resurrected */
     PyObject_GC_UnTrack(fut);
-    if (fut->weakreflist != NULL)
-        PyObject_ClearWeakRefs((PyObject *)fut);
+    TL_CLEAR_WEAKREFS(fut, fut->weakreflist);
     tl_future_clear(fut);
     tp->tp_free(fut);
     Py_DECREF(tp);

@@ -508,8 +508,7 @@ static void handle_dealloc(tl_handle *h)
 {
     PyTypeObject *tp = Py_TYPE(h);
     PyObject_GC_UnTrack(h);
-    if (h->weakreflist != NULL)
-        PyObject_ClearWeakRefs((PyObject *)h);
+    TL_CLEAR_WEAKREFS(h, h->weakreflist);
 #if TL_FREELIST_MAX
     /* the loop knows the module state; asking the type costs more */
     tl_state *st = h->loop ? h->loop->st : PyType_GetModuleState(tp);

@@ -1401,8 +1401,7 @@ static void loop_dealloc(tl_loop *loop)
     if (PyObject_CallFinalizerFromDealloc((PyObject *)loop) < 0)
         return;
     PyObject_GC_UnTrack(loop);
-    if (loop->weakreflist != NULL)
-        PyObject_ClearWeakRefs((PyObject *)loop);
+    TL_CLEAR_WEAKREFS(loop, loop->weakreflist);
     loop_clear(loop);
     loop_free_ev(loop);
     tp->tp_free(loop);

@@ -2193,8 +2193,7 @@ static void stream_dealloc(tl_stream *t)
     if (PyObject_CallFinalizerFromDealloc((PyObject *)t) < 0)
         return;
     PyObject_GC_UnTrack(t);
-    if (t->weakreflist != NULL)
-        PyObject_ClearWeakRefs((PyObject *)t);
+    TL_CLEAR_WEAKREFS(t, t->weakreflist);
     stream_clear(t);
     wq_clear(t);
     PyMem_Free(t->addrs);

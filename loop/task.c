@@ -1462,8 +1462,7 @@ static void task_dealloc(tl_task *task)
     if (task->fut.st != NULL)
         task_unregister(task);
     Py_CLEAR(task->registry_ref);
-    if (task->fut.weakreflist != NULL)
-        PyObject_ClearWeakRefs((PyObject *)task);
+    TL_CLEAR_WEAKREFS(task, task->fut.weakreflist);
     task_clear(task);
     tp->tp_free(task);
     Py_DECREF(tp);

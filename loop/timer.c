@@ -301,8 +301,7 @@ static void timer_dealloc(tl_timer_handle *t)
 {
     PyTypeObject *tp = Py_TYPE(t);
     PyObject_GC_UnTrack(t);
-    if (t->base.weakreflist != NULL)
-        PyObject_ClearWeakRefs((PyObject *)t);
+    TL_CLEAR_WEAKREFS(t, t->base.weakreflist);
 #if TL_FREELIST_MAX
     /* the loop knows the module state; asking the type costs more */
     tl_state *st = t->base.loop ? t->base.loop->st : PyType_GetModuleState(tp);

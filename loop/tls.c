@@ -1775,8 +1775,7 @@ static void tls_dealloc(tl_tls *s)
     if (PyObject_CallFinalizerFromDealloc((PyObject *)s) < 0)
         return;
     PyObject_GC_UnTrack(s);
-    if (s->weakreflist != NULL)
-        PyObject_ClearWeakRefs((PyObject *)s);
+    TL_CLEAR_WEAKREFS(s, s->weakreflist);
     tls_clear(s);
     Py_CLEAR(s->raw);
     Py_CLEAR(s->loop);

@@ -720,6 +720,7 @@ async def test_locks_events_semaphores_conditions():
     assert sorted(order[4:]) == [f"notified {i}" for i in range(4)]
 
 
+@one_thread_only     # asyncio.Queue shared by two tasks (tonio_loop.sync.Queue: test_sync)
 async def test_queue_producer_consumer():
     q = asyncio.Queue(maxsize=2)
 
