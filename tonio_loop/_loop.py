@@ -426,10 +426,25 @@ class _ThreadedSubprocessTransport(unix_events._UnixSubprocessTransport):
     workers; _try_finish must see one consistent state. Named as asyncio's
     in reprs."""
 
+class _SubprocessWaitsForTheEnd(unix_events._UnixSubprocessTransport):
+    async def _wait(self):
+        # Workers run the exit callback and _call_connection_lost() (queued
+        # behind it once the pipes are done too) while the task steps: a
+        # wait() between the two would return with the process still held
+        # (kill() then does not raise ProcessLookupError). On asyncio's one
+        # thread a task that waited before the exit wakes only in the second.
+        if self._returncode is not None and not (self._finished and self._exit_waiters is not None):
+            return self._returncode
+        waiter = self._loop.create_future()
+        self._exit_waiters.append(waiter)
+        return await waiter
+
+
 for _name in ("_connect_pipes", "close", "_process_exited", "_pipe_connection_lost",
-              "_pipe_data_received", "_call_connection_lost", "_wait"):
+              "_pipe_data_received", "_call_connection_lost"):
     setattr(_ThreadedSubprocessTransport, _name,
             _locked_method(unix_events._UnixSubprocessTransport, _name))
+_ThreadedSubprocessTransport._wait = _locked_method(_SubprocessWaitsForTheEnd, "_wait")
 del _name
 _ThreadedSubprocessTransport.__name__ = "_UnixSubprocessTransport"
 _ThreadedSubprocessTransport.__qualname__ = "_UnixSubprocessTransport"
