@@ -46,12 +46,23 @@ typedef struct tl_future {
     atomic_uchar state;         /* TL_FUT_*, written after the value */
     _Atomic uint8_t log_tb;     /* log "exception was never retrieved"; cancel()
                                    clears it from any thread */
-    uint8_t blocking;           /* _asyncio_future_blocking */
+    _Atomic uint8_t blocking;   /* _asyncio_future_blocking: relaxed (asyncio's
+                                   isfuture() reads it from any thread) */
     uint8_t finalized;          /* our finalizer already ran */
 } tl_future;
 
 extern PyType_Spec tl_future_spec;
 extern PyType_Spec tl_future_iter_spec;
+
+static inline int tl_future_blocking(tl_future *fut)
+{
+    return atomic_load_explicit(&fut->blocking, memory_order_relaxed);
+}
+
+static inline void tl_future_set_blocking(tl_future *fut, int on)
+{
+    atomic_store_explicit(&fut->blocking, (uint8_t)on, memory_order_relaxed);
+}
 
 static inline int tl_future_state(tl_future *fut)
 {

@@ -494,7 +494,7 @@ static void future_reset(tl_future *fut)
     Py_CLEAR(fut->cancelled_exc);
     atomic_store_explicit(&fut->state, TL_FUT_PENDING, memory_order_release);
     atomic_store_explicit(&fut->log_tb, 0, memory_order_relaxed);
-    fut->blocking = 0;
+    tl_future_set_blocking(fut, 0);
 }
 
 int tl_future_init(tl_future *fut, PyObject *loop)
@@ -820,8 +820,8 @@ static PySendResult future_iter_am_send(future_iter *it, PyObject *arg, PyObject
         return PYGEN_RETURN;
     }
     if (tl_future_state(fut) == TL_FUT_PENDING) {
-        if (!fut->blocking) {
-            fut->blocking = 1;
+        if (!tl_future_blocking(fut)) {
+            tl_future_set_blocking(fut, 1);
             *result = Py_NewRef((PyObject *)fut);
             return PYGEN_NEXT;
         }
@@ -1006,7 +1006,7 @@ PyType_Spec tl_future_iter_spec = {
 static PyObject *get_blocking(tl_future *fut, void *c)
 {
     TL_UNUSED(c);
-    return PyBool_FromLong(fut->blocking);
+    return PyBool_FromLong(tl_future_blocking(fut));
 }
 
 int tl_attr_truth(PyObject *v)
@@ -1024,7 +1024,7 @@ static int set_blocking(tl_future *fut, PyObject *v, void *c)
     int on = tl_attr_truth(v);
     if (on < 0)
         return -1;
-    fut->blocking = (uint8_t)on;
+    tl_future_set_blocking(fut, on);
     return 0;
 }
 

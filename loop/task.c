@@ -536,12 +536,12 @@ static int task_handle_yield(tl_task *task, PyObject *result)
 
     if (tl_future_check_exact(st, result)) {
         tl_future *fut = (tl_future *)result;
-        rc = task_refuse_yield(task, result, fut->loop == loop, fut->blocking);
+        rc = task_refuse_yield(task, result, fut->loop == loop, tl_future_blocking(fut));
         if (rc != 0) {
             Py_DECREF(result);
             return rc < 0 ? -1 : 0;
         }
-        fut->blocking = 0;
+        tl_future_set_blocking(fut, 0);
         /* wait as a Waiter of the future: the list owns a reference */
         Py_INCREF(task);
         task_set_waiter(task, result);

@@ -65,8 +65,12 @@ class DgramRecorder(asyncio.DatagramProtocol):
 
     async def _wait_count(self, items, n, timeout):
         async with asyncio.timeout(timeout):
-            while len(items) < n:
+            while True:
+                # the future first: a datagram_received() on another worker
+                # between the count and the future would wake nobody
                 self.waiting = asyncio.get_running_loop().create_future()
+                if len(items) >= n:
+                    break
                 await self.waiting
         return items
 
