@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #define HIST_US 100000          /* 1 us buckets up to 100 ms, then one more */
@@ -15,12 +16,38 @@ static uint64_t completed, lat_sum_us, lat_max_us;
 static uint64_t resent;         /* udp: datagrams sent again after a loss */
 static int measuring;           /* inside the measured window */
 static const char *error;       /* the first failure, reported in the JSON */
+static double cpu_start, cpu_window;    /* this process's CPU seconds */
 
 static uint64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* The measured window opens: the runner reads the server's CPU time on
+ * "START", we read ours, so that the result says what the load itself cost
+ * (on a small machine the generator's CPU is taken from the server's). */
+static void window_start(void)
+{
+    measuring = 1;
+    cpu_start = cpu_seconds();
+    printf("START\n");
+    fflush(stdout);
+}
+
+static void window_end(void)
+{
+    cpu_window = cpu_seconds() - cpu_start;
+    printf("END\n");
 }
 
 /* One request done, started at started_ns (counted inside the window only). */
@@ -59,6 +86,8 @@ static void print_result(double seconds, int nconns, size_t size)
            completed ? (double)lat_sum_us / (double)completed : 0.0,
            (unsigned long long)at[0], (unsigned long long)at[1],
            (unsigned long long)at[2], (unsigned long long)lat_max_us);
+    if (completed)
+        printf(", \"cpu_us_per_req\": %.2f", cpu_window * 1e6 / (double)completed);
     if (resent)
         printf(", \"resent\": %llu", (unsigned long long)resent);
     if (error)

@@ -9,7 +9,9 @@ Run it on the free-threaded Python (3.13t) to see the workers run in
 parallel; with the GIL they take turns. The load comes from bench/bin/loadgen
 (built on first use), pinned to the last CPU; the server's CPU time per
 request is reported next to the throughput because the load generator
-shares the machine. echo and http do a few microseconds of Python per
+shares the machine, with the generator's own CPU per request: together they
+bound what the CPUs allow (cpus / (server + generator CPU per request)), and
+"room" says how far threads=1's rate is from that bound. echo and http do a few microseconds of Python per
 request: on two cores the load generator, not the server, sets their pace.
 api renders a JSON document per request (tens of microseconds of Python, as
 an application's handler does): there the workers' Python is the work that
@@ -101,7 +103,8 @@ async def serve(protocol, mode, args):
         on_end=lambda: cpu.setdefault("end", cpu_time())))
     server.close()
     await server.wait_closed()
-    return result["rps"], (cpu["end"] - cpu["start"]) / max(result["requests"], 1) * 1e6
+    return (result["rps"], (cpu["end"] - cpu["start"]) / max(result["requests"], 1) * 1e6,
+            result.get("cpu_us_per_req", 0.0))
 
 
 async def coroutines(n):
@@ -159,17 +162,28 @@ def main():
                 report["results"].append({"threads": threads, "workload": name,
                                           "coroutines_per_s": rate, "runs": got})
                 continue
-            rps, cpu = got[len(got) // 2]
+            rps, cpu, load = got[len(got) // 2]
+            # what the machine's CPUs allow at these costs: the server
+            # cannot serve faster than cpus / (its CPU + the generator's)
+            bound = os.cpu_count() * 1e6 / (cpu + load)
             print(f"threads={threads} {name:5} {rps:10.0f} req/s  {cpu:6.1f} us CPU/req "
-                  f"(median of {args.repeat})", flush=True)
+                  f"+ {load:4.1f} us load generator: {rps / bound:4.0%} of the "
+                  f"{bound:7.0f} req/s {os.cpu_count()} CPUs allow (median of {args.repeat})",
+                  flush=True)
             report["results"].append({"threads": threads, "workload": name, "rps": rps,
-                                      "cpu_us_per_req": cpu, "runs": got})
+                                      "cpu_us_per_req": cpu, "loadgen_cpu_us_per_req": load,
+                                      "cpu_bound_rps": bound, "runs": got})
     for name in workloads:
         if name != "coros" and 1 in counts and 2 in counts:
             ratios = sorted(b[0] / a[0] for a, b in zip(runs[(1, name)], runs[(2, name)]))
+            # threads=1 at its own per-request costs, scaled up to every CPU:
+            # the most any thread count could serve without a cheaper request
+            one = sorted(runs[(1, name)])[len(ratios) // 2]
+            room = os.cpu_count() * 1e6 / (one[1] + one[2]) / one[0]
             print(f"{name:5} threads=2 / threads=1: {ratios[len(ratios) // 2]:.2f}x "
                   f"(median of the {len(ratios)} rounds' ratios, "
-                  f"{ratios[0]:.2f}-{ratios[-1]:.2f})", flush=True)
+                  f"{ratios[0]:.2f}-{ratios[-1]:.2f}); the CPUs leave threads=1 room "
+                  f"for {room:.2f}x", flush=True)
     out = args.out or os.path.join(HERE, "results", f"threads-{python}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:

@@ -251,9 +251,7 @@ int main(int argc, char **argv)
     uint64_t end_at = start_at + (uint64_t)(duration * 1e9);
     uint64_t measured_from = t0;
     if (warmup <= 0) {
-        measuring = 1;
-        printf("START\n");
-        fflush(stdout);
+        window_start();
     }
     for (int i = 0; i < nconns && !error; i++) {
         conns[i].fd = -1;
@@ -268,10 +266,8 @@ int main(int argc, char **argv)
     while (!error) {
         uint64_t now = now_ns();
         if (!measuring && now >= start_at) {
-            measuring = 1;
             measured_from = now;
-            printf("START\n");
-            fflush(stdout);
+            window_start();
         }
         if (now >= end_at)
             break;
@@ -287,7 +283,7 @@ int main(int argc, char **argv)
                 break;
     }
     double seconds = (double)(now_ns() - measured_from) / 1e9;
-    printf("END\n");
+    window_end();
     print_result(seconds, nconns, mode == MODE_ECHO ? size : 0);
     for (int i = 0; i < nconns; i++)
         conn_close(&conns[i]);
