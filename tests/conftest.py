@@ -9,10 +9,18 @@ import asyncio
 import functools
 import gc
 import os
+import signal
 
 import pytest
 
 import tonio_loop
+
+# A suite started in the background by a non-interactive shell (`make tsan &`,
+# nohup) inherits SIGINT ignored, and Python keeps it ignored: the Ctrl-C tests
+# (this process and the children it starts) would then wait for an interrupt
+# that never comes. Ctrl-C is part of what is tested, so it gets its handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # TONIO_THREADS=N runs the whole suite with tonio_loop's worker threads
 # (Loop(threads=N)): every parity test then checks the multi-threaded mode.
