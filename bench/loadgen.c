@@ -284,9 +284,8 @@ int main(int argc, char **argv)
     uint64_t start_at = t0 + (uint64_t)(warmup * 1e9);
     uint64_t end_at = start_at + (uint64_t)(duration * 1e9);
     uint64_t measured_from = t0;
-    if (warmup <= 0) {
+    if (warmup <= 0)
         window_start();
-    }
     for (int i = 0; i < nconns && !error; i++)
         conn_start(ep, &conns[i]);
 

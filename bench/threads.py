@@ -9,10 +9,11 @@ Run it on the free-threaded Python (3.13t) to see the workers run in
 parallel; with the GIL they take turns. The load comes from bench/bin/loadgen
 (built on first use), pinned to the last CPU; the server's CPU time per
 request is reported next to the throughput because the load generator
-shares the machine, with the generator's own CPU per request: together they
-bound what the CPUs allow (cpus / (server + generator CPU per request)), and
-"room" says how far threads=1's rate is from that bound. echo and http do a few microseconds of Python per
-request: on two cores the load generator, not the server, sets their pace.
+shares the machine, and so is the generator's own: together they bound what
+the CPUs allow (cpus / (server + generator CPU per request)), and "room" is
+that bound at threads=1's costs over threads=1's rate. echo and http do a
+few microseconds of Python per request: on two cores the load generator, not
+the server, sets their pace.
 api renders a JSON document per request (tens of microseconds of Python, as
 an application's handler does): there the workers' Python is the work that
 threads=N spreads over the cores. Results also go to
@@ -84,6 +85,12 @@ class Api(Http):
         body = render_items()
         self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def cpu_bound(cpu_us, load_us):
+    """Requests/s the machine's CPUs allow when each costs the server cpu_us
+    and the load generator load_us of CPU time."""
+    return os.cpu_count() * 1e6 / (cpu_us + load_us)
 
 
 def cpu_time():
@@ -163,9 +170,7 @@ def main():
                                           "coroutines_per_s": rate, "runs": got})
                 continue
             rps, cpu, load = got[len(got) // 2]
-            # what the machine's CPUs allow at these costs: the server
-            # cannot serve faster than cpus / (its CPU + the generator's)
-            bound = os.cpu_count() * 1e6 / (cpu + load)
+            bound = cpu_bound(cpu, load)
             print(f"threads={threads} {name:5} {rps:10.0f} req/s  {cpu:6.1f} us CPU/req "
                   f"+ {load:4.1f} us load generator: {rps / bound:4.0%} of the "
                   f"{bound:7.0f} req/s {os.cpu_count()} CPUs allow (median of {args.repeat})",
@@ -176,10 +181,9 @@ def main():
     for name in workloads:
         if name != "coros" and 1 in counts and 2 in counts:
             ratios = sorted(b[0] / a[0] for a, b in zip(runs[(1, name)], runs[(2, name)]))
-            # threads=1 at its own per-request costs, scaled up to every CPU:
             # the most any thread count could serve without a cheaper request
-            one = sorted(runs[(1, name)])[len(ratios) // 2]
-            room = os.cpu_count() * 1e6 / (one[1] + one[2]) / one[0]
+            rps, cpu, load = sorted(runs[(1, name)])[len(ratios) // 2]
+            room = cpu_bound(cpu, load) / rps
             print(f"{name:5} threads=2 / threads=1: {ratios[len(ratios) // 2]:.2f}x "
                   f"(median of the {len(ratios)} rounds' ratios, "
                   f"{ratios[0]:.2f}-{ratios[-1]:.2f}); the CPUs leave threads=1 room "
