@@ -160,16 +160,18 @@ def main():
                     protocol, mode = servers[name]
                     run = tonio_loop.run(serve(protocol, mode, args), threads=threads)
                 runs.setdefault((threads, name), []).append(run)
+    medians = {}
     for threads in counts:
         for name in workloads:
             got = sorted(runs[(threads, name)])
+            medians[(threads, name)] = got[len(got) // 2]
             if name == "coros":
-                rate = got[len(got) // 2]
+                rate = medians[(threads, name)]
                 print(f"threads={threads} coros {rate:10.0f} coroutines/s", flush=True)
                 report["results"].append({"threads": threads, "workload": name,
                                           "coroutines_per_s": rate, "runs": got})
                 continue
-            rps, cpu, load = got[len(got) // 2]
+            rps, cpu, load = medians[(threads, name)]
             bound = cpu_bound(cpu, load)
             print(f"threads={threads} {name:5} {rps:10.0f} req/s  {cpu:6.1f} us CPU/req "
                   f"+ {load:4.1f} us load generator: {rps / bound:4.0%} of the "
@@ -182,7 +184,7 @@ def main():
         if name != "coros" and 1 in counts and 2 in counts:
             ratios = sorted(b[0] / a[0] for a, b in zip(runs[(1, name)], runs[(2, name)]))
             # the most any thread count could serve without a cheaper request
-            rps, cpu, load = sorted(runs[(1, name)])[len(ratios) // 2]
+            rps, cpu, load = medians[(1, name)]
             room = cpu_bound(cpu, load) / rps
             print(f"{name:5} threads=2 / threads=1: {ratios[len(ratios) // 2]:.2f}x "
                   f"(median of the {len(ratios)} rounds' ratios, "
