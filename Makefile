@@ -84,7 +84,7 @@ $(DBG_VENV)/.installed:
 	@tools/install-system-deps python3.11-dbg python3.11-dev python3.11-venv $(SYSTEM_DEPS)
 	/usr/bin/python3.11d -m venv $(DBG_VENV)
 	$(DBG_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
-	$(DBG_VENV)/bin/python -m pip install -q pytest pytest-asyncio pytest-timeout
+	$(DBG_VENV)/bin/python -m pip install -q pytest pytest-asyncio pytest-timeout anyio
 	@touch $@
 
 # The debug build has the same file name as .venv's: .venv rebuilds after it.

@@ -16,6 +16,20 @@ else:
 if os.environ.get("TONIO_SANITIZE"):
     extra += [f"-fsanitize={os.environ['TONIO_SANITIZE']}", "-fno-omit-frame-pointer"]
 
+
+def asyncio_base_sizes():
+    """The sizes of asyncio's own Future and Task objects in the interpreter
+    we build for: tonio_loop's Future and Task are subclasses of them and put
+    their own fields right after (include/tl_future.h); the module checks the
+    running interpreter's sizes again at import."""
+    import _asyncio
+
+    return [
+        ("TL_ASYNCIO_FUTURE_SIZE", str(_asyncio.Future.__basicsize__)),
+        ("TL_ASYNCIO_TASK_SIZE", str(_asyncio.Task.__basicsize__)),
+    ]
+
+
 setup(
     ext_modules=[
         Extension(
@@ -29,7 +43,7 @@ setup(
             extra_link_args=(
                 [f"-fsanitize={os.environ['TONIO_SANITIZE']}"] if os.environ.get("TONIO_SANITIZE") else []
             ),
-            define_macros=[("_GNU_SOURCE", "1")],
+            define_macros=[("_GNU_SOURCE", "1")] + asyncio_base_sizes(),
         )
     ],
 )

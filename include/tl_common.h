@@ -81,6 +81,8 @@ typedef struct tl_state {
     /* futures and tasks (future.c, task.c) */
     PyObject *fast_loop_type;        /* last Loop subclass seen to keep our
                                         call_soon (tl_loop_if_fast) */
+    PyTypeObject *asyncio_future_type; /* _asyncio.Future: our Future's base */
+    PyTypeObject *asyncio_task_type; /* _asyncio.Task: our Task's base */
     PyObject *cancelled_error;       /* asyncio.CancelledError */
     PyObject *invalid_state_error;   /* asyncio.InvalidStateError */
     PyObject *get_event_loop;        /* what Future() uses without loop= */
@@ -204,6 +206,12 @@ PyObject *tl_import_attr(const char *module, const char *name);
  * passes it as the one argument, as PyObject_CallMethod does. */
 PyObject *tl_getattr(PyObject *obj, const char *name);
 PyObject *tl_call_method(PyObject *obj, const char *name, const char *fmt, ...);
+
+/* One table of a type's methods (or attributes) from several, joined once
+ * per process (the result is never freed; NULL when out of memory). tables
+ * ends with NULL; a name an earlier table has is taken from it. */
+PyMethodDef *tl_join_methods(PyMethodDef *const *tables);
+PyGetSetDef *tl_join_getset(PyGetSetDef *const *tables);
 
 /* Monotonic seconds, the same clock as time.monotonic(). */
 double tl_monotonic(void);

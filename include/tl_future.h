@@ -13,6 +13,18 @@
  * Event). The rest of the Python API is, as asyncio's, meant for the loop's
  * thread; without the GIL (Py_GIL_DISABLED) it relies on that too, the
  * waiter tags are atomic and the free lists are off (tl_common.h).
+ *
+ * Future is a subclass of asyncio's C Future (_asyncio.Future) and Task of
+ * asyncio's C Task, so isinstance() holds for the libraries that branch on
+ * it (anyio decides whether to cancel a task by it). asyncio's part of the
+ * object comes first and stays as tp_alloc left it, zeroed: a Future that
+ * asyncio's own methods see as "not initialized". Every method and
+ * attribute is ours and shadows asyncio's; asyncio's C code reaches the
+ * zeroed part only through the few functions that accept subclasses (its
+ * task registry and call graph on 3.14+, its instance dict and weak
+ * references), and those find valid, empty fields. Our fields start after
+ * asyncio's Task part in both types, so the code below never asks which of
+ * the two it holds (a Future pays asyncio Task's extra bytes for that).
  */
 #ifndef TL_FUTURE_H
 #define TL_FUTURE_H
@@ -23,21 +35,38 @@ struct tl_loop;
 
 enum { TL_FUT_PENDING = 0, TL_FUT_CANCELLED = 1, TL_FUT_FINISHED = 2 };
 
+/* The sizes of asyncio's Future and Task objects in the interpreter the
+ * extension is built for (setup.py); module.c refuses to load into one where
+ * they are larger. */
+#if !defined(TL_ASYNCIO_FUTURE_SIZE) || !defined(TL_ASYNCIO_TASK_SIZE)
+#error "build with setup.py: it defines TL_ASYNCIO_FUTURE_SIZE and TL_ASYNCIO_TASK_SIZE"
+#endif
+
+typedef union {
+    PyObject ob;
+    char bytes[TL_ASYNCIO_TASK_SIZE];
+} tl_asyncio_part;
+
+/* What few futures and tasks need, out of line: every pending task would
+ * otherwise carry these pointers (memory per task is a published figure). */
+typedef struct tl_future_extra {
+    PyObject *cancel_msg;       /* cancel(msg)'s msg */
+    PyObject *cancelled_exc;    /* the CancelledError a task's coroutine raised */
+    PyObject *source_tb;        /* debug mode: where it was created */
+    PyObject *step_exc;         /* Task: what its next step throws in */
+} tl_future_extra;
+
 typedef struct tl_future {
-    PyObject_HEAD
+    tl_asyncio_part base;       /* asyncio's fields: zeroed, see above */
     tl_event ev;
     tl_state *st;
     PyObject *loop;             /* NULL until __init__ ran */
-    struct tl_loop *tloop;      /* == loop when it is ours and keeps our
-                                   call_soon: scheduling stays in C */
-    PyObject *result;
     PyObject *exception;
-    PyObject *exception_tb;
-    PyObject *cancel_msg;
-    PyObject *cancelled_exc;    /* the CancelledError a task's coroutine raised */
-    PyObject *source_tb;        /* debug mode: where it was created */
-    PyObject *dict;
-    PyObject *weakreflist;
+    union {
+        PyObject *result;       /* while exception is NULL */
+        PyObject *exception_tb; /* once it is set: its traceback then */
+    };
+    _Atomic(tl_future_extra *) extra;   /* NULL until needed */
 #ifdef Py_GIL_DISABLED
     _Atomic uint32_t cb_seq;    /* tags waiters in the order they came */
 #else
@@ -48,8 +77,28 @@ typedef struct tl_future {
                                    clears it from any thread */
     _Atomic uint8_t blocking;   /* _asyncio_future_blocking: relaxed (asyncio's
                                    isfuture() reads it from any thread) */
-    uint8_t finalized;          /* our finalizer already ran */
+    uint8_t fast;               /* loop is ours and keeps our call_soon:
+                                   scheduling stays in C (tl_future_tloop) */
 } tl_future;
+
+/* The loop when it schedules from C (tl_loop_if_fast), else NULL. */
+static inline struct tl_loop *tl_future_tloop(tl_future *fut)
+{
+    return fut->fast ? (struct tl_loop *)fut->loop : NULL;
+}
+
+static inline tl_future_extra *tl_future_extra_peek(tl_future *fut)
+{
+    return atomic_load_explicit(&fut->extra, memory_order_acquire);
+}
+
+/* One of the out-of-line fields, NULL when there is none. */
+#define TL_FUTURE_EXTRA(fut, field)                                           \
+    (tl_future_extra_peek(fut) ? tl_future_extra_peek(fut)->field : NULL)
+
+/* The out-of-line fields, made on first use (from any thread: the first
+ * one made wins). NULL with MemoryError. */
+tl_future_extra *tl_future_extra_get(tl_future *fut);
 
 extern PyType_Spec tl_future_spec;
 extern PyType_Spec tl_future_iter_spec;
@@ -74,11 +123,6 @@ static inline int tl_future_state(tl_future *fut)
 static inline int tl_future_check_exact(tl_state *st, PyObject *op)
 {
     return Py_IS_TYPE(op, st->future_type) || Py_IS_TYPE(op, st->task_type);
-}
-
-static inline int tl_future_check(tl_state *st, PyObject *op)
-{
-    return PyObject_TypeCheck(op, st->future_type);
 }
 
 /* The loop when it is one of ours that schedules from C, else NULL. */
@@ -130,7 +174,24 @@ void tl_kwarg_error(const char *fname, PyObject *key);
 
 /* Shared with Task's finalizer: log "exception was never retrieved". */
 void tl_future_finalize(tl_future *fut);
+
+/* Our fields only (Task's traverse and clear call them too). */
 int tl_future_traverse(tl_future *fut, visitproc visit, void *arg);
 int tl_future_clear(tl_future *fut);
+
+/* asyncio's part of the object (`ours`: our type's dealloc, which tells
+ * where asyncio's type is in the object's bases): visited and cleared with
+ * our fields, and torn down last by asyncio's own dealloc, which also drops
+ * the weak references and the dict and frees the object. */
+int tl_asyncio_part_traverse(PyObject *self, destructor ours, visitproc visit, void *arg);
+int tl_asyncio_part_clear(PyObject *self, destructor ours);
+void tl_asyncio_part_dealloc(PyObject *self, destructor ours);
+
+/* The Future's API, which Task offers too (asyncio's Task is no subclass of
+ * our Future, so it does not inherit them): the methods and attributes
+ * (NULL-terminated) and await. */
+extern PyMethodDef tl_future_methods[];
+extern PyGetSetDef tl_future_getset[];
+PyObject *tl_future_await(tl_future *fut);
 
 #endif

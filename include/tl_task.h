@@ -19,6 +19,18 @@
 #include "tl_future.h"
 #include "tl_dispatch.h"
 
+/* Threaded loops only: a task's steps run on workers (tl_dispatch.h), one at
+ * a time, and cancel() may come from any thread. Made with the task on such
+ * a loop; classic loops' tasks carry none. */
+typedef struct tl_task_mt {
+    tl_serial serial;           /* one step at a time */
+    tl_mutex step_lock;         /* held by each step and by the callbacks it
+                                   scheduled (home tasks) */
+    /* cancel() beside a running step: must_cancel, fut_waiter, the cancel
+     * message, finishing and num_cancels_requested change under it (task.c) */
+    tl_spinlock cancel_lock;
+} tl_task_mt;
+
 typedef struct tl_task {
     tl_future fut;
     tl_waiter waiter;           /* queued on the awaited Future of ours;
@@ -26,25 +38,40 @@ typedef struct tl_task {
                                    to the task */
     PyObject *coro;
     PyObject *context;
-    PyObject *name;             /* NULL: "Task-<name_id>", made on demand */
     PyObject *fut_waiter;
-    PyObject *step_exc;         /* what the scheduled step throws in */
     PyObject *registry_ref;     /* our entry in asyncio's set of tasks */
-    tl_serial serial;           /* threaded loops: one step at a time */
-    tl_mutex step_lock;         /* threaded loops: held by each step and by
-                                   the callbacks it scheduled (home tasks) */
-    uint64_t name_id;
+    tl_task_mt *mt;             /* threaded loops only */
+#if PY_VERSION_HEX < 0x030E0000
+    uint64_t name_id;           /* unnamed: "Task-<name_id>", made on demand */
+#endif
     int num_cancels_requested;
-    /* Threaded loops: cancel() may come from any thread while a step runs
-     * on a worker. must_cancel, fut_waiter, cancel_msg, finishing and
-     * num_cancels_requested change under this lock there (task.c). */
-    tl_spinlock cancel_lock;
     uint8_t must_cancel;
     uint8_t finishing;          /* the last step is settling the outcome */
     uint8_t log_destroy_pending;
 } tl_task;
 
-extern PyType_Spec tl_task_spec;
+/* The name is kept where asyncio's Task keeps its own, in asyncio's part of
+ * the object (tl_future.h): asyncio's get_name() and its introspection from
+ * outside the process (3.14's `python -m asyncio ps`) read it there. Its
+ * offset is found at import (tl_task_find_name_slot): asyncio's set_name()
+ * is asked to write a probe object's name and the probe searched for it.
+ * The slot holds a str, or NULL until an unnamed task is asked for its name
+ * (up to 3.13), or the task's number as an int (3.14+, as asyncio's Task
+ * does; its introspection needs a name object for every task). asyncio's
+ * traverse and clear of its part cover it. */
+extern Py_ssize_t tl_task_name_offset;
+
+static inline PyObject **tl_task_name_slot(tl_task *task)
+{
+    return (PyObject **)((char *)task + tl_task_name_offset);
+}
+
+/* -1 with ImportError when asyncio's Task does not keep its name as
+ * expected. */
+int tl_task_find_name_slot(PyTypeObject *asyncio_task);
+
+/* The Task type's spec, its tables joined on first use (NULL: no memory). */
+PyType_Spec *tl_task_spec_ready(void);
 
 struct tl_loop;
 

@@ -141,8 +141,8 @@ static callback_node *callback_new(tl_state *st, tl_future *fut, PyObject *fn, P
     tl_waiter_init(&n->w, TL_WAITER_CALLBACK, callback_wake);
     n->fn = Py_NewRef(fn);
     n->ctx = Py_NewRef(ctx);
-    n->home = fut->tloop != NULL && TL_UNLIKELY(fut->tloop->dispatch != NULL)
-                  ? tl_task_running_ref() : NULL;
+    tl_loop *tloop = tl_future_tloop(fut);
+    n->home = tloop != NULL && TL_UNLIKELY(tloop->dispatch != NULL) ? tl_task_running_ref() : NULL;
     return n;
 }
 
@@ -166,19 +166,20 @@ static int callback_wake(tl_waiter *w, PyObject *source)
 {
     callback_node *n = (callback_node *)w;
     tl_future *fut = (tl_future *)source;
+    tl_loop *tloop = tl_future_tloop(fut);
     int rc;
     if (n->home != NULL) {
         /* scheduled for the task that added it, not the one completing it */
-        tl_handle *h = tl_loop_check_closed(fut->tloop) < 0
-                           ? NULL : tl_handle_new(fut->tloop, n->fn, &source, 1, n->ctx);
+        tl_handle *h = tl_loop_check_closed(tloop) < 0
+                           ? NULL : tl_handle_new(tloop, n->fn, &source, 1, n->ctx);
         if (h != NULL) {
             Py_XSETREF(h->home, Py_NewRef(n->home));
-            rc = tl_loop_push_ready_threadsafe(fut->tloop, tl_handle_ready_fn, (PyObject *)h);
+            rc = tl_loop_push_ready_threadsafe(tloop, tl_handle_ready_fn, (PyObject *)h);
         } else {
             rc = -1;
         }
     } else {
-        rc = tl_call_soon(fut->st, fut->loop, fut->tloop, n->fn, &source, 1, n->ctx);
+        rc = tl_call_soon(fut->st, fut->loop, tloop, n->fn, &source, 1, n->ctx);
     }
     callback_free(fut->st, n);
     return rc;
@@ -229,7 +230,7 @@ static int future_add_callback(tl_future *fut, PyObject *fn, PyObject *ctx)
     tl_state *st = fut->st;
     if (tl_event_is_set(&fut->ev)) {
         PyObject *src = (PyObject *)fut;
-        return tl_call_soon(st, fut->loop, fut->tloop, fn, &src, 1,
+        return tl_call_soon(st, fut->loop, tl_future_tloop(fut), fn, &src, 1,
                             ctx == Py_None ? NULL : ctx);
     }
     PyObject *own_ctx = NULL;
@@ -406,9 +407,15 @@ int tl_future_set_exception(tl_future *fut, PyObject *exc)
 int tl_future_cancel(tl_future *fut, PyObject *msg)
 {
     atomic_store_explicit(&fut->log_tb, 0, memory_order_relaxed);
+    if (msg == Py_None)
+        msg = NULL;
+    tl_future_extra *x = msg != NULL ? tl_future_extra_get(fut) : tl_future_extra_peek(fut);
+    if (msg != NULL && x == NULL)
+        return -1;
     if (!tl_event_claim(&fut->ev))
         return 0;
-    Py_XSETREF(fut->cancel_msg, (msg == NULL || msg == Py_None) ? NULL : Py_NewRef(msg));
+    if (x != NULL)
+        Py_XSETREF(x->cancel_msg, Py_XNewRef(msg));
     atomic_store_explicit(&fut->state, TL_FUT_CANCELLED, memory_order_release);
     return tl_event_fire(&fut->ev, (PyObject *)fut) < 0 ? -1 : 1;
 }
@@ -418,13 +425,14 @@ PyObject *tl_future_make_cancelled_error(tl_future *fut)
     tl_state *st = future_state(fut);
     if (st == NULL)
         return NULL;
-    if (fut->cancelled_exc != NULL) {
+    tl_future_extra *x = tl_future_extra_peek(fut);
+    if (x != NULL && x->cancelled_exc != NULL) {
         /* the CancelledError the coroutine raised, once */
-        PyObject *exc = fut->cancelled_exc;
-        fut->cancelled_exc = NULL;
+        PyObject *exc = x->cancelled_exc;
+        x->cancelled_exc = NULL;
         return exc;
     }
-    return tl_cancelled_error_new(st, fut->cancel_msg);
+    return tl_cancelled_error_new(st, x != NULL ? x->cancel_msg : NULL);
 }
 
 PyObject *tl_cancelled_error_new(tl_state *st, PyObject *msg)
@@ -479,19 +487,65 @@ static PyObject *extract_stack(tl_state *st)
     return PyObject_CallOneArg(st->extract_stack, (PyObject *)frame);
 }
 
+/* Debug mode: where the future was made (_source_traceback). */
+static int future_remember_source(tl_future *fut)
+{
+    tl_future_extra *x = tl_future_extra_get(fut);
+    if (x == NULL)
+        return -1;
+    Py_XSETREF(x->source_tb, extract_stack(fut->st));
+    return x->source_tb != NULL ? 0 : -1;
+}
+
+tl_future_extra *tl_future_extra_get(tl_future *fut)
+{
+    tl_future_extra *x = tl_future_extra_peek(fut);
+    if (TL_LIKELY(x != NULL))
+        return x;
+    x = PyMem_Calloc(1, sizeof(*x));
+    if (x == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    tl_future_extra *found = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&fut->extra, &found, x, memory_order_acq_rel,
+                                                 memory_order_acquire)) {
+        PyMem_Free(x);      /* another thread made it first */
+        return found;
+    }
+    return x;
+}
+
+/* Detached first, released after: the releases may run any code. */
+static void future_extra_clear(tl_future *fut)
+{
+    tl_future_extra *x = atomic_exchange_explicit(&fut->extra, NULL, memory_order_acq_rel);
+    if (x == NULL)
+        return;
+    tl_future_extra copy = *x;
+    PyMem_Free(x);
+    Py_XDECREF(copy.cancel_msg);
+    Py_XDECREF(copy.cancelled_exc);
+    Py_XDECREF(copy.source_tb);
+    Py_XDECREF(copy.step_exc);
+}
+
+/* The outcome's fields (result, or exception and its traceback). */
+static void future_outcome_clear(tl_future *fut)
+{
+    Py_CLEAR(fut->result);      /* or exception_tb: the same slot */
+    Py_CLEAR(fut->exception);
+}
+
 /* Drop everything __init__ set (it may run again on the same object). */
 static void future_reset(tl_future *fut)
 {
     tl_waiter *chain = tl_event_reset(&fut->ev);
     dispose_chain(fut->st, chain, (PyObject *)fut);
+    fut->fast = 0;
     Py_CLEAR(fut->loop);
-    fut->tloop = NULL;
-    Py_CLEAR(fut->result);
-    Py_CLEAR(fut->exception);
-    Py_CLEAR(fut->exception_tb);
-    Py_CLEAR(fut->source_tb);
-    Py_CLEAR(fut->cancel_msg);
-    Py_CLEAR(fut->cancelled_exc);
+    future_outcome_clear(fut);
+    future_extra_clear(fut);
     atomic_store_explicit(&fut->state, TL_FUT_PENDING, memory_order_release);
     atomic_store_explicit(&fut->log_tb, 0, memory_order_relaxed);
     tl_future_set_blocking(fut, 0);
@@ -512,16 +566,11 @@ int tl_future_init(tl_future *fut, PyObject *loop)
         Py_INCREF(loop);
     }
     fut->loop = loop;
-    fut->tloop = tl_loop_if_fast(st, loop);
-    int debug = loop_get_debug(st, loop, fut->tloop);
+    fut->fast = tl_loop_if_fast(st, loop) != NULL;
+    int debug = loop_get_debug(st, loop, tl_future_tloop(fut));
     if (debug < 0)
         return -1;
-    if (debug) {
-        fut->source_tb = extract_stack(st);
-        if (fut->source_tb == NULL)
-            return -1;
-    }
-    return 0;
+    return debug ? future_remember_source(fut) : 0;
 }
 
 PyObject *tl_future_new(tl_loop *loop)
@@ -534,13 +583,10 @@ PyObject *tl_future_new(tl_loop *loop)
     tl_event_init(&fut->ev);
     fut->st = st;
     fut->loop = Py_NewRef((PyObject *)loop);
-    fut->tloop = tl_loop_if_fast(st, (PyObject *)loop);
-    if (TL_UNLIKELY(loop->debug)) {
-        fut->source_tb = extract_stack(st);
-        if (fut->source_tb == NULL) {
-            Py_DECREF(fut);
-            return NULL;
-        }
+    fut->fast = tl_loop_if_fast(st, (PyObject *)loop) != NULL;
+    if (TL_UNLIKELY(loop->debug) && future_remember_source(fut) < 0) {
+        Py_DECREF(fut);
+        return NULL;
     }
     return (PyObject *)fut;
 }
@@ -549,15 +595,14 @@ static PyObject *future_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
 {
     TL_UNUSED(args);
     TL_UNUSED(kwds);
+    tl_state *st = tl_state_of_type(tp);
+    if (st == NULL)
+        return NULL;
     tl_future *fut = (tl_future *)tp->tp_alloc(tp, 0);
     if (fut == NULL)
         return NULL;
     tl_event_init(&fut->ev);
-    fut->st = tl_state_of_type(tp);
-    if (fut->st == NULL) {
-        Py_DECREF(fut);
-        return NULL;
-    }
+    fut->st = st;
     return (PyObject *)fut;
 }
 
@@ -802,7 +847,7 @@ static PyObject *future_iter_new(tl_future *fut)
     return (PyObject *)it;
 }
 
-static PyObject *future_await(tl_future *fut)
+PyObject *tl_future_await(tl_future *fut)
 {
     if (ensure_alive(fut) < 0)
         return NULL;
@@ -1093,7 +1138,8 @@ static PyObject *get_result_attr(tl_future *fut, void *c)
     TL_UNUSED(c);
     if (ensure_alive(fut) < 0)
         return NULL;
-    return Py_NewRef(fut->result ? fut->result : Py_None);
+    PyObject *r = fut->exception == NULL ? fut->result : NULL;
+    return Py_NewRef(r ? r : Py_None);
 }
 
 static PyObject *get_exception_attr(tl_future *fut, void *c)
@@ -1107,13 +1153,15 @@ static PyObject *get_exception_attr(tl_future *fut, void *c)
 static PyObject *get_source_traceback(tl_future *fut, void *c)
 {
     TL_UNUSED(c);
-    return Py_NewRef(fut->source_tb ? fut->source_tb : Py_None);
+    PyObject *tb = TL_FUTURE_EXTRA(fut, source_tb);
+    return Py_NewRef(tb ? tb : Py_None);
 }
 
 static PyObject *get_cancel_message(tl_future *fut, void *c)
 {
     TL_UNUSED(c);
-    return Py_NewRef(fut->cancel_msg ? fut->cancel_msg : Py_None);
+    PyObject *msg = TL_FUTURE_EXTRA(fut, cancel_msg);
+    return Py_NewRef(msg ? msg : Py_None);
 }
 
 static int set_cancel_message(tl_future *fut, PyObject *v, void *c)
@@ -1123,7 +1171,10 @@ static int set_cancel_message(tl_future *fut, PyObject *v, void *c)
         PyErr_SetString(PyExc_AttributeError, "cannot delete attribute");
         return -1;
     }
-    Py_XSETREF(fut->cancel_msg, v == Py_None ? NULL : Py_NewRef(v));
+    tl_future_extra *x = v == Py_None ? tl_future_extra_peek(fut) : tl_future_extra_get(fut);
+    if (x == NULL)
+        return v == Py_None ? 0 : -1;
+    Py_XSETREF(x->cancel_msg, v == Py_None ? NULL : Py_NewRef(v));
     return 0;
 }
 
@@ -1143,7 +1194,7 @@ static PyObject *get_state(tl_future *fut, void *c)
     }
 }
 
-static PyGetSetDef future_getset[] = {
+PyGetSetDef tl_future_getset[] = {
     {"_asyncio_future_blocking", (getter)get_blocking, (setter)set_blocking, NULL, NULL},
     {"_log_traceback", (getter)get_log_traceback, (setter)set_log_traceback, NULL, NULL},
     {"_loop", (getter)get_loop_attr, NULL, NULL, NULL},
@@ -1156,13 +1207,7 @@ static PyGetSetDef future_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef future_members[] = {
-    {"__dictoffset__", Py_T_PYSSIZET, offsetof(tl_future, dict), Py_READONLY, NULL},
-    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(tl_future, weakreflist), Py_READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyMethodDef future_methods[] = {
+PyMethodDef tl_future_methods[] = {
     {"result", (PyCFunction)future_result, METH_NOARGS,
      "Return the result this future represents.\n\n"
      "If the future has been cancelled, raises CancelledError.  If the\n"
@@ -1231,8 +1276,9 @@ void tl_future_finalize(tl_future *fut)
         PyDict_SetItemString(context, "message", message) < 0 ||
         PyDict_SetItemString(context, "exception", fut->exception) < 0 ||
         PyDict_SetItemString(context, "future", (PyObject *)fut) < 0 ||
-        (fut->source_tb != NULL &&
-         PyDict_SetItemString(context, "source_traceback", fut->source_tb) < 0)) {
+        (TL_FUTURE_EXTRA(fut, source_tb) != NULL &&
+         PyDict_SetItemString(context, "source_traceback",
+                              TL_FUTURE_EXTRA(fut, source_tb)) < 0)) {
         PyErr_WriteUnraisable((PyObject *)fut);
     } else {
         PyObject *r = PyObject_CallMethodOneArg(fut->loop, fut->st->str_call_exception_handler,
@@ -1248,15 +1294,16 @@ void tl_future_finalize(tl_future *fut)
 
 int tl_future_traverse(tl_future *fut, visitproc visit, void *arg)
 {
-    Py_VISIT(Py_TYPE(fut));
     Py_VISIT(fut->loop);
-    Py_VISIT(fut->result);
+    Py_VISIT(fut->result);      /* or exception_tb */
     Py_VISIT(fut->exception);
-    Py_VISIT(fut->exception_tb);
-    Py_VISIT(fut->cancel_msg);
-    Py_VISIT(fut->cancelled_exc);
-    Py_VISIT(fut->source_tb);
-    Py_VISIT(fut->dict);
+    tl_future_extra *x = tl_future_extra_peek(fut);
+    if (x != NULL) {
+        Py_VISIT(x->cancel_msg);
+        Py_VISIT(x->cancelled_exc);
+        Py_VISIT(x->source_tb);
+        Py_VISIT(x->step_exc);
+    }
     /* the collector runs with the world stopped: no lock needed */
     for (tl_waiter *w = fut->ev.head; w != NULL; w = w->next) {
         if (w->kind == TL_WAITER_CALLBACK) {
@@ -1275,28 +1322,79 @@ int tl_future_clear(tl_future *fut)
     tl_waiter *chain = tl_event_reset(&fut->ev);
     if (fut->st != NULL)
         dispose_chain(fut->st, chain, (PyObject *)fut);
-    fut->tloop = NULL;
+    fut->fast = 0;
     Py_CLEAR(fut->loop);
-    Py_CLEAR(fut->result);
-    Py_CLEAR(fut->exception);
-    Py_CLEAR(fut->exception_tb);
-    Py_CLEAR(fut->cancel_msg);
-    Py_CLEAR(fut->cancelled_exc);
-    Py_CLEAR(fut->source_tb);
-    Py_CLEAR(fut->dict);
+    future_outcome_clear(fut);
+    future_extra_clear(fut);
     return 0;
+}
+
+/* asyncio's part of our objects (tl_future.h): what asyncio's own code may
+ * have stored there, and the instance dict, which lives in it. Found from
+ * the object's type (the base of our type, whose dealloc is `ours`), not
+ * from the module state, which may be cleared before the last object dies. */
+static PyTypeObject *asyncio_part_type(PyObject *self, destructor ours)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    while (tp->tp_dealloc != ours)
+        tp = tp->tp_base;
+    return tp->tp_base;
+}
+
+int tl_asyncio_part_traverse(PyObject *self, destructor ours, visitproc visit, void *arg)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    /* asyncio's types are static here: their traverse does not visit the
+     * type, and ours is a heap type */
+    Py_VISIT(Py_TYPE(self));
+#endif
+    return asyncio_part_type(self, ours)->tp_traverse(self, visit, arg);
+}
+
+int tl_asyncio_part_clear(PyObject *self, destructor ours)
+{
+    return asyncio_part_type(self, ours)->tp_clear(self);
+}
+
+void tl_asyncio_part_dealloc(PyObject *self, destructor ours)
+{
+    /* our finalizer already ran (asyncio's dealloc does not run it again),
+     * our fields are cleared: asyncio's dealloc clears its own, the weak
+     * references and the dict, and frees the object */
+    PyTypeObject *base = asyncio_part_type(self, ours);
+#if PY_VERSION_HEX < 0x030C0000
+    PyTypeObject *tp = Py_TYPE(self);
+    base->tp_dealloc(self);
+    Py_DECREF(tp);      /* a static type's dealloc leaves the heap type to us */
+#else
+    base->tp_dealloc(self);
+#endif
+}
+
+static void future_dealloc(tl_future *fut);
+
+static int future_traverse(tl_future *fut, visitproc visit, void *arg)
+{
+    int rc = tl_future_traverse(fut, visit, arg);
+    if (rc != 0)
+        return rc;
+    return tl_asyncio_part_traverse((PyObject *)fut, (destructor)future_dealloc, visit, arg);
+}
+
+static int future_clear(tl_future *fut)
+{
+    tl_future_clear(fut);
+    return tl_asyncio_part_clear((PyObject *)fut, (destructor)future_dealloc);
 }
 
 static void future_dealloc(tl_future *fut)
 {
-    PyTypeObject *tp = Py_TYPE(fut);
     if (PyObject_CallFinalizerFromDealloc((PyObject *)fut) < 0)
         return;     /* resurrected */
     PyObject_GC_UnTrack(fut);
-    TL_CLEAR_WEAKREFS(fut, fut->weakreflist);
+    PyObject_ClearWeakRefs((PyObject *)fut);
     tl_future_clear(fut);
-    tp->tp_free(fut);
-    Py_DECREF(tp);
+    tl_asyncio_part_dealloc((PyObject *)fut, (destructor)future_dealloc);
 }
 
 static PyObject *future_repr(tl_future *fut)
@@ -1312,14 +1410,13 @@ static PyType_Slot future_slots[] = {
     {Py_tp_init, future_tp_init},
     {Py_tp_dealloc, future_dealloc},
     {Py_tp_finalize, tl_future_finalize},
-    {Py_tp_traverse, tl_future_traverse},
-    {Py_tp_clear, tl_future_clear},
+    {Py_tp_traverse, future_traverse},
+    {Py_tp_clear, future_clear},
     {Py_tp_repr, future_repr},
-    {Py_tp_iter, future_await},
-    {Py_am_await, future_await},
-    {Py_tp_methods, future_methods},
-    {Py_tp_getset, future_getset},
-    {Py_tp_members, future_members},
+    {Py_tp_iter, tl_future_await},
+    {Py_am_await, tl_future_await},
+    {Py_tp_methods, tl_future_methods},
+    {Py_tp_getset, tl_future_getset},
     {Py_tp_doc,
      "Future(*, loop=None)\n--\n\n"
      "asyncio's Future, in C on tonio_loop's Event/Waiter core.\n\n"

@@ -1415,25 +1415,14 @@ static pthread_once_t loop_methods_once = PTHREAD_ONCE_INIT;
 
 static void loop_join_methods(void)
 {
-    PyMethodDef *tables[] = {tl_loop_core_methods, tl_timer_loop_methods,
-                             tl_io_loop_methods, tl_signal_loop_methods,
-                             tl_stream_loop_methods, tl_server_loop_methods,
-                             tl_sock_loop_methods, tl_sendfile_loop_methods,
-                             tl_pipe_loop_methods, tl_dns_loop_methods,
-                             tl_tcp_loop_methods, tl_tls_loop_methods, tl_dgram_loop_methods,
-                             NULL};
-    size_t n = 0;
-    for (PyMethodDef **t = tables; *t; t++)
-        for (PyMethodDef *m = *t; m->ml_name; m++)
-            n++;
-    PyMethodDef *all = calloc(n + 1, sizeof(PyMethodDef));
-    if (all == NULL)
-        return;
-    n = 0;
-    for (PyMethodDef **t = tables; *t; t++)
-        for (PyMethodDef *m = *t; m->ml_name; m++)
-            all[n++] = *m;
-    loop_all_methods = all;
+    PyMethodDef *const tables[] = {tl_loop_core_methods, tl_timer_loop_methods,
+                                   tl_io_loop_methods, tl_signal_loop_methods,
+                                   tl_stream_loop_methods, tl_server_loop_methods,
+                                   tl_sock_loop_methods, tl_sendfile_loop_methods,
+                                   tl_pipe_loop_methods, tl_dns_loop_methods,
+                                   tl_tcp_loop_methods, tl_tls_loop_methods,
+                                   tl_dgram_loop_methods, NULL};
+    loop_all_methods = tl_join_methods(tables);
 }
 
 static PyType_Slot loop_slots[] = {

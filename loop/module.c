@@ -57,6 +57,38 @@ PyObject *tl_call_method(PyObject *obj, const char *name, const char *fmt, ...)
     return r;
 }
 
+/* The joins count, then copy; an entry whose name an earlier table took is
+ * left out, so a type can override what it borrows. */
+#define TL_JOIN(T, NAME)                                                      \
+    size_t n = 0;                                                             \
+    for (T *const *t = tables; *t; t++)                                       \
+        for (const T *e = *t; e->NAME; e++)                                   \
+            n++;                                                              \
+    T *all = calloc(n + 1, sizeof(T));                                        \
+    if (all == NULL)                                                          \
+        return NULL;                                                          \
+    n = 0;                                                                    \
+    for (T *const *t = tables; *t; t++)                                       \
+        for (const T *e = *t; e->NAME; e++) {                                 \
+            size_t k = 0;                                                     \
+            while (k < n && strcmp(all[k].NAME, e->NAME) != 0)                \
+                k++;                                                          \
+            if (k == n)                                                       \
+                all[n++] = *e;                                                \
+        }                                                                     \
+    return all
+
+PyMethodDef *tl_join_methods(PyMethodDef *const *tables)
+{
+    TL_JOIN(PyMethodDef, ml_name);
+}
+
+PyGetSetDef *tl_join_getset(PyGetSetDef *const *tables)
+{
+    TL_JOIN(PyGetSetDef, name);
+}
+#undef TL_JOIN
+
 static int add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
                     PyObject *base)
 {
@@ -104,19 +136,54 @@ static int init_task_registry(tl_state *st)
     return 0;
 }
 
+/* asyncio's C Future and Task, the bases of ours: their objects must fit in
+ * the part of ours set aside for them (tl_future.h), whose size comes from
+ * the interpreter the extension was built for. */
+static int init_asyncio_bases(tl_state *st)
+{
+    PyObject *fut = tl_import_attr("_asyncio", "Future");
+    PyObject *task = fut ? tl_import_attr("_asyncio", "Task") : NULL;
+    if (task == NULL) {
+        Py_XDECREF(fut);
+        return -1;
+    }
+    st->asyncio_future_type = (PyTypeObject *)fut;
+    st->asyncio_task_type = (PyTypeObject *)task;
+    if (!PyType_Check(fut) || !PyType_Check(task) ||
+        !PyType_HasFeature((PyTypeObject *)fut, Py_TPFLAGS_BASETYPE) ||
+        !PyType_HasFeature((PyTypeObject *)task, Py_TPFLAGS_BASETYPE)) {
+        PyErr_SetString(PyExc_ImportError,
+                        "tonio_loop needs asyncio's C Future and Task (_asyncio) as base classes");
+        return -1;
+    }
+    Py_ssize_t fsize = st->asyncio_future_type->tp_basicsize;
+    Py_ssize_t tsize = st->asyncio_task_type->tp_basicsize;
+    if (fsize > TL_ASYNCIO_FUTURE_SIZE || tsize > TL_ASYNCIO_TASK_SIZE) {
+        PyErr_Format(PyExc_ImportError,
+                     "tonio_loop was built for a Python whose asyncio Future and Task "
+                     "objects take %d and %d bytes; this one's take %zd and %zd: "
+                     "rebuild tonio_loop for this interpreter",
+                     TL_ASYNCIO_FUTURE_SIZE, TL_ASYNCIO_TASK_SIZE, fsize, tsize);
+        return -1;
+    }
+    return tl_task_find_name_slot(st->asyncio_task_type);
+}
+
 static int core_exec(PyObject *module)
 {
     tl_state *st = tl_state_of_module(module);
     PyType_Spec *loop_spec = tl_loop_spec_ready();
-    if (loop_spec == NULL ||
+    PyType_Spec *task_spec = tl_task_spec_ready();
+    if (loop_spec == NULL || task_spec == NULL || init_asyncio_bases(st) < 0 ||
         add_type(module, &st->loop_type, loop_spec, NULL) < 0 ||
         add_type(module, &st->handle_type, &tl_handle_spec, NULL) < 0 ||
         add_type(module, &st->timer_handle_type, &tl_timer_handle_spec,
                  (PyObject *)st->handle_type) < 0 ||
         add_type(module, &st->event_type, &tl_event_spec, NULL) < 0 ||
-        add_type(module, &st->future_type, &tl_future_spec, NULL) < 0 ||
+        add_type(module, &st->future_type, &tl_future_spec,
+                 (PyObject *)st->asyncio_future_type) < 0 ||
         add_type(module, &st->future_iter_type, &tl_future_iter_spec, NULL) < 0 ||
-        add_type(module, &st->task_type, &tl_task_spec, (PyObject *)st->future_type) < 0 ||
+        add_type(module, &st->task_type, task_spec, (PyObject *)st->asyncio_task_type) < 0 ||
         add_type(module, &st->worker_key_type, &tl_worker_key_spec, NULL) < 0)
         return -1;
     /* what create_future()/create_task() make: ours */
@@ -208,6 +275,7 @@ static int core_exec(PyObject *module)
 #define TL_STATE_OBJECTS(X)                                                   \
     X(loop_type) X(handle_type) X(timer_handle_type)                          \
     X(event_type) X(future_type) X(future_iter_type) X(task_type)             \
+    X(asyncio_future_type) X(asyncio_task_type)                               \
     X(worker_key_type)                                                        \
     X(fast_loop_type) X(cancelled_error) X(invalid_state_error)               \
     X(get_event_loop) X(future_repr) X(task_repr) X(task_get_stack)           \

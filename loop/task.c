@@ -13,6 +13,8 @@
 #include "tl_loop.h"
 #include "tl_dispatch.h"
 
+#include <pthread.h>
+
 static int task_step(tl_task *task, PyObject *exc);
 static int task_step_ready(tl_loop *loop, PyObject *obj);
 static int task_wakeup_ready(tl_loop *loop, PyObject *obj);
@@ -56,7 +58,10 @@ static int getattr_optional(PyObject *obj, PyObject *name, PyObject **result)
  * the task dies; instead the entry goes straight into the set the WeakSet
  * iterates (its .data), as a plain weak reference, and the task takes it out
  * itself when it finishes (or dies pending). Same view for all_tasks(), a
- * fraction of the cost (see bench/workloads/tasks.py). */
+ * fraction of the cost (see bench/workloads/tasks.py). The task keeps its
+ * entry to take it out: asking for its weak reference again would not do,
+ * the collector clears those of a task that dies in a cycle before it is
+ * freed. */
 static int task_register(tl_task *task)
 {
     if (task->registry_ref != NULL)
@@ -113,7 +118,7 @@ static void task_unregister(tl_task *task)
 static inline PyObject *task_key(tl_task *task)
 {
 #if PY_VERSION_HEX < 0x030E0000
-    tl_loop *tloop = task->fut.tloop;
+    tl_loop *tloop = tl_future_tloop(&task->fut);
     if (TL_UNLIKELY(tloop != NULL && tloop->dispatch != NULL)) {
         PyObject *key = tl_dispatch_task_key(tloop);
         if (key != NULL)
@@ -230,7 +235,7 @@ int tl_task_home_enter(PyObject *home, tl_task **saved)
     *saved = task_running;
     if (task == task_running)
         return 0;               /* its own step runs it (Handle._run() by hand) */
-    tl_mutex_lock(&task->step_lock);
+    tl_mutex_lock(&task->mt->step_lock);
     task_running = task;
     return 1;
 }
@@ -239,7 +244,7 @@ void tl_task_home_leave(PyObject *home, tl_task *saved, int locked)
 {
     task_running = saved;
     if (locked)
-        tl_mutex_unlock(&((tl_task *)home)->step_lock);
+        tl_mutex_unlock(&((tl_task *)home)->mt->step_lock);
 }
 
 /* A threaded loop's item for a task: its step, never on two threads at once,
@@ -248,7 +253,7 @@ static int task_serial_ready(tl_loop *loop, PyObject *obj)
 {
     tl_task *saved;
     int locked = tl_task_home_enter(obj, &saved);
-    int rc = tl_serial_run(loop, &((tl_task *)obj)->serial, task_serial_ready, obj);
+    int rc = tl_serial_run(loop, &((tl_task *)obj)->mt->serial, task_serial_ready, obj);
     tl_task_home_leave(obj, saved, locked);
     return rc;
 }
@@ -261,7 +266,7 @@ static inline int task_push(tl_loop *loop, tl_ready_fn fn, tl_task *task, int th
     if (!threadsafe)
         Py_INCREF(obj);
     if (TL_UNLIKELY(loop->dispatch != NULL))
-        return tl_serial_push(loop, &task->serial, task_serial_ready, fn, obj);
+        return tl_serial_push(loop, &task->mt->serial, task_serial_ready, fn, obj);
     return threadsafe ? tl_loop_push_ready_threadsafe(loop, fn, obj)
                       : tl_loop_push_ready(loop, fn, obj);
 }
@@ -279,19 +284,20 @@ static inline int task_push(tl_loop *loop, tl_ready_fn fn, tl_task *task, int th
  * Classic loops run both on the loop's thread: no lock. */
 static inline int task_shared(tl_task *task)
 {
-    return task->fut.tloop != NULL && task->fut.tloop->dispatch != NULL;
+    tl_loop *tloop = tl_future_tloop(&task->fut);
+    return tloop != NULL && tloop->dispatch != NULL;
 }
 
 static inline void task_lock(tl_task *task, int shared)
 {
     if (shared)
-        tl_spin_lock(&task->cancel_lock);
+        tl_spin_lock(&task->mt->cancel_lock);
 }
 
 static inline void task_unlock(tl_task *task, int shared)
 {
     if (shared)
-        tl_spin_unlock(&task->cancel_lock);
+        tl_spin_unlock(&task->mt->cancel_lock);
 }
 
 /* fut_waiter = waiter (stolen); the old one is released outside the lock. */
@@ -319,7 +325,7 @@ static TL_NOINLINE int task_take_cancel_shared(tl_task *task, PyObject **msg, in
     task_lock(task, 1);
     int must = task->must_cancel;
     task->must_cancel = 0;
-    *msg = must ? Py_XNewRef(task->fut.cancel_msg) : NULL;
+    *msg = must ? Py_XNewRef(TL_FUTURE_EXTRA(&task->fut, cancel_msg)) : NULL;
     if (finishing)
         task->finishing = 1;
     task_unlock(task, 1);
@@ -334,7 +340,7 @@ static TL_INLINE int task_take_cancel(tl_task *task, PyObject **msg, int finishi
     if (TL_LIKELY(!task->must_cancel))
         return 0;
     task->must_cancel = 0;
-    *msg = Py_XNewRef(task->fut.cancel_msg);
+    *msg = Py_XNewRef(TL_FUTURE_EXTRA(&task->fut, cancel_msg));
     return 1;
 }
 
@@ -362,7 +368,7 @@ static int task_pass_cancel(tl_task *task, PyObject *waiter)
         return 0;
     task_lock(task, shared);
     int must = task->must_cancel;
-    PyObject *msg = must ? Py_XNewRef(task->fut.cancel_msg) : NULL;
+    PyObject *msg = must ? Py_XNewRef(TL_FUTURE_EXTRA(&task->fut, cancel_msg)) : NULL;
     task_unlock(task, shared);
     if (!must)
         return 0;
@@ -376,14 +382,35 @@ static int task_pass_cancel(tl_task *task, PyObject *waiter)
     return r < 0 ? -1 : 0;
 }
 
+/* What the next step throws in (NULL: nothing); out of line, it is rare. */
+static int task_set_step_exc(tl_task *task, PyObject *exc)
+{
+    tl_future_extra *x = exc != NULL ? tl_future_extra_get(&task->fut)
+                                     : tl_future_extra_peek(&task->fut);
+    if (x == NULL)
+        return exc != NULL ? -1 : 0;
+    Py_XSETREF(x->step_exc, Py_XNewRef(exc));
+    return 0;
+}
+
+static PyObject *task_take_step_exc(tl_task *task)
+{
+    tl_future_extra *x = tl_future_extra_peek(&task->fut);
+    if (TL_LIKELY(x == NULL))
+        return NULL;
+    PyObject *exc = x->step_exc;
+    x->step_exc = NULL;
+    return exc;
+}
+
 /* call_soon(step, exc) in the task's context. */
 static int task_schedule_step(tl_task *task, PyObject *exc)
 {
     tl_future *f = &task->fut;
-    if (f->tloop != NULL) {
-        if (tl_loop_check_closed(f->tloop) < 0)
+    tl_loop *tloop = tl_future_tloop(f);
+    if (tloop != NULL) {
+        if (tl_loop_check_closed(tloop) < 0 || task_set_step_exc(task, exc) < 0)
             return -1;
-        Py_XSETREF(task->step_exc, Py_XNewRef(exc));
 #ifndef Py_GIL_DISABLED
         /* A task waiting in a running loop's ready queue is alive by that
          * queue: the collector need not visit it (with a million tasks
@@ -391,11 +418,11 @@ static int task_schedule_step(tl_task *task, PyObject *exc)
          * tracks it again after its step, and a loop that stops running
          * tracks what is still queued (tl_loop_track_queued). Threaded
          * loops keep it tracked: their queues are the workers'. */
-        if (f->tloop->thread_id && f->tloop->dispatch == NULL &&
+        if (tloop->thread_id && tloop->dispatch == NULL &&
             PyObject_GC_IsTracked((PyObject *)task))
             PyObject_GC_UnTrack(task);
 #endif
-        return task_push(f->tloop, task_step_ready, task, 0);
+        return task_push(tloop, task_step_ready, task, 0);
     }
     PyObject *step = PyCFunction_New(&task_step_def, (PyObject *)task);
     if (step == NULL)
@@ -436,8 +463,9 @@ int tl_task_waiter_wake(tl_waiter *w, PyObject *source)
     /* the reference the future's list held now belongs to us */
     tl_task *task = tl_task_of_waiter(w);
     tl_future *f = &task->fut;
-    if (f->tloop != NULL) {
-        if (tl_loop_check_closed(f->tloop) < 0) {
+    tl_loop *tloop = tl_future_tloop(f);
+    if (tloop != NULL) {
+        if (tl_loop_check_closed(tloop) < 0) {
             Py_DECREF(task);
             return -1;
         }
@@ -447,10 +475,10 @@ int tl_task_waiter_wake(tl_waiter *w, PyObject *source)
          * goes there too, behind them */
         uint8_t behind = w->after_callback;
         w->after_callback = 0;
-        if (TL_UNLIKELY(behind) && f->tloop->dispatch != NULL)
-            return tl_dispatch_push_callback(f->tloop, task_wake_behind_ready, (PyObject *)task);
+        if (TL_UNLIKELY(behind) && tloop->dispatch != NULL)
+            return tl_dispatch_push_callback(tloop, task_wake_behind_ready, (PyObject *)task);
         /* a future may be set from any thread: wake the loop if it sleeps */
-        return task_push(f->tloop, task_wakeup_ready, task, 1);
+        return task_push(tloop, task_wakeup_ready, task, 1);
     }
     PyObject *wakeup = tl_task_wakeup_method(task);
     int rc = wakeup ? tl_call_soon(f->st, f->loop, NULL, wakeup, &source, 1, task->context) : -1;
@@ -595,7 +623,7 @@ static int task_handle_yield(tl_task *task, PyObject *result)
             Py_DECREF(result);
             return -1;
         }
-        tl_loop *tloop = task->fut.tloop;
+        tl_loop *tloop = tl_future_tloop(&task->fut);
         if (tloop != NULL && tloop->dispatch != NULL) {
             /* Worker threads: asyncio's own futures are not thread-safe, and
              * what completes this one (gather()'s outer future: its
@@ -697,7 +725,12 @@ static int task_step_impl(tl_task *task, PyObject *exc)
 
     if (PyErr_ExceptionMatches(st->cancelled_error)) {
         /* kept so that result() re-raises this very exception */
-        Py_XSETREF(task->fut.cancelled_exc, PyErr_GetRaisedException());
+        tl_future_extra *x = tl_future_extra_get(&task->fut);
+        if (x == NULL) {
+            task_finished(task);
+            return -1;
+        }
+        Py_XSETREF(x->cancelled_exc, PyErr_GetRaisedException());
         rc = tl_future_cancel(&task->fut, NULL) < 0 ? -1 : 0;
         task_finished(task);
         return rc;
@@ -775,8 +808,9 @@ static int task_report_error(tl_task *task, PyMethodDef *def, PyObject *arg)
     PyObject *exc = PyErr_GetRaisedException();
     PyObject *fn = PyCFunction_New(def, (PyObject *)task);
     PyObject *args = fn ? (arg ? PyTuple_Pack(1, arg) : PyTuple_New(0)) : NULL;
-    tl_handle *h = args ? tl_handle_new(task->fut.tloop, fn, &PyTuple_GET_ITEM(args, 0),
-                                        PyTuple_GET_SIZE(args), task->context)
+    tl_handle *h = args ? tl_handle_new(tl_future_tloop(&task->fut), fn,
+                                        &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args),
+                                        task->context)
                         : NULL;
     int rc = -1;
     if (h != NULL) {
@@ -833,8 +867,7 @@ static int task_step_ready(tl_loop *loop, PyObject *obj)
 {
     TL_UNUSED(loop);
     tl_task *task = (tl_task *)obj;
-    PyObject *exc = task->step_exc;
-    task->step_exc = NULL;
+    PyObject *exc = task_take_step_exc(task);
     int rc = task_run(task, exc, &task_step_def, exc);
     Py_XDECREF(exc);
     return rc;
@@ -861,7 +894,7 @@ static PyObject *task_wakeup_py(tl_task *task, PyObject *fut)
 {
     PyObject *exc;
     task_outcome_of(task, fut, &exc);
-    tl_loop *tloop = task->fut.tloop;
+    tl_loop *tloop = tl_future_tloop(&task->fut);
     /* Worker threads: asyncio steps the task right here, in the callback;
      * here the step goes through the task's serial queue, or it could run
      * beside a step of the same task on another worker */
@@ -918,7 +951,7 @@ static int task_eager_start(tl_task *task)
     tl_task *saved = NULL;
     int locked = 0;
     if (shared) {
-        tl_serial_hold(&task->serial);
+        tl_serial_hold(&task->mt->serial);
         locked = tl_task_home_enter((PyObject *)task, &saved);
     }
     int retval = task_step_impl(task, NULL);
@@ -969,7 +1002,8 @@ static int task_eager_start(tl_task *task)
     }
     if (shared) {
         tl_task_home_leave((PyObject *)task, saved, locked);
-        tl_serial_release(task->fut.tloop, &task->serial, task_serial_ready, (PyObject *)task);
+        tl_serial_release(tl_future_tloop(&task->fut), &task->mt->serial, task_serial_ready,
+                          (PyObject *)task);
     }
     if (error != NULL)
         PyErr_SetRaisedException(error);
@@ -1009,9 +1043,8 @@ static void task_reset(tl_task *task)
     task_unregister(task);
     Py_CLEAR(task->coro);
     Py_CLEAR(task->context);
-    Py_CLEAR(task->name);
+    Py_CLEAR(*tl_task_name_slot(task));
     Py_CLEAR(task->fut_waiter);
-    Py_CLEAR(task->step_exc);
 }
 
 static int task_init(tl_task *task, PyObject *coro, PyObject *loop, PyObject *name,
@@ -1021,10 +1054,17 @@ static int task_init(tl_task *task, PyObject *coro, PyObject *loop, PyObject *na
         task_reset(task);
     if (tl_future_init(&task->fut, loop) < 0)
         return -1;
+    if (task_shared(task) && task->mt == NULL) {
+        task->mt = PyMem_Calloc(1, sizeof(tl_task_mt));
+        if (task->mt == NULL) {
+            task->fut.fast = 0;     /* nothing may take the locks it lacks */
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
     tl_state *st = task->fut.st;
     task->must_cancel = 0;
     task->finishing = 0;
-    atomic_init(&task->cancel_lock.held, 0);
     task->log_destroy_pending = 1;
     task->num_cancels_requested = 0;
     int is_coro = task_is_coroutine(st, coro);
@@ -1043,25 +1083,34 @@ static int task_init(tl_task *task, PyObject *coro, PyObject *loop, PyObject *na
     } else {
         task->context = Py_NewRef(context);
     }
+    PyObject **name_slot = tl_task_name_slot(task);
     if (name == NULL || name == Py_None) {
-        task->name_id = atomic_fetch_add_explicit(&st->task_name_counter, 1,
-                                                  memory_order_relaxed) + 1;
+        uint64_t number = atomic_fetch_add_explicit(&st->task_name_counter, 1,
+                                                    memory_order_relaxed) + 1;
+#if PY_VERSION_HEX < 0x030E0000
+        task->name_id = number;
+#else
+        *name_slot = PyLong_FromUnsignedLongLong(number);
+        if (*name_slot == NULL)
+            return -1;
+#endif
     } else if (PyUnicode_CheckExact(name)) {
-        task->name = Py_NewRef(name);
+        *name_slot = Py_NewRef(name);
     } else {
-        task->name = PyObject_Str(name);
-        if (task->name == NULL)
+        *name_slot = PyObject_Str(name);
+        if (*name_slot == NULL)
             return -1;
     }
     task->coro = Py_NewRef(coro);
-    if (task_shared(task) && tl_dispatch_on_worker(task->fut.tloop))
+    if (task_shared(task) && tl_dispatch_on_worker(tl_future_tloop(&task->fut)))
         tl_strand_adopt((PyObject *)task);     /* created by a protocol callback */
 
 #if PY_VERSION_HEX >= 0x030C0000
     if (eager_start) {
         int running;
-        if (task->fut.tloop != NULL) {
-            running = task->fut.tloop->thread_id != 0;
+        tl_loop *tloop = tl_future_tloop(&task->fut);
+        if (tloop != NULL) {
+            running = tloop->thread_id != 0;
         } else {
             PyObject *r = PyObject_CallMethodNoArgs(task->fut.loop, st->str_is_running);
             running = r ? PyObject_IsTrue(r) : -1;
@@ -1109,16 +1158,15 @@ static PyObject *task_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
 {
     TL_UNUSED(args);
     TL_UNUSED(kwds);
+    tl_state *st = tl_state_of_type(tp);
+    if (st == NULL)
+        return NULL;
     tl_task *task = (tl_task *)tp->tp_alloc(tp, 0);
     if (task == NULL)
         return NULL;
     tl_event_init(&task->fut.ev);
     tl_waiter_init(&task->waiter, TL_WAITER_TASK, tl_task_waiter_wake);
-    task->fut.st = tl_state_of_type(tp);
-    if (task->fut.st == NULL) {
-        Py_DECREF(task);
-        return NULL;
-    }
+    task->fut.st = st;
     return (PyObject *)task;
 }
 
@@ -1147,6 +1195,13 @@ static int task_cancel(tl_task *task, PyObject *msg)
     atomic_store_explicit(&task->fut.log_tb, 0, memory_order_relaxed);
     if (tl_future_state(&task->fut) != TL_FUT_PENDING)
         return 0;
+    if (msg == Py_None)
+        msg = NULL;
+    /* where the message goes, made before the lock is taken */
+    tl_future_extra *x = msg != NULL ? tl_future_extra_get(&task->fut)
+                                     : tl_future_extra_peek(&task->fut);
+    if (msg != NULL && x == NULL)
+        return -1;
     int shared = task_shared(task);
     task_lock(task, shared);
     if (task->finishing) {
@@ -1184,8 +1239,11 @@ static int task_cancel(tl_task *task, PyObject *msg)
         return 0;
     }
     task->must_cancel = 1;
-    PyObject *old_msg = task->fut.cancel_msg;
-    task->fut.cancel_msg = (msg == NULL || msg == Py_None) ? NULL : Py_NewRef(msg);
+    PyObject *old_msg = NULL;
+    if (x != NULL) {
+        old_msg = x->cancel_msg;
+        x->cancel_msg = Py_XNewRef(msg);
+    }
     task_unlock(task, shared);
     Py_XDECREF(old_msg);
     Py_XDECREF(waiter);
@@ -1228,14 +1286,26 @@ static PyObject *task_uncancel(tl_task *task, PyObject *Py_UNUSED(ignored))
 
 static PyObject *task_get_name(tl_task *task, PyObject *Py_UNUSED(ignored))
 {
-    if (task->name == NULL) {
+    PyObject **slot = tl_task_name_slot(task);
+#if PY_VERSION_HEX < 0x030E0000
+    if (*slot == NULL) {
         if (task->name_id == 0)
             Py_RETURN_NONE;     /* never initialized */
-        task->name = PyUnicode_FromFormat("Task-%llu", (unsigned long long)task->name_id);
-        if (task->name == NULL)
+        *slot = PyUnicode_FromFormat("Task-%llu", (unsigned long long)task->name_id);
+        if (*slot == NULL)
             return NULL;
     }
-    return Py_NewRef(task->name);
+#else
+    if (*slot == NULL)
+        Py_RETURN_NONE;         /* never initialized */
+    if (PyLong_CheckExact(*slot)) {
+        PyObject *name = PyUnicode_FromFormat("Task-%S", *slot);
+        if (name == NULL)
+            return NULL;
+        Py_SETREF(*slot, name);
+    }
+#endif
+    return Py_NewRef(*slot);
 }
 
 static PyObject *task_set_name(tl_task *task, PyObject *value)
@@ -1243,7 +1313,7 @@ static PyObject *task_set_name(tl_task *task, PyObject *value)
     PyObject *name = PyUnicode_CheckExact(value) ? Py_NewRef(value) : PyObject_Str(value);
     if (name == NULL)
         return NULL;
-    Py_XSETREF(task->name, name);
+    Py_XSETREF(*tl_task_name_slot(task), name);
     Py_RETURN_NONE;
 }
 
@@ -1416,8 +1486,9 @@ static void task_finalize(tl_task *task)
         if (context == NULL ||
             PyDict_SetItemString(context, "task", (PyObject *)task) < 0 ||
             PyDict_SetItemString(context, "message", message) < 0 ||
-            (f->source_tb != NULL &&
-             PyDict_SetItemString(context, "source_traceback", f->source_tb) < 0)) {
+            (TL_FUTURE_EXTRA(f, source_tb) != NULL &&
+             PyDict_SetItemString(context, "source_traceback",
+                                  TL_FUTURE_EXTRA(f, source_tb)) < 0)) {
             PyErr_WriteUnraisable((PyObject *)task);
         } else {
             PyObject *r = PyObject_CallMethodOneArg(f->loop, f->st->str_call_exception_handler,
@@ -1433,39 +1504,44 @@ static void task_finalize(tl_task *task)
     tl_future_finalize(f);
 }
 
+static void task_dealloc(tl_task *task);
+
 static int task_traverse(tl_task *task, visitproc visit, void *arg)
 {
     Py_VISIT(task->coro);
     Py_VISIT(task->context);
-    Py_VISIT(task->name);
     Py_VISIT(task->fut_waiter);
-    Py_VISIT(task->step_exc);
-    return tl_future_traverse(&task->fut, visit, arg);
+    int rc = tl_future_traverse(&task->fut, visit, arg);
+    if (rc != 0)
+        return rc;
+    return tl_asyncio_part_traverse((PyObject *)task, (destructor)task_dealloc, visit, arg);
+}
+
+/* Our fields only. */
+static void task_clear_own(tl_task *task)
+{
+    Py_CLEAR(task->coro);
+    Py_CLEAR(task->context);
+    Py_CLEAR(task->fut_waiter);
+    tl_future_clear(&task->fut);
 }
 
 static int task_clear(tl_task *task)
 {
-    Py_CLEAR(task->coro);
-    Py_CLEAR(task->context);
-    Py_CLEAR(task->name);
-    Py_CLEAR(task->fut_waiter);
-    Py_CLEAR(task->step_exc);
-    return tl_future_clear(&task->fut);
+    task_clear_own(task);
+    return tl_asyncio_part_clear((PyObject *)task, (destructor)task_dealloc);
 }
 
 static void task_dealloc(tl_task *task)
 {
-    PyTypeObject *tp = Py_TYPE(task);
     if (PyObject_CallFinalizerFromDealloc((PyObject *)task) < 0)
         return;     /* resurrected */
     PyObject_GC_UnTrack(task);
-    if (task->fut.st != NULL)
-        task_unregister(task);
-    Py_CLEAR(task->registry_ref);
-    TL_CLEAR_WEAKREFS(task, task->fut.weakreflist);
-    task_clear(task);
-    tp->tp_free(task);
-    Py_DECREF(tp);
+    task_unregister(task);
+    PyObject_ClearWeakRefs((PyObject *)task);
+    task_clear_own(task);
+    PyMem_Free(task->mt);
+    tl_asyncio_part_dealloc((PyObject *)task, (destructor)task_dealloc);
 }
 
 static PyObject *task_repr(tl_task *task)
@@ -1481,17 +1557,90 @@ static PyType_Slot task_slots[] = {
     {Py_tp_traverse, task_traverse},
     {Py_tp_clear, task_clear},
     {Py_tp_repr, task_repr},
-    {Py_tp_methods, task_methods},
-    {Py_tp_getset, task_getset},
+    {Py_tp_iter, tl_future_await},
+    {Py_am_await, tl_future_await},
+    {Py_tp_methods, NULL},      /* task_spec_fill(): Task's, then Future's */
+    {Py_tp_getset, NULL},
     {Py_tp_doc,
      "Task(coro, *, loop=None, name=None, context=None, eager_start=False)\n--\n\n"
      "A coroutine wrapped in a Future."},
     {0, NULL},
 };
 
-PyType_Spec tl_task_spec = {
+static PyType_Spec task_spec = {
     .name = "tonio_loop._core.Task",
     .basicsize = sizeof(tl_task),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = task_slots,
 };
+
+Py_ssize_t tl_task_name_offset;
+
+int tl_task_find_name_slot(PyTypeObject *asyncio_task)
+{
+    PyObject *args = PyTuple_New(0);
+    PyObject *probe = args ? asyncio_task->tp_new(asyncio_task, args, NULL) : NULL;
+    PyObject *mark = PyUnicode_FromString("tonio_loop: where asyncio keeps a task's name");
+    PyObject *r = probe && mark ? tl_call_method((PyObject *)asyncio_task, "set_name", "OO",
+                                                 probe, mark)
+                                : NULL;
+    PyObject *back = r ? tl_call_method((PyObject *)asyncio_task, "get_name", "O", probe) : NULL;
+    int found = 0;
+    if (back != NULL) {
+        const size_t step = sizeof(PyObject *);
+        for (size_t off = sizeof(PyObject); off + step <= (size_t)asyncio_task->tp_basicsize;
+             off += step) {
+            if (*(PyObject **)((char *)probe + off) == mark) {
+                tl_task_name_offset = (Py_ssize_t)off;
+                found++;
+            }
+        }
+    }
+    int ok = found == 1 && back == mark;
+    Py_XDECREF(back);
+    Py_XDECREF(r);
+    Py_XDECREF(probe);
+    Py_XDECREF(mark);
+    Py_XDECREF(args);
+    if (PyErr_Occurred())
+        return -1;
+    if (!ok) {
+        PyErr_SetString(PyExc_ImportError,
+                        "tonio_loop cannot find where asyncio's Task keeps its name "
+                        "(asyncio.Task.set_name changed)");
+        return -1;
+    }
+    return 0;
+}
+
+/* Task derives from asyncio's Task, not from our Future: it takes the
+ * Future's methods and attributes into its own tables, where its own come
+ * first, so nothing of asyncio's (which would read asyncio's empty fields)
+ * shows through. */
+static pthread_once_t task_spec_once = PTHREAD_ONCE_INIT;
+static PyMethodDef *task_all_methods;
+static PyGetSetDef *task_all_getset;
+
+static void task_spec_fill(void)
+{
+    PyMethodDef *const methods[] = {task_methods, tl_future_methods, NULL};
+    PyGetSetDef *const getset[] = {task_getset, tl_future_getset, NULL};
+    task_all_methods = tl_join_methods(methods);
+    task_all_getset = tl_join_getset(getset);
+    for (PyType_Slot *s = task_slots; s->slot; s++) {
+        if (s->slot == Py_tp_methods)
+            s->pfunc = task_all_methods;
+        else if (s->slot == Py_tp_getset)
+            s->pfunc = task_all_getset;
+    }
+}
+
+PyType_Spec *tl_task_spec_ready(void)
+{
+    pthread_once(&task_spec_once, task_spec_fill);
+    if (task_all_methods == NULL || task_all_getset == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    return &task_spec;
+}

@@ -391,6 +391,49 @@ def task_on_foreign_loop():
 
 
 @scenario
+def asyncio_meets_tonio_objects():
+    """asyncio's own C code next to tonio's Future and Task, which are
+    subclasses of asyncio's: asyncio tasks awaiting tonio futures and the
+    reverse, all_tasks(), current_task(), instance dicts and weak references
+    (they live in asyncio's part of the object), asyncio's methods called
+    on tonio's objects, and 3.14's call graph."""
+    import weakref
+
+    loop = tonio_loop.new_event_loop()
+
+    async def wait(fut):
+        asyncio.current_task()
+        return await fut
+
+    async def body():
+        tf = tonio_loop.Future(loop=loop)
+        af = asyncio.Future(loop=loop)
+        t1 = asyncio.Task(wait(tf), loop=loop)
+        t2 = tonio_loop.Task(wait(af), loop=loop)
+        t3 = loop.create_task(wait(t1))
+        t3.note = [t1, t2]          # an instance dict with a cycle in it
+        refs = weakref.WeakSet([tf, t2, t3])
+        await asyncio.sleep(0)
+        if hasattr(asyncio, "capture_call_graph"):
+            asyncio.capture_call_graph(t1)
+            asyncio.format_call_graph(t3)
+        assert {t1, t2, t3} <= asyncio.all_tasks(loop)
+        asyncio.Task.get_name(t3), asyncio.Future.done(tf)
+        try:
+            asyncio.Future.result(tf)       # asyncio's method: not initialized
+        except (RuntimeError, asyncio.InvalidStateError):
+            pass
+        tf.set_result(1)
+        af.set_result(2)
+        assert await asyncio.gather(t1, t2, t3) == [1, 2, 1]
+        return len(refs)
+
+    for _ in range(5):
+        loop.run_until_complete(body())
+    loop.close()
+
+
+@scenario
 def event_core_threads():
     events = [tonio_loop._core.Event() for _ in range(20)]
     threads = [threading.Thread(target=ev.wait, args=(0.001,)) for ev in events]
