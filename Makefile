@@ -7,15 +7,16 @@
 #   make tsan         the suite under ThreadSanitizer on a free-threaded CPython
 #   make PY=python3.12 test   the same on another interpreter
 #
-# Each target installs what is missing by itself: libev through the system
-# package manager, the Python side into a virtualenv (.venv, or .venv-<PY>).
+# Each target installs what is missing by itself: the Python side into a
+# virtualenv (.venv, or .venv-<PY>); a C compiler and the interpreter's
+# headers through apt-get where they are missing (libev is compiled in from
+# vendor/libev; TONIO_SYSTEM_LIBEV=1 builds against the system's instead).
 
 PY ?= python3
 PYTHON := $(shell tools/find-python $(PY))
 VENV ?= $(if $(filter python3,$(PY)),.venv,.venv-$(PY))
 VPY := $(VENV)/bin/python
-SOURCES := $(wildcard loop/*.c include/*.h) setup.py
-SYSTEM_DEPS := libev-dev
+SOURCES := $(wildcard loop/*.c include/*.h vendor/libev/*.[ch]) setup.py
 # the servers tests/integration talks to (its fixtures skip, saying why, when
 # one cannot be installed or started); openssl makes the TLS tests'
 # certificates; libssl-dev builds the bench's TLS load generator (the bench
@@ -33,8 +34,8 @@ all: build
 check-python:
 	@test -n "$(PYTHON)" || { echo "no interpreter called $(PY) on this machine"; exit 1; }
 
-deps:
-	@tools/install-system-deps $(SYSTEM_DEPS)
+deps: check-python
+	@tools/check-build-deps $(PYTHON)
 
 $(VENV)/.installed: pyproject.toml setup.py | check-python deps
 	$(PYTHON) -m venv $(VENV)
@@ -81,7 +82,7 @@ bench-full: build bench-deps
 # with CPython's assertions on. valgrind: the core tests under memcheck.
 DBG_VENV := .venv-dbg
 $(DBG_VENV)/.installed:
-	@tools/install-system-deps python3.11-dbg python3.11-dev python3.11-venv $(SYSTEM_DEPS)
+	@tools/install-system-deps python3.11-dbg python3.11-dev python3.11-venv
 	/usr/bin/python3.11d -m venv $(DBG_VENV)
 	$(DBG_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
 	$(DBG_VENV)/bin/python -m pip install -q pytest pytest-asyncio pytest-timeout anyio

@@ -1,4 +1,4 @@
-"""Builds tonio_loop._core, the C extension, against the system libev."""
+"""Builds tonio_loop._core, the C extension, with libev compiled in."""
 
 import glob
 import os
@@ -9,6 +9,9 @@ here = os.path.dirname(os.path.abspath(__file__))
 debug = os.environ.get("TONIO_DEBUG") == "1"
 
 extra = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
+if os.environ.get("TONIO_SYSTEM_LIBEV") != "1":
+    # libev's own warnings are libev's business, as with a system libev
+    extra += ["-isystem", os.path.join(here, "vendor", "libev")]
 if debug:
     extra += ["-O0", "-g3", "-UNDEBUG"]
 else:
@@ -30,6 +33,10 @@ def asyncio_base_sizes():
     ]
 
 
+# libev is compiled in from vendor/libev (loop/libev.c, include/tl_ev.h);
+# TONIO_SYSTEM_LIBEV=1 links the system's libev instead (its headers needed).
+system_libev = os.environ.get("TONIO_SYSTEM_LIBEV") == "1"
+
 setup(
     ext_modules=[
         Extension(
@@ -37,13 +44,18 @@ setup(
             sources=sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "loop", "*.c"))),
             include_dirs=["include"],
             # without this, a changed header does not recompile the sources
-            depends=sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "include", "*.h"))),
-            libraries=["ev"],
+            depends=sorted(
+                os.path.relpath(p, here)
+                for pattern in ("include/*.h", "vendor/libev/*.[ch]")
+                for p in glob.glob(os.path.join(here, pattern))
+            ),
+            libraries=["ev"] if system_libev else [],
             extra_compile_args=extra,
             extra_link_args=(
                 [f"-fsanitize={os.environ['TONIO_SANITIZE']}"] if os.environ.get("TONIO_SANITIZE") else []
             ),
-            define_macros=[("_GNU_SOURCE", "1")] + asyncio_base_sizes(),
+            define_macros=[("_GNU_SOURCE", "1")] + asyncio_base_sizes()
+            + ([("TONIO_SYSTEM_LIBEV", "1")] if system_libev else []),
         )
     ],
 )

@@ -9,7 +9,7 @@
 #define TL_IO_H
 
 #include "tl_common.h"
-#include <ev.h>
+#include "tl_ev.h"
 
 struct tl_loop;
 
@@ -19,6 +19,8 @@ typedef struct tl_io_watch {
     int fd;
     PyObject *reader;           /* Handle or NULL */
     PyObject *writer;           /* Handle or NULL */
+    PyObject *fileobj;          /* what the first add_reader/add_writer got:
+                                   remove_* find a closed one by identity */
     PyObject *owner;            /* transport using the fd (borrowed), NULL */
     int busy;                   /* threaded loops: EV_READ/EV_WRITE whose
                                    callback is queued or running; not

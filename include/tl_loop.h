@@ -10,7 +10,7 @@
 
 #include "tl_common.h"
 #include "tl_lock.h"
-#include <ev.h>
+#include "tl_ev.h"
 
 #include "tl_io.h"
 #include "tl_timer.h"
@@ -166,12 +166,17 @@ static inline void tl_loop_ev_unlock(tl_loop *loop, int locked)
  * running the loop: wake it so its poll takes notice. */
 void tl_loop_ev_changed(tl_loop *loop);
 
-/* Start an I/O watcher, from any thread that holds the loop lock. */
-static inline void tl_loop_io_start(tl_loop *loop, ev_io *w)
+/* Start an I/O watcher, from any thread that holds the loop lock. It is
+ * bound to the file its fd names now, not at the next poll (tl_ev_register):
+ * -1 with errno EBADF when the fd is not open; libev then reports EV_ERROR
+ * to the watcher unless the caller takes the event back (ev_clear_pending). */
+static inline int tl_loop_io_start(tl_loop *loop, ev_io *w)
 {
     ev_io_start(loop->ev, w);
+    int rc = tl_ev_register(loop->ev, w);
     if (TL_UNLIKELY(loop->shared))
         tl_loop_ev_changed(loop);
+    return rc;
 }
 
 
