@@ -53,25 +53,42 @@ static tl_io_watch *io_get_or_create(tl_loop *loop, int fd)
     return iw;
 }
 
+/* Free the slot once nothing uses it. */
+static void io_release(tl_loop *loop, tl_io_watch *iw)
+{
+    if (iw->reader != NULL || iw->writer != NULL || iw->owner != NULL)
+        return;
+    loop->io.slots[iw->fd] = NULL;
+    PyObject *fileobj = iw->fileobj;
+    PyMem_Free(iw);
+    Py_XDECREF(fileobj);
+}
+
 /* Bring the ev_io in line with the reader/writer registered; free the slot
- * once nothing uses it. */
-static void io_update(tl_loop *loop, tl_io_watch *iw)
+ * once nothing uses it. The fd is registered with epoll at once, as
+ * asyncio's selector does: -1 (errno EBADF) when it is not open any more,
+ * and the ev_io is left stopped. */
+static int io_update(tl_loop *loop, tl_io_watch *iw)
 {
     int events = (iw->reader ? EV_READ : 0) | (iw->writer ? EV_WRITE : 0);
     int watched = events & ~iw->busy;
-    if (loop->ev != NULL && (ev_is_active(&iw->io) || events)) {
+    int rc = 0;
+    if (loop->ev != NULL) {
+        /* also when libev stopped it itself (EV_ERROR): the slot may be
+         * freed below, its pending event must go */
         ev_io_stop(loop->ev, &iw->io);
         if (watched) {
             /* ev_io_set also makes libev re-register the fd with the kernel,
              * which matters when the fd number was closed and reused */
             ev_io_set(&iw->io, iw->fd, watched);
             ev_io_start(loop->ev, &iw->io);
+            rc = tl_ev_register(loop->ev, &iw->io);
+            if (rc < 0)
+                ev_clear_pending(loop->ev, &iw->io);
         }
     }
-    if (!events && iw->owner == NULL) {
-        loop->io.slots[iw->fd] = NULL;
-        PyMem_Free(iw);
-    }
+    io_release(loop, iw);
+    return rc;
 }
 
 /* Threaded loops: a reader's or writer's callback ran on a worker; watch
@@ -146,6 +163,18 @@ static void io_cb(struct ev_loop *ev, ev_io *w, int revents)
             tl_loop_defer_error(loop);
         }
     }
+}
+
+/* The fd a file object was registered under when it cannot tell any more
+ * (closed: fileno() is -1), as asyncio's selector finds it; -1 if none. */
+static int io_fd_registered_as(tl_loop *loop, PyObject *fileobj)
+{
+    for (int fd = 0; fd < loop->io.cap; fd++) {
+        tl_io_watch *iw = loop->io.slots[fd];
+        if (iw != NULL && iw->fileobj == fileobj)
+            return fd;
+    }
+    return -1;
 }
 
 int tl_io_fileobj_to_fd(PyObject *fileobj)
@@ -238,16 +267,30 @@ static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
     int locked = tl_loop_ev_lock(loop);
     tl_io_watch *iw = io_get_or_create(loop, fd);
     PyObject *old = NULL;
+    int closed = 0;
     if (iw != NULL) {
+        if (iw->fileobj == NULL)
+            iw->fileobj = Py_NewRef(args[0]);
         PyObject **slot = writing ? &iw->writer : &iw->reader;
         old = *slot;
         *slot = Py_NewRef(h);
         h->io_fd = fd;
         iw->busy &= ~(writing ? EV_WRITE : EV_READ);   /* a new one: watch */
-        io_update(loop, iw);
+        if (io_update(loop, iw) < 0) {
+            /* closed since the check above (another thread): not added */
+            *slot = old;
+            old = NULL;
+            io_release(loop, iw);
+            closed = 1;
+            Py_DECREF(h);
+        }
     }
     tl_loop_ev_unlock(loop, locked);
-    if (iw == NULL) {
+    if (iw == NULL || closed) {
+        if (closed) {
+            errno = EBADF;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
         Py_DECREF(h);
         return NULL;
     }
@@ -268,23 +311,48 @@ static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
 static PyObject *io_remove(tl_loop *loop, PyObject *fileobj, int writing, int check_transport)
 {
     int fd = tl_io_fileobj_to_fd(fileobj);
-    if (fd < 0)
+    if (fd < 0) {
+        /* a file object closed since it was added: found by identity */
+        if (PyLong_Check(fileobj) || !PyErr_ExceptionMatches(PyExc_ValueError))
+            return NULL;
+        int locked = tl_loop_ev_lock(loop);
+        fd = io_fd_registered_as(loop, fileobj);
+        tl_loop_ev_unlock(loop, locked);
+        if (fd < 0)
+            return NULL;
+        PyErr_Clear();
+    } else if (check_transport && tl_io_ensure_no_transport(loop, fileobj, fd) < 0) {
         return NULL;
-    if (check_transport && tl_io_ensure_no_transport(loop, fileobj, fd) < 0)
-        return NULL;
+    }
     if (loop->closed)
         Py_RETURN_FALSE;
     int locked = tl_loop_ev_lock(loop);
     tl_io_watch *iw = io_lookup(loop, fd);
-    PyObject *old = NULL;
+    PyObject *old = NULL, *other = NULL;
+    int closed = 0;
     if (iw != NULL) {
         PyObject **slot = writing ? &iw->writer : &iw->reader;
         old = *slot;
         *slot = NULL;
         iw->busy &= ~(writing ? EV_WRITE : EV_READ);
-        io_update(loop, iw);
+        if (io_update(loop, iw) < 0) {
+            /* the fd is closed and the other direction still watched: as
+             * asyncio's selector, whose epoll.modify() fails then, the whole
+             * registration goes and the call raises */
+            PyObject **rest = writing ? &iw->reader : &iw->writer;
+            other = *rest;
+            *rest = NULL;
+            io_release(loop, iw);
+            closed = 1;
+        }
     }
     tl_loop_ev_unlock(loop, locked);
+    if (closed) {
+        Py_XDECREF(old);
+        Py_XDECREF(other);
+        errno = EBADF;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     if (old == NULL)
         Py_RETURN_FALSE;
     tl_loop_ev_changed(loop);
@@ -395,6 +463,7 @@ void tl_io_table_clear(tl_loop *loop)
             ev_io_stop(loop->ev, &iw->io);
         Py_CLEAR(iw->reader);
         Py_CLEAR(iw->writer);
+        Py_CLEAR(iw->fileobj);
         PyMem_Free(iw);
     }
     PyMem_Free(t->slots);
@@ -409,6 +478,7 @@ int tl_io_table_traverse(tl_io_table *t, visitproc visit, void *arg)
         if (iw != NULL) {
             Py_VISIT(iw->reader);
             Py_VISIT(iw->writer);
+            Py_VISIT(iw->fileobj);
         }
     }
     return 0;

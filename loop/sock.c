@@ -30,8 +30,7 @@ static void sockop_io_cb(struct ev_loop *ev, ev_io *w, int revents);
 static void sockop_on_loop_close(tl_loop_link *link)
 {
     tl_sockop *op = (tl_sockop *)((char *)link - offsetof(tl_sockop, link));
-    if (ev_is_active(&op->io))
-        ev_io_stop(op->loop->ev, &op->io);
+    ev_io_stop(op->loop->ev, &op->io);     /* a pending event too */
     if (op->held) {
         op->held = 0;
         Py_DECREF(op);
@@ -59,7 +58,8 @@ tl_sockop *tl_sockop_new(tl_loop *loop, const tl_sockop_kind *kind, PyObject *so
 /* Stop waiting; drops the watcher's reference (the caller holds one). */
 static void sockop_unwatch(tl_sockop *op)
 {
-    if (ev_is_active(&op->io) && op->loop->ev != NULL)
+    /* also when libev stopped it itself (EV_ERROR): its event is pending */
+    if (op->loop->ev != NULL)
         ev_io_stop(op->loop->ev, &op->io);
     if (op->held) {
         op->held = 0;
@@ -172,6 +172,12 @@ static int sockop_fetch_fd(tl_sockop *op)
     Py_DECREF(fd);
     if (v == -1 && PyErr_Occurred())
         return -1;
+    if (v < 0 || v > INT32_MAX) {
+        /* closed (by another task, between the attempt and the wait):
+         * asyncio's selector refuses the registration so */
+        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", v);
+        return -1;
+    }
     op->fd = (int)v;
     return 0;
 }
@@ -224,7 +230,12 @@ static int sockop_start_wait(tl_sockop *op)
     if (op->fut_iter == NULL)
         return -1;
     ev_io_set(&op->io, op->fd, op->kind->events);
-    tl_loop_io_start(loop, &op->io);
+    if (tl_loop_io_start(loop, &op->io) < 0) {
+        /* closed under us: asyncio's add_reader() raises so */
+        ev_clear_pending(loop->ev, &op->io);
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
     op->held = 1;
     Py_INCREF(op);
     tl_loop_link_add(loop, &op->link);
@@ -328,11 +339,40 @@ error:
     return PYGEN_ERROR;
 }
 
+/* The operation's fd was closed under it: OSError(EBADF), as the system
+ * call would have said. */
+static void sockop_fail_closed(tl_sockop *op)
+{
+    Py_INCREF(op);
+    sockop_unwatch(op);
+    PyObject *d = PyObject_CallMethodNoArgs(op->fut, op->loop->st->str_done);
+    int done = d ? PyObject_IsTrue(d) : -1;
+    Py_XDECREF(d);
+    PyObject *res = NULL;
+    if (done == 0) {
+
+        PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", EBADF, strerror(EBADF));
+        res = exc ? PyObject_CallMethodOneArg(op->fut, op->loop->st->str_set_exception, exc)
+                  : NULL;
+        Py_XDECREF(exc);
+    }
+    if (done < 0 || (done == 0 && res == NULL))
+        PyErr_WriteUnraisable((PyObject *)op);
+    Py_XDECREF(res);
+    Py_DECREF(op);
+}
+
 static void sockop_io_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     TL_UNUSED(ev);
-    TL_UNUSED(revents);
     tl_sockop *op = (tl_sockop *)((char *)w - offsetof(tl_sockop, io));
+    if (TL_UNLIKELY(revents & EV_ERROR)) {
+        /* libev dropped the fd: closed, found when a watcher of the same
+         * number was registered. No attempt: the number may name another
+         * file by now, whose data is not ours */
+        sockop_fail_closed(op);
+        return;
+    }
     tl_state *st = op->loop->st;
     Py_INCREF(op);
     op->waited = 1;

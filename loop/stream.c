@@ -57,9 +57,16 @@ static inline int is_exit_exception(void)
 /* Hold a reference to ourselves while a watcher is active (asyncio's
  * selector holds the transport's handles the same way). Dropping it may
  * free the transport: every entry point holds its own reference. */
+/* A watcher libev stopped itself (EV_ERROR: the fd went bad) still has its
+ * event pending: the transport must outlive that too. */
+static inline int watch_busy(ev_io *w)
+{
+    return ev_is_active(w) || ev_is_pending(w);
+}
+
 static void stream_hold_update(tl_stream *t)
 {
-    int active = ev_is_active(&t->rio) || ev_is_active(&t->wio);
+    int active = watch_busy(&t->rio) || watch_busy(&t->wio);
     if (active && !t->held) {
         t->held = 1;
         Py_INCREF(t);
@@ -84,9 +91,10 @@ static void watch_stop(tl_stream *t, ev_io *w)
 {
     if (w == &t->rio)
         t->inbox_full = 0;  /* reading stops for good: no restart */
-    if (ev_is_active(w) && t->loop->ev != NULL)
+    /* also after libev stopped it itself (EV_ERROR: the fd went bad): a
+     * stop takes back the pending event too */
+    if (t->loop->ev != NULL)
         ev_io_stop(t->loop->ev, w);
-    /* also after libev stopped it itself (EV_ERROR: the fd went bad) */
     stream_hold_update(t);
 }
 
@@ -131,11 +139,9 @@ static int stream_check_loop(tl_stream *t)
 static void stream_on_loop_close(tl_loop_link *link)
 {
     tl_stream *t = (tl_stream *)((char *)link - offsetof(tl_stream, link));
-    /* already unlinked by the loop */
-    if (ev_is_active(&t->rio))
-        ev_io_stop(t->loop->ev, &t->rio);
-    if (ev_is_active(&t->wio))
-        ev_io_stop(t->loop->ev, &t->wio);
+    /* already unlinked by the loop; a stop also takes back a pending event */
+    ev_io_stop(t->loop->ev, &t->rio);
+    ev_io_stop(t->loop->ev, &t->wio);
     if (t->held) {
         t->held = 0;
         Py_DECREF(t);
@@ -331,12 +337,12 @@ static int report_callback_error(tl_stream *t, PyObject *proto, const char *meth
  * (peers reset connections all the time) are only logged in debug mode,
  * anything else goes to the exception handler; then the transport closes
  * with exc. Returns -1 (error set) for SystemExit/KeyboardInterrupt. */
-static int stream_fatal_error(tl_stream *t, const char *message)
+static int stream_fatal(tl_stream *t, const char *message, int loud)
 {
     if (is_exit_exception())
         return -1;
     PyObject *exc = PyErr_GetRaisedException();
-    int quiet = PyErr_GivenExceptionMatches(exc, PyExc_OSError);
+    int quiet = !loud && PyErr_GivenExceptionMatches(exc, PyExc_OSError);
     if (quiet && t->kind == TL_STREAM_READ_PIPE) {
         /* a pty's reader gets EIO when the other side closes: only that
          * stays quiet on read pipes */
@@ -359,6 +365,11 @@ static int stream_fatal_error(tl_stream *t, const char *message)
         rc = -1;
     Py_DECREF(exc);
     return rc;
+}
+
+static int stream_fatal_error(tl_stream *t, const char *message)
+{
+    return stream_fatal(t, message, 0);
 }
 
 static int stream_fatal_errno(tl_stream *t, const char *message)
@@ -418,18 +429,47 @@ static void stream_step(tl_stream *t, int (*step)(tl_stream *), const char *what
     Py_DECREF(t);
 }
 
+static const char *read_error_message(tl_stream *t);
+static const char *write_error_message(tl_stream *t);
+
+/* EV_ERROR: libev found the fd closed when it registered it (someone
+ * closed the transport's fd under it) and stopped the watcher. No read or
+ * write: the number may name another file by now. The error goes to the
+ * exception handler even though it is an OSError (asyncio reports it there:
+ * its add_reader() fails in a callback), and the transport closes. */
+static int stream_fd_closed(tl_stream *t, const char *message)
+{
+    errno = EBADF;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return stream_fatal(t, message, 1);
+}
+
+static int stream_read_fd_closed(tl_stream *t)
+{
+    return stream_fd_closed(t, read_error_message(t));
+}
+
+static int stream_write_fd_closed(tl_stream *t)
+{
+    return stream_fd_closed(t, write_error_message(t));
+}
+
 static void stream_rio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     TL_UNUSED(ev);
-    TL_UNUSED(revents);
-    stream_step(STREAM_OF(w, rio), stream_read_ready, "_read_ready");
+    if (TL_UNLIKELY(revents & EV_ERROR))
+        stream_step(STREAM_OF(w, rio), stream_read_fd_closed, "_read_ready");
+    else
+        stream_step(STREAM_OF(w, rio), stream_read_ready, "_read_ready");
 }
 
 static void stream_wio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     TL_UNUSED(ev);
-    TL_UNUSED(revents);
-    stream_step(STREAM_OF(w, wio), stream_write_ready, "_write_ready");
+    if (TL_UNLIKELY(revents & EV_ERROR))
+        stream_step(STREAM_OF(w, wio), stream_write_fd_closed, "_write_ready");
+    else
+        stream_step(STREAM_OF(w, wio), stream_write_ready, "_write_ready");
 }
 
 /* ---- reading ------------------------------------------------------------ */
