@@ -43,10 +43,14 @@ typedef struct tl_state {
     PyTypeObject *future_iter_type;
     PyTypeObject *task_type;
     PyTypeObject *worker_key_type;   /* tl_dispatch.h */
+    PyTypeObject *coromethod_type;   /* tl_coromethod.h */
 
     /* stdlib callables, fetched once at import (the C accelerated ones when
      * asyncio has them) */
-    PyObject *set_running_loop;      /* asyncio.events._set_running_loop */
+    PyObject *events_module;         /* asyncio.events: _set_running_loop is
+                                        looked up on use, so a swap for the
+                                        pure-Python one is seen */
+    PyObject *str_set_running_loop;
     PyObject *get_running_loop;      /* asyncio.events._get_running_loop */
     PyObject *get_asyncgen_hooks;    /* sys.get_asyncgen_hooks */
     PyObject *set_asyncgen_hooks;    /* sys.set_asyncgen_hooks */
@@ -96,7 +100,13 @@ typedef struct tl_state {
     PyObject *swap_current_task;     /* 3.12+ asyncio.tasks._swap_current_task */
     PyObject *register_eager_task;   /* 3.12+ */
     PyObject *unregister_eager_task; /* 3.12+ */
-    PyObject *current_tasks;         /* asyncio.tasks._current_tasks (dict) */
+    PyObject *current_tasks;         /* asyncio.tasks._current_tasks (dict),
+                                        up to 3.13 */
+    PyObject *register_task;         /* 3.14+: _asyncio._register_task */
+    PyObject *awaited_by_descr;      /* 3.14+: _asyncio.Future._asyncio_awaited_by */
+    PyObject *add_awaited_by;        /* 3.14+: futures.future_add_to_awaited_by */
+    PyObject *discard_awaited_by;    /* 3.14+: ...future_discard_from_awaited_by */
+    PyObject *unregister_task;       /* 3.14+: _asyncio._unregister_task */
     PyObject *all_tasks_data;        /* the .data set of asyncio's WeakSet of
                                         tasks (_scheduled_tasks / _all_tasks) */
     PyObject *all_tasks_iterating;   /* its ._iterating set */

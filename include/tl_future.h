@@ -131,6 +131,10 @@ struct tl_loop *tl_loop_if_fast(tl_state *st, PyObject *loop);
 /* loop.create_future(): a new Future on `loop`. */
 PyObject *tl_future_new(struct tl_loop *loop);
 
+/* Python's __init__ on an initialized future: a RuntimeError from 3.15 on
+ * (asyncio's), 0 before (the future starts afresh). */
+int tl_future_refuse_reinit(tl_future *fut);
+
 /* Future.__init__(loop=loop); loop NULL or None takes the current loop. */
 int tl_future_init(tl_future *fut, PyObject *loop);
 

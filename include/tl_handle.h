@@ -8,6 +8,7 @@
 #define TL_HANDLE_H
 
 #include "tl_common.h"
+#include "tl_lock.h"
 
 struct tl_loop;
 
@@ -31,6 +32,15 @@ typedef struct tl_handle {
     char cancelled;
     char is_timer;
     int io_fd;                  /* add_reader/add_writer's fd (threaded loops) */
+#if PY_VERSION_HEX >= 0x030E0000
+    /* 3.14's call_soon_threadsafe() handle (asyncio's _ThreadSafeHandle):
+     * cancel() and cancelled() from another thread wait while the callback
+     * runs. A reentrant lock: the callback may cancel its own handle. */
+    char threadsafe;
+    int run_depth;
+    _Atomic unsigned long run_owner;
+    tl_mutex run_lock;
+#endif
 } tl_handle;
 
 extern PyType_Spec tl_handle_spec;
@@ -39,6 +49,9 @@ extern PyType_Spec tl_handle_spec;
  * Py_None for "copy the current one". Returns -1 with an exception set. */
 int tl_handle_init(tl_handle *h, struct tl_loop *loop, PyObject *callback,
                    PyObject *const *args, Py_ssize_t nargs, PyObject *context);
+
+/* 3.14+: make h call_soon_threadsafe()'s kind (see threadsafe above). */
+void tl_handle_make_threadsafe(tl_handle *h);
 
 /* A new Handle for call_soon(); NULL on error. */
 tl_handle *tl_handle_new(struct tl_loop *loop, PyObject *callback,

@@ -97,7 +97,6 @@ typedef struct tl_loop {
     PyObject *task_factory;
     PyObject *current_handle;   /* debug mode: the handle being run */
     PyObject *old_agen_hooks;
-    double slow_callback_duration;
 
     tl_loop_link links;         /* sentinel of the tl_loop_link ring */
     char *read_buf;             /* transports read here (tl_stream.h) */
@@ -120,6 +119,9 @@ typedef struct tl_loop {
     _Atomic char debug;         /* set_debug() from any thread, read by workers */
     char poll_blocking;         /* the current poll may sleep: drop the GIL */
     char poll_had_events;       /* set by the last poll when watchers fired */
+    char io_behind;             /* this poll started with callbacks ready: the
+                                   I/O it reports queues behind them, as in
+                                   asyncio (tl_loop_io_behind) */
     char poll_quiet;            /* the last poll found nothing */
     double last_poll;           /* tl_monotonic() of the last poll */
     char signal_wakeup_set;     /* our socketpair is the process wakeup fd */
@@ -223,6 +225,16 @@ PyType_Spec *tl_loop_spec_ready(void);
 /* Append to the ready queue; steals the reference to obj (also on error). */
 int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 
+/* asyncio queues what a poll reports behind the callbacks that were ready
+ * before it; a transport or socket operation handles its I/O inline, in
+ * the poll, only when that order cannot be told apart: the poll started
+ * with nothing ready (1 = queue instead). Classic loops only: a threaded
+ * loop's I/O goes to its strands anyway. */
+static inline int tl_loop_io_behind(tl_loop *loop)
+{
+    return loop->io_behind;
+}
+
 /* The same from any thread: wakes the loop when it sleeps in the poll. */
 int tl_loop_push_ready_threadsafe(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 
@@ -250,6 +262,18 @@ int tl_loop_check_callback(tl_loop *loop, PyObject *callback, const char *method
 /* Remember an exception raised inside a libev callback and stop polling; the
  * loop raises it once ev_run returns. Call with the exception set. */
 void tl_loop_defer_error(tl_loop *loop);
+
+/* Debug mode: did a callback that took dt seconds run longer than
+ * loop.slow_callback_duration? 1, 0, or -1 with an exception set. */
+int tl_loop_is_slow(tl_loop *loop, double dt);
+
+/* asyncio.events._set_running_loop(running) for this thread (the loop, or
+ * None); -1 with an exception set. */
+int tl_loop_set_running(tl_loop *loop, PyObject *running);
+
+/* Outside a poll (a ready item that ran libev-style code): raise what such
+ * code deferred, -1; 0 when nothing waits. */
+int tl_loop_raise_deferred(tl_loop *loop);
 
 /* loop.call_exception_handler(context); consumes nothing. Returns -1 only
  * when the handler itself raised SystemExit or KeyboardInterrupt. */

@@ -151,6 +151,14 @@ PyObject *tl_stream_new_socket(struct tl_loop *loop, int fd, PyObject *sock,
                                PyObject *extra, PyObject *server,
                                const struct sockaddr *peer, socklen_t peer_len);
 
+/* asyncio 3.15's context= of _make_socket_transport/_make_ssl_transport:
+ * check it (None or a contextvars.Context; -1 with TypeError), before the
+ * transport is made; then, right after it is made and before any callback
+ * ran, use it: the protocol callbacks run in that very context (None: in
+ * the copy of the current one the transport took). */
+int tl_stream_check_context(PyObject *context);
+void tl_stream_use_context(PyObject *transport, PyObject *context);
+
 /* A new pipe transport on fd, as loop.connect_read_pipe() /
  * connect_write_pipe() make them (usable from C: subprocess pipes).
  * `fileobj` (may be NULL) is the file object closed with the transport and

@@ -39,7 +39,9 @@ typedef struct tl_task {
     PyObject *coro;
     PyObject *context;
     PyObject *fut_waiter;
+#if PY_VERSION_HEX < 0x030E0000
     PyObject *registry_ref;     /* our entry in asyncio's set of tasks */
+#endif
     tl_task_mt *mt;             /* threaded loops only */
 #if PY_VERSION_HEX < 0x030E0000
     uint64_t name_id;           /* unnamed: "Task-<name_id>", made on demand */
@@ -48,6 +50,9 @@ typedef struct tl_task {
     uint8_t must_cancel;
     uint8_t finishing;          /* the last step is settling the outcome */
     uint8_t log_destroy_pending;
+#if PY_VERSION_HEX >= 0x030E0000
+    uint8_t registered;         /* in asyncio's task lists (task.c) */
+#endif
 } tl_task;
 
 /* The name is kept where asyncio's Task keeps its own, in asyncio's part of

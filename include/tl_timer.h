@@ -12,9 +12,11 @@
 typedef struct tl_timer_handle {
     tl_handle base;
     double when;
-    double key;         /* `when` with NaN ordered first, as asyncio fires it */
+    double key;         /* `when`; a NaN one goes after the timers before it */
     uint64_t seq;
     Py_ssize_t slot;    /* index in the heap, -1 when not scheduled */
+    char when_is_int;   /* call_at() got an int: when() gives an int back,
+                           as asyncio's TimerHandle keeps what it got */
 } tl_timer_handle;
 
 typedef struct {

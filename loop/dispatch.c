@@ -671,10 +671,9 @@ static int worker_enter(tl_worker *w)
 {
     tl_loop *loop = w->d->loop;
     tl_state *st = loop->st;
-    PyObject *r = PyObject_CallOneArg(st->set_running_loop, (PyObject *)loop);
-    if (r == NULL)
+    if (tl_loop_set_running(loop, (PyObject *)loop) < 0)
         return -1;
-    Py_DECREF(r);
+    PyObject *r;
     PyObject *firstiter = PyObject_GetAttr((PyObject *)loop, st->str_asyncgen_firstiter_hook);
     PyObject *finalizer = firstiter ? PyObject_GetAttr((PyObject *)loop,
                                                        st->str_asyncgen_finalizer_hook) : NULL;
@@ -694,11 +693,8 @@ static int worker_enter(tl_worker *w)
 
 static void worker_leave(tl_worker *w)
 {
-    tl_state *st = w->d->loop->st;
-    PyObject *r = PyObject_CallOneArg(st->set_running_loop, Py_None);
-    if (r == NULL)
+    if (tl_loop_set_running(w->d->loop, Py_None) < 0)
         PyErr_WriteUnraisable((PyObject *)w->d->loop);
-    Py_XDECREF(r);
 }
 
 static void *worker_main(void *arg)

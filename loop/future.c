@@ -606,11 +606,26 @@ static PyObject *future_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
     return (PyObject *)fut;
 }
 
+int tl_future_refuse_reinit(tl_future *fut)
+{
+#if PY_VERSION_HEX >= 0x030F0000
+    /* asyncio 3.15 refuses a second __init__; before, it started afresh */
+    if (fut->loop != NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%T object is already initialized", (PyObject *)fut);
+        return -1;
+    }
+#else
+    TL_UNUSED(fut);
+#endif
+    return 0;
+}
+
 static int future_tp_init(tl_future *fut, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"loop", NULL};
     PyObject *loop = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Future", kwlist, &loop))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Future", kwlist, &loop) ||
+        tl_future_refuse_reinit(fut) < 0)
         return -1;
     return tl_future_init(fut, loop);
 }
@@ -1194,6 +1209,49 @@ static PyObject *get_state(tl_future *fut, void *c)
     }
 }
 
+#if PY_VERSION_HEX >= 0x030E0000
+/* 3.14's call graph (asyncio.capture_call_graph): the tasks awaiting this
+ * future. asyncio's own record, in its part of the object, holds what its
+ * code added (its Tasks awaiting ours, gather(), TaskGroup, and
+ * future_add_to_awaited_by() calls); our tasks waiting on this future are
+ * Waiters on its Event and are not recorded twice: they are taken from the
+ * waiter list when asked, so awaiting costs nothing more. */
+static PyObject *get_awaited_by(tl_future *fut, void *c)
+{
+    TL_UNUSED(c);
+    tl_state *st = fut->st;
+    PyObject *descr = st->awaited_by_descr;
+    PyObject *recorded = Py_TYPE(descr)->tp_descr_get(descr, (PyObject *)fut,
+                                                      (PyObject *)Py_TYPE(fut));
+    if (recorded == NULL)
+        return NULL;
+    Py_ssize_t n;
+    snapshot_item *items = future_snapshot(fut, &n);
+    if (items == NULL) {
+        Py_DECREF(recorded);
+        return NULL;
+    }
+    PyObject *all = NULL;
+    int tasks = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        tasks += items[i].kind == TL_WAITER_TASK;
+    if (tasks == 0) {
+        all = Py_NewRef(recorded);
+        goto done;
+    }
+    all = PySet_New(recorded != Py_None ? recorded : NULL);
+    for (Py_ssize_t i = 0; all != NULL && i < n; i++)
+        if (items[i].kind == TL_WAITER_TASK && PySet_Add(all, items[i].obj) < 0)
+            Py_CLEAR(all);
+    if (all != NULL)
+        Py_SETREF(all, PyFrozenSet_New(all));
+done:
+    snapshot_free(items, n);
+    Py_DECREF(recorded);
+    return all;
+}
+#endif
+
 PyGetSetDef tl_future_getset[] = {
     {"_asyncio_future_blocking", (getter)get_blocking, (setter)set_blocking, NULL, NULL},
     {"_log_traceback", (getter)get_log_traceback, (setter)set_log_traceback, NULL, NULL},
@@ -1204,6 +1262,9 @@ PyGetSetDef tl_future_getset[] = {
     {"_source_traceback", (getter)get_source_traceback, NULL, NULL, NULL},
     {"_cancel_message", (getter)get_cancel_message, (setter)set_cancel_message, NULL, NULL},
     {"_state", (getter)get_state, NULL, NULL, NULL},
+#if PY_VERSION_HEX >= 0x030E0000
+    {"_asyncio_awaited_by", (getter)get_awaited_by, NULL, NULL, NULL},
+#endif
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -51,6 +51,9 @@ int tl_handle_init(tl_handle *h, tl_loop *loop, PyObject *callback,
 {
     h->loop = (tl_loop *)Py_NewRef((PyObject *)loop);
     h->callback = Py_NewRef(callback);
+#if PY_VERSION_HEX >= 0x030E0000
+    h->threadsafe = 0;      /* Handle and TimerHandle alike, fresh or reused */
+#endif
     h->home = TL_UNLIKELY(loop->dispatch != NULL) ? tl_task_running_ref() : NULL;
     if (context == NULL || context == Py_None) {
         h->context = PyContext_CopyCurrent();
@@ -197,7 +200,56 @@ fail:
     return -1;
 }
 
+#if PY_VERSION_HEX >= 0x030E0000
+void tl_handle_make_threadsafe(tl_handle *h)
+{
+    h->threadsafe = 1;
+    h->run_depth = 0;
+    atomic_store_explicit(&h->run_owner, 0, memory_order_relaxed);
+    memset(&h->run_lock, 0, sizeof(h->run_lock));
+}
+
+static void handle_ts_lock(tl_handle *h)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    if (atomic_load_explicit(&h->run_owner, memory_order_relaxed) != me) {
+        tl_mutex_lock(&h->run_lock);   /* waits with the GIL let go */
+        atomic_store_explicit(&h->run_owner, me, memory_order_relaxed);
+    }
+    h->run_depth++;
+}
+
+static void handle_ts_unlock(tl_handle *h)
+{
+    if (--h->run_depth == 0) {
+        atomic_store_explicit(&h->run_owner, 0, memory_order_relaxed);
+        tl_mutex_unlock(&h->run_lock);
+    }
+}
+
+#define HANDLE_TS_LOCK(h) int ts_ = (h)->threadsafe; if (TL_UNLIKELY(ts_)) handle_ts_lock(h)
+#define HANDLE_TS_UNLOCK(h) if (TL_UNLIKELY(ts_)) handle_ts_unlock(h)
+#else
+void tl_handle_make_threadsafe(tl_handle *h)
+{
+    TL_UNUSED(h);
+}
+
+#define HANDLE_TS_LOCK(h) (void)0
+#define HANDLE_TS_UNLOCK(h) (void)0
+#endif
+
+static int handle_run(tl_handle *h);
+
 int tl_handle_run(tl_handle *h)
+{
+    HANDLE_TS_LOCK(h);
+    int rc = handle_run(h);
+    HANDLE_TS_UNLOCK(h);
+    return rc;
+}
+
+static int handle_run(tl_handle *h)
 {
     /* The callback may cancel its own handle, which drops these references:
      * hold our own for the duration of the call. cancel() may come from
@@ -388,7 +440,17 @@ static PyObject *handle_repr(tl_handle *h)
     return tl_handle_repr_with(h, NULL);
 }
 
+static PyObject *handle_cancel_locked(tl_handle *h);
+
 static PyObject *handle_cancel(tl_handle *h, PyObject *Py_UNUSED(ignored))
+{
+    HANDLE_TS_LOCK(h);
+    PyObject *r = handle_cancel_locked(h);
+    HANDLE_TS_UNLOCK(h);
+    return r;
+}
+
+static PyObject *handle_cancel_locked(tl_handle *h)
 {
     if (h->cancelled)
         Py_RETURN_NONE;
@@ -423,7 +485,10 @@ static PyObject *handle_cancel(tl_handle *h, PyObject *Py_UNUSED(ignored))
 
 static PyObject *handle_cancelled(tl_handle *h, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(h->cancelled);
+    HANDLE_TS_LOCK(h);
+    int cancelled = h->cancelled;
+    HANDLE_TS_UNLOCK(h);
+    return PyBool_FromLong(cancelled);
 }
 
 static PyObject *handle_get_context(tl_handle *h, PyObject *Py_UNUSED(ignored))

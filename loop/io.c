@@ -181,8 +181,13 @@ int tl_io_fileobj_to_fd(PyObject *fileobj)
 {
     long fd;
     if (PyLong_Check(fileobj)) {
-        fd = PyLong_AsLong(fileobj);
-        if (fd == -1 && PyErr_Occurred())
+        int overflow;
+        fd = PyLong_AsLongAndOverflow(fileobj, &overflow);
+        if (overflow > 0)
+            goto too_large;
+        if (overflow < 0)
+            fd = -1;
+        else if (fd == -1 && PyErr_Occurred())
             return -1;
     } else {
         PyObject *r = tl_call_method(fileobj, "fileno", NULL);
@@ -197,11 +202,17 @@ int tl_io_fileobj_to_fd(PyObject *fileobj)
         if (fd == -1 && PyErr_Occurred())
             return -1;
     }
-    if (fd < 0 || fd > INT32_MAX) {
+    if (fd < 0) {
         PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", fd);
         return -1;
     }
+    if (fd > INT32_MAX)
+        goto too_large;
     return (int)fd;
+too_large:
+    /* no such fd can be open; asyncio's epoll says so as it registers */
+    PyErr_SetString(PyExc_OverflowError, "Python int too large to convert to C int");
+    return -1;
 }
 
 /* asyncio._ensure_fd_no_transport */
@@ -311,6 +322,10 @@ static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
 static PyObject *io_remove(tl_loop *loop, PyObject *fileobj, int writing, int check_transport)
 {
     int fd = tl_io_fileobj_to_fd(fileobj);
+    if (fd < 0 && PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        PyErr_Clear();          /* beyond any fd: nothing registered there */
+        Py_RETURN_FALSE;
+    }
     if (fd < 0) {
         /* a file object closed since it was added: found by identity */
         if (PyLong_Check(fileobj) || !PyErr_ExceptionMatches(PyExc_ValueError))

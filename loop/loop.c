@@ -287,6 +287,43 @@ done:
     return rc;
 }
 
+int tl_loop_is_slow(tl_loop *loop, double dt)
+{
+    /* a plain attribute, as on asyncio's loop: whatever was set is compared
+     * as asyncio compares it (a str raises TypeError there too) */
+    static const char name[] = "slow_callback_duration";
+    PyObject *limit = tl_getattr((PyObject *)loop, name);
+    PyObject *took = limit ? PyFloat_FromDouble(dt) : NULL;
+    int slow = took ? PyObject_RichCompareBool(took, limit, Py_GE) : -1;
+    Py_XDECREF(took);
+    Py_XDECREF(limit);
+    return slow;
+}
+
+int tl_loop_set_running(tl_loop *loop, PyObject *running)
+{
+    /* asyncio.events._set_running_loop as it is now: CPython's own tests
+     * swap in the pure-Python one, and its get_event_loop() then looks
+     * there (asyncio's loop calls the module global too) */
+    PyObject *args[2] = {loop->st->events_module, running};
+    PyObject *r = PyObject_VectorcallMethod(loop->st->str_set_running_loop, args,
+                                            2, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+int tl_loop_raise_deferred(tl_loop *loop)
+{
+    PyObject *exc = loop->pending_exc;
+    if (TL_LIKELY(exc == NULL))
+        return 0;
+    loop->pending_exc = NULL;
+    PyErr_SetRaisedException(exc);
+    return -1;
+}
+
 void tl_loop_defer_error(tl_loop *loop)
 {
     PyObject *exc = PyErr_GetRaisedException();
@@ -394,7 +431,10 @@ static int loop_poll(tl_loop *loop)
     loop->poll_blocking = 0;
     if (loop->ready.len != 0 || loop->stopping) {
         double now = tl_monotonic();
-        if (loop->poll_quiet && now - loop->last_poll < TL_QUIET_POLL_INTERVAL)
+        /* a stopping loop polls: asyncio's stop() promises one last look at
+         * I/O (a loop driven one iteration at a time sees it at once) */
+        if (loop->poll_quiet && !loop->stopping &&
+            now - loop->last_poll < TL_QUIET_POLL_INTERVAL)
             return PyErr_CheckSignals();
         loop->last_poll = now;
     } else {
@@ -410,7 +450,9 @@ static int loop_poll(tl_loop *loop)
         loop->poll_blocking = flags == EVRUN_ONCE;
     }
     loop->poll_had_events = 0;
+    loop->io_behind = loop->ready.len != 0;
     ev_run(loop->ev, flags);
+    loop->io_behind = 0;
     loop->poll_blocking = 0;
     loop->poll_quiet = !loop->poll_had_events;
     if (flags == EVRUN_ONCE)
@@ -467,8 +509,11 @@ static int loop_run_ready_debug(tl_loop *loop, tl_ready_item it)
     double dt = tl_monotonic() - t0;
     if (track)
         Py_CLEAR(loop->current_handle);
-    if (rc < 0 || dt < loop->slow_callback_duration)
+    if (rc < 0)
         return rc;
+    int slow = tl_loop_is_slow(loop, dt);
+    if (slow <= 0)
+        return slow;
     PyObject *what;
     if (is_handle) {
         PyObject *fmt = tl_getattr(loop->st->base_events, "_format_handle");
@@ -563,10 +608,12 @@ static PyObject *loop_run_forever_setup(tl_loop *loop, PyObject *Py_UNUSED(ignor
         return NULL;
     Py_DECREF(r);
 
-    r = PyObject_CallOneArg(st->set_running_loop, (PyObject *)loop);
-    if (r == NULL)
+    if (tl_loop_set_running(loop, (PyObject *)loop) < 0)
         return NULL;
-    Py_DECREF(r);
+    /* the first iteration of a run polls, whatever the last run's did: a
+     * loop driven one iteration at a time (call_soon(stop); run_forever())
+     * sees I/O in every one, as asyncio's stop() promises */
+    loop->poll_quiet = 0;
     if (tl_signal_attach(loop) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -583,11 +630,10 @@ static PyObject *loop_run_forever_cleanup(tl_loop *loop, PyObject *Py_UNUSED(ign
     loop->thread_id = 0;
     ready_track_queued(loop);
     tl_signal_detach(loop);
-    PyObject *r = PyObject_CallOneArg(st->set_running_loop, Py_None);
-    failed |= r == NULL;
-    Py_XDECREF(r);
+    failed |= tl_loop_set_running(loop, Py_None) < 0;
     if (failed && exc) PyErr_Clear();
     failed |= loop_set_origin_tracking(loop, 0) < 0;
+    PyObject *r;
     if (failed && exc) PyErr_Clear();
     if (loop->old_agen_hooks != NULL) {
         PyObject *hooks = loop->old_agen_hooks;
@@ -923,6 +969,7 @@ static PyObject *loop_call_soon_threadsafe_impl(tl_loop *loop, PyObject *callbac
     tl_handle *h = tl_handle_new(loop, callback, args, nargs, context);
     if (h == NULL)
         return NULL;
+    tl_handle_make_threadsafe(h);
     if (tl_loop_push_ready_threadsafe(loop, tl_handle_ready_fn, Py_NewRef(h)) < 0) {
         Py_DECREF(h);
         return NULL;
@@ -1245,8 +1292,6 @@ static PyGetSetDef loop_getset[] = {
 };
 
 static PyMemberDef loop_members[] = {
-    {"slow_callback_duration", Py_T_DOUBLE, offsetof(tl_loop, slow_callback_duration), 0,
-     "Debug mode logs callbacks that run longer than this many seconds."},
     {"__dictoffset__", Py_T_PYSSIZET, offsetof(tl_loop, dict), Py_READONLY, NULL},
     {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(tl_loop, weakreflist), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
@@ -1282,7 +1327,6 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
     if (loop == NULL)
         return NULL;
     loop->st = st;
-    loop->slow_callback_duration = 0.1;
     loop->signal_fds[0] = loop->signal_fds[1] = -1;
 #ifdef Py_GIL_DISABLED
     loop->shared = 1;   /* any thread may call in, none is held back */

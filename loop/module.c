@@ -14,6 +14,7 @@
 #include "tl_server.h"
 #include "tl_sock.h"
 #include "tl_tls.h"
+#include "tl_coromethod.h"
 
 PyObject *tl_getattr(PyObject *obj, const char *name)
 {
@@ -89,6 +90,20 @@ PyGetSetDef *tl_join_getset(PyGetSetDef *const *tables)
 }
 #undef TL_JOIN
 
+/* An AttributeError from the stdlib at import: a Python whose asyncio
+ * changed under us. Said as an ImportError naming what is missing. */
+static void tl_missing_stdlib(const char *module, const char *name)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyErr_Format(PyExc_ImportError,
+                 "tonio_loop needs %s.%s, which this Python (%s) does not have as "
+                 "tonio_loop expects: a tonio_loop for this Python is needed",
+                 module, name, Py_GetVersion());
+    PyObject *imp = PyErr_GetRaisedException();
+    PyException_SetCause(imp, exc);
+    PyErr_SetRaisedException(imp);
+}
+
 static int add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
                     PyObject *base)
 {
@@ -104,6 +119,30 @@ static int intern(PyObject **slot, const char *s)
     return *slot ? 0 : -1;
 }
 
+#if PY_VERSION_HEX >= 0x030E0000
+/* 3.14+: asyncio.all_tasks() walks asyncio's per-thread lists of its own
+ * tasks, which _asyncio._register_task() links any subclass of its Task
+ * into (see task_register in task.c). */
+static int init_task_registry(tl_state *st)
+{
+    st->register_task = tl_import_attr("_asyncio", "_register_task");
+    st->unregister_task = st->register_task ? tl_import_attr("_asyncio", "_unregister_task")
+                                            : NULL;
+    /* the call graph (future.c: _asyncio_awaited_by) */
+    st->add_awaited_by = st->unregister_task
+                             ? tl_import_attr("asyncio.futures", "future_add_to_awaited_by")
+                             : NULL;
+    st->discard_awaited_by = st->add_awaited_by
+                                 ? tl_import_attr("asyncio.futures",
+                                                  "future_discard_from_awaited_by")
+                                 : NULL;
+    st->awaited_by_descr = st->discard_awaited_by
+                               ? PyObject_GetAttrString((PyObject *)st->asyncio_future_type,
+                                                        "_asyncio_awaited_by")
+                               : NULL;
+    return st->awaited_by_descr != NULL ? 0 : -1;
+}
+#else
 /* asyncio.all_tasks() iterates a WeakSet (tasks._scheduled_tasks; 3.11:
  * tasks._all_tasks); our tasks put their entries straight into the set it
  * iterates (see task_register in task.c). */
@@ -135,6 +174,7 @@ static int init_task_registry(tl_state *st)
     }
     return 0;
 }
+#endif
 
 /* asyncio's C Future and Task, the bases of ours: their objects must fit in
  * the part of ours set aside for them (tl_future.h), whose size comes from
@@ -184,14 +224,15 @@ static int core_exec(PyObject *module)
                  (PyObject *)st->asyncio_future_type) < 0 ||
         add_type(module, &st->future_iter_type, &tl_future_iter_spec, NULL) < 0 ||
         add_type(module, &st->task_type, task_spec, (PyObject *)st->asyncio_task_type) < 0 ||
-        add_type(module, &st->worker_key_type, &tl_worker_key_spec, NULL) < 0)
+        add_type(module, &st->worker_key_type, &tl_worker_key_spec, NULL) < 0 ||
+        add_type(module, &st->coromethod_type, &tl_coromethod_spec, NULL) < 0)
         return -1;
     /* what create_future()/create_task() make: ours */
     st->future_cls = Py_NewRef((PyObject *)st->future_type);
     st->task_cls = Py_NewRef((PyObject *)st->task_type);
 
     struct { PyObject **slot; const char *module, *name; } imports[] = {
-        {&st->set_running_loop, "asyncio.events", "_set_running_loop"},
+        {&st->events_module, "asyncio", "events"},
         {&st->get_running_loop, "asyncio.events", "_get_running_loop"},
         {&st->get_asyncgen_hooks, "sys", "get_asyncgen_hooks"},
         {&st->set_asyncgen_hooks, "sys", "set_asyncgen_hooks"},
@@ -218,10 +259,17 @@ static int core_exec(PyObject *module)
         {&st->task_print_stack, "asyncio.base_tasks", "_task_print_stack"},
         {&st->enter_task, "asyncio.tasks", "_enter_task"},
         {&st->leave_task, "asyncio.tasks", "_leave_task"},
+#if PY_VERSION_HEX < 0x030E0000
         {&st->current_tasks, "asyncio.tasks", "_current_tasks"},
+#endif
         {&st->base_event_loop_cls, "asyncio.base_events", "BaseEventLoop"},
         {&st->iscoroutine, "asyncio.coroutines", "iscoroutine"},
+#if PY_VERSION_HEX >= 0x030E0000
+        /* the public one warns from 3.14; asyncio's own code calls this */
+        {&st->iscoroutinefunction, "asyncio.coroutines", "_iscoroutinefunction"},
+#else
         {&st->iscoroutinefunction, "asyncio.coroutines", "iscoroutinefunction"},
+#endif
         {&st->valid_signals, "signal", "valid_signals"},
         {&st->signal_signal, "signal", "signal"},
         {&st->signal_siginterrupt, "signal", "siginterrupt"},
@@ -231,14 +279,20 @@ static int core_exec(PyObject *module)
     };
     for (size_t i = 0; i < sizeof(imports) / sizeof(imports[0]); i++) {
         *imports[i].slot = tl_import_attr(imports[i].module, imports[i].name);
-        if (*imports[i].slot == NULL)
+        if (*imports[i].slot == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_AttributeError))
+                tl_missing_stdlib(imports[i].module, imports[i].name);
             return -1;
+        }
     }
     st->base_events = PyImport_ImportModule("asyncio.base_events");
     if (st->base_events == NULL)
         return -1;
-    if (init_task_registry(st) < 0)
+    if (init_task_registry(st) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError))
+            tl_missing_stdlib("asyncio", "task registry");
         return -1;
+    }
     st->coro_types = PySet_New(NULL);
     st->context_kwnames = Py_BuildValue("(s)", "context");
     if (st->coro_types == NULL || st->context_kwnames == NULL)
@@ -251,6 +305,7 @@ static int core_exec(PyObject *module)
         intern(&st->str_asyncgen_firstiter_hook, "_asyncgen_firstiter_hook") < 0 ||
         intern(&st->str_asyncgen_finalizer_hook, "_asyncgen_finalizer_hook") < 0 ||
         intern(&st->str_call_soon, "call_soon") < 0 ||
+        intern(&st->str_set_running_loop, "_set_running_loop") < 0 ||
         intern(&st->str_cancel, "cancel") < 0 ||
         intern(&st->str_throw, "throw") < 0 ||
         intern(&st->str_result, "result") < 0 ||
@@ -276,18 +331,21 @@ static int core_exec(PyObject *module)
     X(loop_type) X(handle_type) X(timer_handle_type)                          \
     X(event_type) X(future_type) X(future_iter_type) X(task_type)             \
     X(asyncio_future_type) X(asyncio_task_type)                               \
-    X(worker_key_type)                                                        \
+    X(worker_key_type) X(coromethod_type)                                     \
     X(fast_loop_type) X(cancelled_error) X(invalid_state_error)               \
     X(get_event_loop) X(future_repr) X(task_repr) X(task_get_stack)           \
     X(task_print_stack) X(coro_types) X(enter_task)                           \
     X(leave_task) X(swap_current_task) X(register_eager_task)                 \
     X(unregister_eager_task) X(current_tasks) X(all_tasks_data)               \
+    X(register_task) X(unregister_task) X(awaited_by_descr) X(add_awaited_by)  \
+    X(discard_awaited_by)                                                     \
     X(all_tasks_iterating) X(all_tasks_pending) X(context_kwnames)            \
     X(str_call_soon) X(str_cancel) X(str_throw) X(str_result)                 \
     X(str_get_loop) X(str_get_debug) X(str_is_running)                        \
     X(str_asyncio_future_blocking) X(str_loop_attr) X(str_PENDING)            \
     X(str_CANCELLED) X(str_FINISHED)                                          \
-    X(set_running_loop) X(get_running_loop) X(get_asyncgen_hooks)              \
+    X(events_module) X(str_set_running_loop) X(get_running_loop)               \
+    X(get_asyncgen_hooks)                                                     \
     X(set_asyncgen_hooks) X(format_callback_source) X(extract_stack)           \
     X(base_events) X(isfuture) X(ensure_future) X(coroutines_module)           \
     X(set_wakeup_fd) X(run_until_complete_cb) X(future_cls) X(task_cls)        \

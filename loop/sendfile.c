@@ -14,11 +14,15 @@
 
 #include "tl_sock.h"
 
-/* _sock_sendfile_update_filepos */
+/* _sock_sendfile_update_filepos: 3.14 puts the file at offset + sent even
+ * when nothing was sent (an offset at the end of the file) */
 static void sendfile_update_filepos(tl_sockop *op)
 {
-    if (op->total > 0)
-        lseek(op->file_fd, (off_t)op->offset, SEEK_SET);
+#if PY_VERSION_HEX < 0x030E0000
+    if (op->total == 0)
+        return;
+#endif
+    lseek(op->file_fd, (off_t)op->offset, SEEK_SET);
 }
 
 static int sendfile_attempt(tl_sockop *op, PyObject **result)

@@ -28,6 +28,8 @@ typedef struct {
     PyObject *server;
     PyObject *handshake_timeout;
     PyObject *shutdown_timeout;
+    PyObject *context;      /* 3.15's Server context: each connection runs in
+                               a copy of it; NULL: the listener's own */
     int fd;
     int backlog;
     int starved;            /* accept() ran out of fds: said so already */
@@ -43,6 +45,7 @@ static int listener_traverse(tl_listener *l, visitproc visit, void *arg)
     Py_VISIT(l->server);
     Py_VISIT(l->handshake_timeout);
     Py_VISIT(l->shutdown_timeout);
+    Py_VISIT(l->context);
     return 0;
 }
 
@@ -55,6 +58,7 @@ static int listener_clear(tl_listener *l)
     Py_CLEAR(l->server);
     Py_CLEAR(l->handshake_timeout);
     Py_CLEAR(l->shutdown_timeout);
+    Py_CLEAR(l->context);
     return 0;
 }
 
@@ -114,8 +118,34 @@ static int listener_setup_failed(tl_listener *l, PyObject *protocol)
 /* The connection's protocol and transport, made now; with TLS, the TLS
  * transport over the socket transport (what asyncio's _accept_connection2
  * makes in a task, without the task). */
+static int listener_accept_here(tl_listener *l, int fd, const struct sockaddr *sa,
+                                socklen_t sl, int tls);
+
+/* asyncio 3.15 runs each connection (its protocol factory, its transport's
+ * callbacks) in a copy of the Server's context. */
 static int listener_accept(tl_listener *l, int fd, const struct sockaddr *sa, socklen_t sl,
                            int tls)
+{
+    if (l->context == NULL)
+        return listener_accept_here(l, fd, sa, sl, tls);
+    PyObject *ctx = PyContext_Copy(l->context);
+    if (ctx == NULL || PyContext_Enter(ctx) < 0) {
+        Py_XDECREF(ctx);
+        close(fd);
+        return -1;
+    }
+    int rc = listener_accept_here(l, fd, sa, sl, tls);
+    PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
+    if (PyContext_Exit(ctx) < 0)
+        rc = -1;
+    else if (exc != NULL)
+        PyErr_SetRaisedException(exc);
+    Py_DECREF(ctx);
+    return rc;
+}
+
+static int listener_accept_here(tl_listener *l, int fd, const struct sockaddr *sa,
+                                socklen_t sl, int tls)
 {
     PyObject *protocol = PyObject_CallNoArgs(l->protocol_factory);
     if (protocol == NULL) {
@@ -272,17 +302,24 @@ static PyType_Spec listener_spec = {
 };
 
 /* loop._start_serving(protocol_factory, sock, sslcontext=None, server=None,
- *                     backlog=100, ssl_handshake_timeout=..., ssl_shutdown_timeout=...) */
+ *                     backlog=100, ssl_handshake_timeout=..., ssl_shutdown_timeout=...,
+ *                     context=None)   (context: 3.15's Server passes its own) */
 static PyObject *loop_start_serving(tl_loop *loop, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"protocol_factory", "sock", "sslcontext", "server", "backlog",
-                             "ssl_handshake_timeout", "ssl_shutdown_timeout", NULL};
+                             "ssl_handshake_timeout", "ssl_shutdown_timeout", "context", NULL};
     PyObject *factory, *sock, *sslcontext = Py_None, *server = Py_None;
-    PyObject *hs = NULL, *sd = NULL;
+    PyObject *hs = NULL, *sd = NULL, *context = Py_None;
     int backlog = 100;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOiOO:_start_serving", kwlist, &factory,
-                                     &sock, &sslcontext, &server, &backlog, &hs, &sd))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOiOOO:_start_serving", kwlist, &factory,
+                                     &sock, &sslcontext, &server, &backlog, &hs, &sd,
+                                     &context))
         return NULL;
+    if (context != Py_None && !PyContext_CheckExact(context)) {
+        PyErr_Format(PyExc_TypeError, "context must be a contextvars.Context, not %.100s",
+                     Py_TYPE(context)->tp_name);
+        return NULL;
+    }
     int fd = tl_io_fileobj_to_fd(sock);
     if (fd < 0)
         return NULL;
@@ -296,6 +333,7 @@ static PyObject *loop_start_serving(tl_loop *loop, PyObject *args, PyObject *kwd
     l->server = Py_NewRef(server);
     l->handshake_timeout = hs ? Py_NewRef(hs) : PyFloat_FromDouble(60.0);
     l->shutdown_timeout = sd ? Py_NewRef(sd) : PyFloat_FromDouble(30.0);
+    l->context = context != Py_None ? Py_NewRef(context) : NULL;
     l->fd = fd;
     l->backlog = backlog;
     l->starved = 0;

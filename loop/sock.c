@@ -362,6 +362,20 @@ static void sockop_fail_closed(tl_sockop *op)
     Py_DECREF(op);
 }
 
+static void sockop_ready(tl_sockop *op);
+
+/* The poll reported the fd while callbacks queued before it wait
+ * (tl_loop_io_behind): the attempt comes after them, as asyncio's reader
+ * handle does; a cancel among them leaves the data (or the connection to
+ * accept) for the next caller. The operation may be over by then. */
+static int sockop_ready_later(tl_loop *loop, PyObject *obj)
+{
+    tl_sockop *op = (tl_sockop *)obj;
+    if (ev_is_active(&op->io))
+        sockop_ready(op);
+    return tl_loop_raise_deferred(loop);
+}
+
 static void sockop_io_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     TL_UNUSED(ev);
@@ -373,6 +387,16 @@ static void sockop_io_cb(struct ev_loop *ev, ev_io *w, int revents)
         sockop_fail_closed(op);
         return;
     }
+    if (TL_UNLIKELY(tl_loop_io_behind(op->loop))) {
+        if (tl_loop_push_ready(op->loop, sockop_ready_later, Py_NewRef((PyObject *)op)) < 0)
+            tl_loop_defer_error(op->loop);
+        return;
+    }
+    sockop_ready(op);
+}
+
+static void sockop_ready(tl_sockop *op)
+{
     tl_state *st = op->loop->st;
     Py_INCREF(op);
     op->waited = 1;
@@ -614,6 +638,11 @@ static int recv_attempt(tl_sockop *op, PyObject **result)
         PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
         return -1;
     }
+    if (n == 0) {
+        /* socket.recv(0): b'' at once, data or not */
+        *result = PyBytes_FromStringAndSize(NULL, 0);
+        return *result ? 1 : -1;
+    }
     if (n > TL_RECV_SHARED_MAX) {
         /* more than the loop's buffer: socket.recv's own way */
         PyObject *bytes = PyBytes_FromStringAndSize(NULL, n);
@@ -654,6 +683,10 @@ static int recv_into_attempt(tl_sockop *op, PyObject **result)
     }
     if (!op->direct)
         return tl_sockop_call_attempt(tl_call_method(op->sock, "recv_into", "(O)", op->arg), result);
+    if (op->view.len == 0) {
+        *result = PyLong_FromLong(0);   /* an empty buffer: 0 at once */
+        return *result ? 1 : -1;
+    }
     ssize_t got = recv(op->fd, op->view.buf, (size_t)op->view.len, MSG_DONTWAIT);
     if (got < 0)
         return syscall_failed();

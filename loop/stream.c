@@ -415,16 +415,19 @@ static void stream_step(tl_stream *t, int (*step)(tl_stream *), const char *what
     stream_hold_update(t);     /* libev stops a watcher whose fd went bad */
     if (TL_UNLIKELY(t->loop->debug)) {
         double dt = tl_monotonic() - t0;
-        if (dt >= t->loop->slow_callback_duration) {
-            PyObject *exc = PyErr_GetRaisedException();
+        PyObject *exc = PyErr_GetRaisedException();
+        int slow = tl_loop_is_slow(t->loop, dt);
+        if (slow < 0)
+            tl_loop_defer_error(t->loop);
+        if (slow > 0) {
             PyObject *r = tl_call_method(t->loop->st->logger, "warning", "sOsd",
                                               "Executing <%r.%s()> took %.3f seconds",
                                               (PyObject *)t, what, dt);
             if (r == NULL)
                 PyErr_WriteUnraisable((PyObject *)t);
             Py_XDECREF(r);
-            PyErr_SetRaisedException(exc);
         }
+        PyErr_SetRaisedException(exc);
     }
     Py_DECREF(t);
 }
@@ -454,22 +457,53 @@ static int stream_write_fd_closed(tl_stream *t)
     return stream_fd_closed(t, write_error_message(t));
 }
 
+/* The poll reported the fd while callbacks queued before it wait
+ * (tl_loop_io_behind): its turn comes after them, as asyncio's reader and
+ * writer handles' do. By then reading or writing may have stopped. */
+static int stream_read_later(tl_loop *loop, PyObject *obj)
+{
+    tl_stream *t = (tl_stream *)obj;
+    if (ev_is_active(&t->rio))
+        stream_step(t, stream_read_ready, "_read_ready");
+    return tl_loop_raise_deferred(loop);
+}
+
+static int stream_write_later(tl_loop *loop, PyObject *obj)
+{
+    tl_stream *t = (tl_stream *)obj;
+    if (ev_is_active(&t->wio))
+        stream_step(t, stream_write_ready, "_write_ready");
+    return tl_loop_raise_deferred(loop);
+}
+
+static void stream_io_later(tl_stream *t, tl_ready_fn fn)
+{
+    if (tl_loop_push_ready(t->loop, fn, Py_NewRef((PyObject *)t)) < 0)
+        tl_loop_defer_error(t->loop);
+}
+
 static void stream_rio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     TL_UNUSED(ev);
+    tl_stream *t = STREAM_OF(w, rio);
     if (TL_UNLIKELY(revents & EV_ERROR))
-        stream_step(STREAM_OF(w, rio), stream_read_fd_closed, "_read_ready");
+        stream_step(t, stream_read_fd_closed, "_read_ready");
+    else if (TL_UNLIKELY(tl_loop_io_behind(t->loop)))
+        stream_io_later(t, stream_read_later);
     else
-        stream_step(STREAM_OF(w, rio), stream_read_ready, "_read_ready");
+        stream_step(t, stream_read_ready, "_read_ready");
 }
 
 static void stream_wio_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     TL_UNUSED(ev);
+    tl_stream *t = STREAM_OF(w, wio);
     if (TL_UNLIKELY(revents & EV_ERROR))
-        stream_step(STREAM_OF(w, wio), stream_write_fd_closed, "_write_ready");
+        stream_step(t, stream_write_fd_closed, "_write_ready");
+    else if (TL_UNLIKELY(tl_loop_io_behind(t->loop)))
+        stream_io_later(t, stream_write_later);
     else
-        stream_step(STREAM_OF(w, wio), stream_write_ready, "_write_ready");
+        stream_step(t, stream_write_ready, "_write_ready");
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -1100,6 +1134,18 @@ static int stream_maybe_resume_protocol(tl_stream *t)
                              "protocol.resume_writing() failed");
 }
 
+/* A limit as a byte count. asyncio compares sizes with whatever number it
+ * was given: for whole-byte sizes a float's floor compares the same (and an
+ * infinite one never pauses). */
+static Py_ssize_t flow_limit(PyObject *v)
+{
+    if (PyFloat_Check(v)) {
+        double d = PyFloat_AS_DOUBLE(v);
+        return d >= (double)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)d;
+    }
+    return PyNumber_AsSsize_t(v, NULL);
+}
+
 int tl_flow_limits(PyObject *high, PyObject *low, long default_kb, Py_ssize_t *hi,
                    Py_ssize_t *lo)
 {
@@ -1133,8 +1179,8 @@ int tl_flow_limits(PyObject *high, PyObject *low, long default_kb, Py_ssize_t *h
         Py_DECREF(l);
         return -1;
     }
-    Py_ssize_t hv = PyNumber_AsSsize_t(h, NULL);
-    Py_ssize_t lv = PyNumber_AsSsize_t(l, NULL);
+    Py_ssize_t hv = flow_limit(h);
+    Py_ssize_t lv = flow_limit(l);
     Py_DECREF(h);
     Py_DECREF(l);
     if ((hv == -1 || lv == -1) && PyErr_Occurred())
@@ -1294,7 +1340,12 @@ static int check_bytes_like(tl_stream *t, PyObject *data)
         return 0;
     if (t->kind == TL_STREAM_SOCKET) {
         PyErr_Format(PyExc_TypeError,
+#if PY_VERSION_HEX >= 0x030E0000
+                     "data argument must be a bytes, bytearray, or memoryview object, "
+                     "not '%.200s'",
+#else
                      "data argument must be a bytes-like object, not '%.200s'",
+#endif
                      tl_type_name(Py_TYPE(data)));
     } else {
         /* _UnixWritePipeTransport asserts it */
@@ -1377,13 +1428,23 @@ static PyObject *stream_write(tl_stream *t, PyObject *data)
         }
     }
     Py_buffer view;
+    PyObject *copy = NULL;
+    if (!PyBytes_CheckExact(data) && PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        /* a strided memoryview: asyncio's write() takes it (its
+         * socket.send() then fails and the transport dies); it goes out as
+         * the bytes it shows */
+        if (!PyMemoryView_Check(data) || !PyErr_ExceptionMatches(PyExc_BufferError))
+            return NULL;
+        PyErr_Clear();
+        data = copy = PyBytes_FromObject(data);
+        if (copy == NULL)
+            return NULL;
+    }
     if (PyBytes_CheckExact(data)) {
         /* the common case needs no buffer protocol round trip */
         view.buf = PyBytes_AS_STRING(data);
         view.len = PyBytes_GET_SIZE(data);
         view.obj = NULL;
-    } else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
     }
     PyObject *r;
     if (view.len == 0) {
@@ -1397,6 +1458,7 @@ static PyObject *stream_write(tl_stream *t, PyObject *data)
         Py_DECREF(t);
     }
     PyBuffer_Release(&view);
+    Py_XDECREF(copy);
     return r;
 }
 
@@ -1945,6 +2007,10 @@ int tl_parse_extra_info_args(PyObject *const *args, Py_ssize_t nargs, PyObject *
                         "get_extra_info() missing 1 required positional argument: 'name'");
         return -1;
     }
+    /* asyncio looks it up in a dict: an unhashable name is a TypeError
+     * there, even where our extras are made on demand */
+    if (!PyUnicode_CheckExact(name) && PyObject_Hash(name) == -1)
+        return -1;
     *name_out = name;
     *default_out = dflt;
     return 0;
@@ -2280,6 +2346,12 @@ static tl_stream *stream_alloc(tl_loop *loop, PyTypeObject *tp, int kind, int fd
 /* connection_made() on the next iteration */
 static int stream_schedule_made(tl_stream *t)
 {
+    /* asyncio's transports schedule protocol.connection_made when they are
+     * made: a protocol without one is an AttributeError for their maker */
+    PyObject *made = PyObject_GetAttr(t->protocol, t->loop->st->str_connection_made);
+    if (made == NULL)
+        return -1;
+    Py_DECREF(made);
     return stream_push(t, made_fn);
 }
 
@@ -2439,19 +2511,38 @@ PyObject *tl_datagram_transport_new(tl_loop *loop, PyObject *sock, PyObject *pro
                         protocol, waiter, extra, NULL, NULL, 0, address);
 }
 
+int tl_stream_check_context(PyObject *context)
+{
+    if (context == NULL || context == Py_None || PyContext_CheckExact(context))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "context must be a contextvars.Context, not %.100s",
+                 Py_TYPE(context)->tp_name);
+    return -1;
+}
+
+void tl_stream_use_context(PyObject *transport, PyObject *context)
+{
+    if (context != NULL && context != Py_None)
+        Py_XSETREF(((tl_stream *)transport)->context, Py_NewRef(context));
+}
+
 /* loop._make_socket_transport(sock, protocol, waiter=None, *, extra=None,
- * server=None) */
+ * server=None, context=None) */
 static PyObject *loop_make_socket_transport(tl_loop *loop, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"sock", "protocol", "waiter", "extra", "server", NULL};
+    static char *kwlist[] = {"sock", "protocol", "waiter", "extra", "server", "context", NULL};
     PyObject *sock, *protocol, *waiter = Py_None, *extra = Py_None, *server = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O$OO:_make_socket_transport", kwlist,
-                                     &sock, &protocol, &waiter, &extra, &server))
+    PyObject *context = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O$OOO:_make_socket_transport", kwlist,
+                                     &sock, &protocol, &waiter, &extra, &server, &context))
         return NULL;
-    int fd = tl_io_fileobj_to_fd(sock);
+    int fd = tl_stream_check_context(context) < 0 ? -1 : tl_io_fileobj_to_fd(sock);
     if (fd < 0 || tl_io_ensure_no_transport(loop, sock, fd) < 0)
         return NULL;
-    return tl_stream_new_socket(loop, fd, sock, protocol, waiter, extra, server, NULL, 0);
+    PyObject *t = tl_stream_new_socket(loop, fd, sock, protocol, waiter, extra, server, NULL, 0);
+    if (t != NULL)
+        tl_stream_use_context(t, context);
+    return t;
 }
 
 /* ---- pipe transports ------------------------------------------------------------------ */
@@ -2846,7 +2937,8 @@ TL_LOCKED_VARARGS_KW(loop_make_socket_transport_locked, loop_make_socket_transpo
 PyMethodDef tl_stream_loop_methods[] = {
     {"_make_socket_transport", (PyCFunction)(void (*)(void))loop_make_socket_transport_locked,
      METH_VARARGS | METH_KEYWORDS,
-     "_make_socket_transport(sock, protocol, waiter=None, *, extra=None, server=None)\n--\n\n"
+     "_make_socket_transport(sock, protocol, waiter=None, *, extra=None, server=None, "
+     "context=None)\n--\n\n"
      "A transport for a connected, non-blocking stream socket."},
     {NULL, NULL, 0, NULL},
 };

@@ -52,6 +52,45 @@ static int getattr_optional(PyObject *obj, PyObject *name, PyObject **result)
 
 /* ---- asyncio's bookkeeping: all_tasks(), current_task() ---------------- */
 
+#if PY_VERSION_HEX >= 0x030E0000
+/* 3.14+: asyncio keeps its tasks in per-thread linked lists, through a node
+ * in its Task's fields, and _asyncio._register_task() links any subclass of
+ * its Task there: ours through the part of the object that is asyncio's
+ * (tl_future.h). all_tasks() walks the lists and asks a subclass's done()
+ * and get_loop(). A task leaves when it finishes, as asyncio's own do; one
+ * that dies pending is unlinked by asyncio's dealloc at the end of ours. */
+static int task_register(tl_task *task)
+{
+    if (task->registered)
+        return 0;
+    PyObject *r = PyObject_CallOneArg(task->fut.st->register_task, (PyObject *)task);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    task->registered = 1;
+    return 0;
+}
+
+static void task_unregister(tl_task *task)
+{
+    if (!task->registered)
+        return;
+    task->registered = 0;
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *r = PyObject_CallOneArg(task->fut.st->unregister_task, (PyObject *)task);
+    if (r == NULL)
+        PyErr_WriteUnraisable((PyObject *)task);
+    Py_XDECREF(r);
+    PyErr_SetRaisedException(exc);
+}
+
+/* A task being freed: asyncio's dealloc unlinks it (no call into Python
+ * with an object whose count is zero). */
+static void task_forget_registration(tl_task *task)
+{
+    task->registered = 0;
+}
+#else
 /* asyncio.all_tasks() lists the live entries of asyncio's WeakSet of tasks
  * (tasks._scheduled_tasks, 3.11: tasks._all_tasks). WeakSet.add() runs
  * Python code and gives each entry a Python callback that runs again when
@@ -104,6 +143,12 @@ static void task_unregister(tl_task *task)
     Py_DECREF(ref);
     PyErr_SetRaisedException(exc);
 }
+
+static void task_forget_registration(tl_task *task)
+{
+    task_unregister(task);
+}
+#endif
 
 /* current_task() bookkeeping around each step. Up to 3.13 it is a dict
  * {loop: task} (tasks._current_tasks, the one asyncio's C functions use):
@@ -514,9 +559,32 @@ static int task_refuse_yield(tl_task *task, PyObject *result, int same_loop, int
 
 /* Wait for `result`, a future of someone else's: result.add_done_callback(
  * wakeup, context=...). */
+/* 3.14's call graph: a future of someone else's records the task that
+ * awaits it, as asyncio's Task does (our own futures need no record:
+ * future.c's _asyncio_awaited_by). */
+static int task_awaited_by(tl_task *task, PyObject *fut, int add)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    tl_state *st = task->fut.st;
+    PyObject *args[2] = {fut, (PyObject *)task};
+    PyObject *r = PyObject_Vectorcall(add ? st->add_awaited_by : st->discard_awaited_by,
+                                      args, 2, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+#else
+    TL_UNUSED(task);
+    TL_UNUSED(fut);
+    TL_UNUSED(add);
+#endif
+    return 0;
+}
+
 static int task_watch_foreign(tl_task *task, PyObject *result)
 {
     tl_state *st = task->fut.st;
+    if (task_awaited_by(task, result, 1) < 0)
+        return -1;
     PyObject *wakeup = tl_task_wakeup_method(task);
     if (wakeup == NULL)
         return -1;
@@ -892,6 +960,8 @@ static int task_wakeup_ready(tl_loop *loop, PyObject *obj)
 /* The callables other loops and other futures call. */
 static PyObject *task_wakeup_py(tl_task *task, PyObject *fut)
 {
+    if (!tl_future_check_exact(task->fut.st, fut) && task_awaited_by(task, fut, 0) < 0)
+        return NULL;
     PyObject *exc;
     task_outcome_of(task, fut, &exc);
     tl_loop *tloop = tl_future_tloop(&task->fut);
@@ -1185,6 +1255,8 @@ static int task_tp_init(tl_task *task, PyObject *args, PyObject *kwds)
                                      &name, &context))
         return -1;
 #endif
+    if (tl_future_refuse_reinit(&task->fut) < 0)
+        return -1;
     return task_init(task, coro, loop, name, context, eager_start);
 }
 
@@ -1537,7 +1609,7 @@ static void task_dealloc(tl_task *task)
     if (PyObject_CallFinalizerFromDealloc((PyObject *)task) < 0)
         return;     /* resurrected */
     PyObject_GC_UnTrack(task);
-    task_unregister(task);
+    task_forget_registration(task);
     PyObject_ClearWeakRefs((PyObject *)task);
     task_clear_own(task);
     PyMem_Free(task->mt);

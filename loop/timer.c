@@ -180,7 +180,24 @@ static tl_timer_handle *timer_alloc(tl_state *st)
     h->cancelled = 0;
     h->is_timer = 1;
     t->slot = -1;
+    t->when_is_int = 0;
     return t;
+}
+
+/* Where a NaN deadline goes. asyncio's heap compares with `<`, false both
+ * ways for NaN: pushed, such a timer stays where it lands, at the bottom,
+ * and fires once the timers that were above it are gone. So it fires at
+ * once in an empty heap, but after wait_for()'s timeout, scheduled before
+ * it, in wait_for(sleep(nan), t). The same here: after every timer already
+ * scheduled (in time order, then by arrival). A scan, for a deadline no
+ * program means to set. */
+static double nan_key(tl_timer_heap *heap)
+{
+    double key = -INFINITY;
+    for (Py_ssize_t i = 0; i < heap->len; i++)
+        if (heap->items[i]->key > key)
+            key = heap->items[i]->key;
+    return key;
 }
 
 tl_timer_handle *tl_timer_schedule(tl_loop *loop, double when,
@@ -191,13 +208,14 @@ tl_timer_handle *tl_timer_schedule(tl_loop *loop, double when,
     if (t == NULL)
         return NULL;
     t->when = when;
-    /* asyncio fires a NaN deadline at once: order it before everything */
-    t->key = isnan(when) ? -INFINITY : when;
+    t->key = when;
     if (tl_handle_init(&t->base, loop, callback, args, nargs, context) < 0) {
         Py_DECREF(t);
         return NULL;
     }
     int locked = tl_loop_ev_lock(loop);
+    if (TL_UNLIKELY(isnan(when)))
+        t->key = nan_key(&loop->timers);
     t->seq = loop->timers.seq++;
     int rc = heap_push(&loop->timers, t);
     int first = rc == 0 && t->slot == 0;
@@ -270,6 +288,8 @@ static PyObject *timer_richcompare(PyObject *a, PyObject *b, int op)
 
 static PyObject *timer_when(tl_timer_handle *t, PyObject *Py_UNUSED(ignored))
 {
+    if (TL_UNLIKELY(t->when_is_int))
+        return PyLong_FromDouble(t->when);
     return PyFloat_FromDouble(t->when);
 }
 
@@ -413,7 +433,11 @@ static PyObject *loop_call_at(tl_loop *loop, PyObject *const *args,
     double when = PyFloat_AsDouble(args[0]);
     if (when == -1.0 && PyErr_Occurred())
         return NULL;
-    return loop_call_at_impl(loop, when, args[1], args + 2, nargs - 2, context);
+    PyObject *t = loop_call_at_impl(loop, when, args[1], args + 2, nargs - 2, context);
+    if (t != NULL && PyLong_CheckExact(args[0]) && when == floor(when) &&
+        fabs(when) <= 9007199254740992.0)   /* 2**53: the int comes back exact */
+        ((tl_timer_handle *)t)->when_is_int = 1;
+    return t;
 }
 
 PyMethodDef tl_timer_loop_methods[] = {

@@ -614,8 +614,22 @@ static int call_eof_received(tl_tls *s);
 
 static int on_shutdown_complete(tl_tls *s, PyObject *shutdown_exc)
 {
+#if PY_VERSION_HEX >= 0x030E0000
+    /* 3.14: the raw transport's close() flushes first, which a peer that
+     * does not read can hold up for ever: the timeout stays (or starts, when
+     * the peer began the shutdown) until connection_lost() */
+    if (shutdown_exc == NULL && s->sd_timer == NULL) {
+        PyObject *h = call_later_self(s, s->sd_timeout, s->T->str_check_sd);
+        if (h == NULL)
+            return -1;
+        s->sd_timer = h;
+    }
+    if (shutdown_exc != NULL && cancel_timer(s, &s->sd_timer) < 0)
+        return -1;
+#else
     if (cancel_timer(s, &s->sd_timer) < 0)
         return -1;
+#endif
     if (shutdown_exc != NULL)
         return fatal_error(s, shutdown_exc, "Fatal error on transport");
     if (s->transport == NULL) {
@@ -1990,20 +2004,21 @@ static PyType_Spec rawbuf_spec = {"tonio_loop._core._RawBuffer", sizeof(tl_rawbu
 
 /* loop._make_ssl_transport(rawsock, protocol, sslcontext, waiter=None, *,
  *     server_side=False, server_hostname=None, extra=None, server=None,
- *     ssl_handshake_timeout=..., ssl_shutdown_timeout=...) */
+ *     ssl_handshake_timeout=..., ssl_shutdown_timeout=..., context=None) */
 static PyObject *loop_make_ssl_transport(tl_loop *loop, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"rawsock", "protocol", "sslcontext", "waiter", "server_side",
                              "server_hostname", "extra", "server", "ssl_handshake_timeout",
-                             "ssl_shutdown_timeout", NULL};
+                             "ssl_shutdown_timeout", "context", NULL};
     PyObject *sock, *proto, *ctx, *waiter = Py_None, *hostname = Py_None, *extra = Py_None,
                                   *server = Py_None, *hs = NULL, *sd = NULL;
+    PyObject *context = Py_None;
     int server_side = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|O$pOOOOO:_make_ssl_transport", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|O$pOOOOOO:_make_ssl_transport", kwlist,
                                      &sock, &proto, &ctx, &waiter, &server_side, &hostname,
-                                     &extra, &server, &hs, &sd))
+                                     &extra, &server, &hs, &sd, &context))
         return NULL;
-    int fd = tl_io_fileobj_to_fd(sock);
+    int fd = tl_stream_check_context(context) < 0 ? -1 : tl_io_fileobj_to_fd(sock);
     if (fd < 0 || tl_io_ensure_no_transport(loop, sock, fd) < 0)
         return NULL;
     PyObject *tls = tl_tls_new(loop, proto, ctx, waiter, server_side, hostname, 1, hs, sd, 0);
@@ -2014,6 +2029,7 @@ static PyObject *loop_make_ssl_transport(tl_loop *loop, PyObject *args, PyObject
         Py_DECREF(tls);
         return NULL;
     }
+    tl_stream_use_context(t, context);
     Py_DECREF(t);
     return tls;
 }

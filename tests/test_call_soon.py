@@ -356,6 +356,77 @@ def test_many_threads_call_soon_threadsafe(loop):
         assert [j for (t, j) in got if t == i] == list(range(per_thread))
 
 
+threadsafe_lock = pytest.mark.skipif(
+    sys.version_info < (3, 14), reason="3.14 gave call_soon_threadsafe() handles a lock")
+
+
+@threadsafe_lock
+@pytest.mark.parametrize("ask", ["cancel", "cancelled"])
+def test_threadsafe_handle_waits_for_a_running_callback(loop, ask):
+    """cancel() or cancelled() from another thread while the callback of a
+    call_soon_threadsafe() handle runs: it waits until the callback is over."""
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def callback():
+        started.set()
+        release.wait(5)
+        time.sleep(0.05)        # the other thread is blocked in cancel() by now
+        finished.set()
+        loop.stop()
+
+    def other():
+        handle = loop.call_soon_threadsafe(callback)
+        started.wait(5)
+        release.set()
+        getattr(handle, ask)()
+        seen.append(finished.is_set())
+
+    t = threading.Thread(target=other)
+    t.start()
+    loop.run_forever()
+    t.join(5)
+    assert seen == [True]
+
+
+@threadsafe_lock
+def test_threadsafe_handle_cancelled_by_its_own_callback(loop):
+    """The callback cancels its own handle (same thread): no deadlock, it
+    runs to its end."""
+    done = []
+    holder = []
+
+    def callback():
+        holder[0].cancel()
+        done.append(holder[0].cancelled())
+        loop.stop()
+
+    holder.append(loop.call_soon_threadsafe(callback))
+    loop.run_forever()
+    assert done == [True]
+
+
+@threadsafe_lock
+def test_threadsafe_handle_cancelled_before_it_runs(loop):
+    ran = []
+    blocker = threading.Event()
+    loop.call_soon(blocker.wait, 5)
+    cancelled = []
+
+    def other():
+        handle = loop.call_soon_threadsafe(ran.append, 1)
+        handle.cancel()
+        cancelled.append(handle.cancelled())
+        blocker.set()
+        loop.call_soon_threadsafe(loop.stop)
+
+    t = threading.Thread(target=other)
+    t.start()
+    loop.run_forever()
+    t.join(5)
+    assert cancelled == [True] and ran == []
+
+
 def test_handle_repr_debug_has_source(loop):
     loop.set_debug(True)
 

@@ -51,6 +51,10 @@ class EventLoopPolicy(_BasePolicy):
     """An asyncio event loop policy whose loops are tonio_loop loops.
 
         asyncio.set_event_loop_policy(tonio_loop.EventLoopPolicy())
+
+    Deprecated with asyncio's policy system from Python 3.14: pass
+    ``loop_factory=tonio_loop.new_event_loop`` to ``asyncio.run()`` or
+    ``asyncio.Runner`` instead.
     """
 
     def __init__(self):
@@ -66,7 +70,12 @@ class EventLoopPolicy(_BasePolicy):
 
 
 def install():
-    """Make tonio_loop the loop of asyncio's policy (the classic way)."""
+    """Make tonio_loop the loop of asyncio's policy (the classic way).
+
+    Deprecated with asyncio's policy system from Python 3.14: use
+    ``asyncio.run(main(), loop_factory=tonio_loop.new_event_loop)``,
+    ``asyncio.Runner(loop_factory=tonio_loop.new_event_loop)`` or
+    ``tonio_loop.run(main())`` instead."""
     if _POLICIES_DEPRECATED:
         _warn_policy("tonio_loop.install()", 2)
         with _warnings.catch_warnings():

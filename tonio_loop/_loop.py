@@ -7,6 +7,7 @@ shutdown, exception handler plumbing - is taken from the running Python's own
 """
 
 import asyncio
+import functools
 import io
 import os
 import socket
@@ -37,6 +38,8 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         # first: close() reads it, also when the C part refuses its arguments
         self._child_pidfds = {}          # pidfd -> pid of children not reaped yet
         super().__init__(**kwargs)
+        # a plain attribute, as asyncio's (any value; debug mode compares it)
+        self.slow_callback_duration = 0.1
         self._default_executor = None
         self._executor_shutdown_called = False
         self._asyncgens = weakref.WeakSet()
@@ -77,12 +80,14 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
     _create_connection_transport = _Base._create_connection_transport
     _ensure_resolved = _Base._ensure_resolved
     _getaddrinfo_debug = _Base._getaddrinfo_debug
+    @functools.wraps(_Base.create_server)
     async def create_server(self, *args, **kwargs):
         return _server_for(self, await _Base.create_server(self, *args, **kwargs))
 
     _create_server_getaddrinfo = _Base._create_server_getaddrinfo
     connect_accepted_socket = _Base.connect_accepted_socket
     create_unix_connection = _Unix.create_unix_connection
+    @functools.wraps(_Unix.create_unix_server)
     async def create_unix_server(self, *args, **kwargs):
         return _server_for(self, await _Unix.create_unix_server(self, *args, **kwargs))
 
@@ -201,7 +206,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
 
         transport.set_protocol(ssl_transport)
         conmade_cb = self.call_soon(ssl_transport.connection_made, transport)
-        early = _early_handshake_bytes(self, protocol)
+        early = _early_handshake_bytes(self, protocol, server_side)
         if early:
             self.call_soon(ssl_transport.data_received, early)
         resume_cb = self.call_soon(transport.resume_reading)
@@ -212,9 +217,12 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
             transport.close()
             conmade_cb.cancel()
             resume_cb.cancel()
+            waiter = None       # the exception's traceback holds this frame
             raise
 
-        return ssl_transport
+        # None when the connection was lost meanwhile (asyncio returns its
+        # SSLProtocol's _app_transport, which connection_lost() drops)
+        return ssl_transport._app_transport
 
     async def _make_subprocess_transport(self, protocol, args, shell,
                                          stdin, stdout, stderr, bufsize,
@@ -350,6 +358,22 @@ def new_event_loop(**kwargs):
 # asyncio's transports are documented with these
 _core.SocketTransport._start_tls_compatible = True
 _core.SocketTransport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+
+def _introspect_as_coroutines(cls, reference):
+    """The C methods that asyncio defines with `async def` answer
+    inspect.iscoroutinefunction() as asyncio's do, with asyncio's signature
+    (loop/coromethod.c): code that introspects (mock.patch's autospec makes
+    an AsyncMock then) sees what it sees on asyncio's loop."""
+    for name, method in list(vars(cls).items()):
+        like = getattr(reference, name, None)
+        if (isinstance(method, types.MethodDescriptorType)
+                and inspect.iscoroutinefunction(like)
+                and isinstance(like, types.FunctionType)):
+            setattr(cls, name, _core.CoroutineMethod(method, like))
+
+
+_introspect_as_coroutines(_core.Loop, selector_events.BaseSelectorEventLoop)
 
 
 # ---- threaded loops (Loop(threads=N)) ----------------------------------------
@@ -510,17 +534,19 @@ def _lock_stream_readers(protocol):
         protocol.__class__ = locked
 
 
-def _early_handshake_bytes(loop, protocol):
+def _early_handshake_bytes(loop, protocol, server_side):
     """What the peer's TLS handshake already put in a stream reader's buffer.
 
-    With worker threads the loop thread reads the socket while the task
-    that answered "go ahead with TLS" has not yet paused reading: the
-    peer's first handshake bytes may land in the old protocol's
-    StreamReader, where asyncio's single thread never lets them arrive
-    (the task writes the answer and pauses reading in one step). Once
-    pause_reading() has returned nothing more comes there: hand them to
-    the TLS transport. Single-threaded loops keep asyncio's behaviour."""
-    if not loop.threads:
+    A server's StreamReaderProtocol may hold the client's first handshake
+    bytes when start_tls() comes: asyncio 3.14 (gh-142352) hands them to the
+    TLS protocol; so do we, on every version (before, the handshake waited
+    for bytes that never came again). With worker threads the same can
+    happen on either side: the loop thread reads the socket while the task
+    that answered "go ahead with TLS" has not yet paused reading, where
+    asyncio's single thread never lets them arrive. Once pause_reading()
+    has returned nothing more comes there: hand them to the TLS
+    transport."""
+    if not (loop.threads or (server_side and isinstance(protocol, asyncio.StreamReaderProtocol))):
         return None
     reader = getattr(protocol, "_stream_reader", None)
     buffer = getattr(reader, "_buffer", None)
