@@ -991,30 +991,44 @@ static PyObject *task_step_py(tl_task *task, PyObject *const *args, Py_ssize_t n
 /* ---- eager start (3.12+) ------------------------------------------------ */
 
 #if PY_VERSION_HEX >= 0x030C0000
+/* asyncio's _swap_current_task(key, task): the task current before (new
+ * ref), NULL on error. */
+static PyObject *task_swap_current(tl_state *st, PyObject *key, int private, PyObject *task)
+{
+    PyObject *argv[2] = {key, task};
+    if (private)
+        tl_dispatch_key_private(1);
+    PyObject *prev = PyObject_Vectorcall(st->swap_current_task, argv, 2, NULL);
+    if (private)
+        tl_dispatch_key_private(0);
+    return prev;
+}
+
 static int task_eager_start(tl_task *task)
 {
     tl_state *st = task->fut.st;
     PyObject *loop = task->fut.loop;
     PyObject *key = task_key(task);
     int private = key != loop;
-    PyObject *argv[2] = {key, (PyObject *)task};
-    if (private)
-        tl_dispatch_key_private(1);
-    PyObject *prev = PyObject_Vectorcall(st->swap_current_task, argv, 2, NULL);
-    if (private)
-        tl_dispatch_key_private(0);
-    if (prev == NULL)
+    /* the context first: one the caller is already inside (ctx.run) is a
+     * RuntimeError before anything else changed, so the loop's current task
+     * stays as it was (gh-157301) */
+    if (PyContext_Enter(task->context) < 0)
         return -1;
-    PyObject *r = PyObject_CallOneArg(st->register_eager_task, (PyObject *)task);
+    PyObject *prev = task_swap_current(st, key, private, (PyObject *)task);
+    PyObject *r = prev ? PyObject_CallOneArg(st->register_eager_task, (PyObject *)task) : NULL;
     if (r == NULL) {
-        Py_DECREF(prev);
+        PyObject *exc = PyErr_GetRaisedException();
+        if (prev != NULL) {
+            Py_XDECREF(task_swap_current(st, key, private, prev));
+            Py_DECREF(prev);
+            PyErr_Clear();
+        }
+        PyContext_Exit(task->context);
+        PyErr_SetRaisedException(exc);
         return -1;
     }
     Py_DECREF(r);
-    if (PyContext_Enter(task->context) < 0) {
-        Py_DECREF(prev);
-        return -1;
-    }
     /* a wake-up from another worker waits until this step is over, and so
      * do the callbacks it schedules */
     int shared = task_shared(task);
@@ -1027,12 +1041,7 @@ static int task_eager_start(tl_task *task)
     int retval = task_step_impl(task, NULL);
     PyObject *error = retval < 0 ? PyErr_GetRaisedException() : NULL;
 
-    argv[1] = prev;
-    if (private)
-        tl_dispatch_key_private(1);
-    PyObject *cur = PyObject_Vectorcall(st->swap_current_task, argv, 2, NULL);
-    if (private)
-        tl_dispatch_key_private(0);
+    PyObject *cur = task_swap_current(st, key, private, prev);
     Py_DECREF(prev);
     if (cur == NULL) {
         retval = -1;
@@ -1151,6 +1160,15 @@ static int task_init(tl_task *task, PyObject *coro, PyObject *loop, PyObject *na
         if (task->context == NULL)
             return -1;
     } else {
+#if PY_VERSION_HEX >= 0x030F0000
+        /* 3.15 takes nothing but a Context (before, a look-alike's run()) */
+        if (!PyContext_CheckExact(context)) {
+            task->log_destroy_pending = 0;
+            PyErr_Format(PyExc_TypeError, "a contextvars.Context was expected, got %T",
+                         context);
+            return -1;
+        }
+#endif
         task->context = Py_NewRef(context);
     }
     PyObject **name_slot = tl_task_name_slot(task);
