@@ -6,7 +6,7 @@
  * the same without a Python frame: it is its own coroutine (send/throw/
  * close/__await__, and the am_send slot Task uses), tries the operation on
  * the first send, and only when that would block creates a future with
- * loop.create_future(), starts its own ev_io and yields the future (through
+ * loop.create_future(), waits in the fd's line (tl_io.h) and yields the future (through
  * the future's own __await__, so any Future implementation works). The
  * watcher callback retries the operation and completes the future.
  *
@@ -53,7 +53,7 @@ struct tl_sockop {
     Py_buffer view;         /* held while has_view */
     Py_ssize_t pos;         /* progress (sendall) or a size */
     long long offset, count, total;   /* sendfile */
-    ev_io io;
+    tl_io_queued wait;      /* in the fd's line while waiting for it */
     tl_loop_link link;
     int fd;
     int file_fd;

@@ -53,15 +53,15 @@ static tl_io_watch *io_get_or_create(tl_loop *loop, int fd)
     return iw;
 }
 
-/* Free the slot once nothing uses it. */
-static void io_release(tl_loop *loop, tl_io_watch *iw)
+/* Once nothing uses the slot, let go of the file object. The slot stays for
+ * the fd number's next user (loop.close() frees it): a socket's operations
+ * come and go thousands of times a second, each would allocate it again. */
+static void io_release(tl_io_watch *iw)
 {
-    if (iw->reader != NULL || iw->writer != NULL || iw->owner != NULL)
+    if (iw->reader != NULL || iw->writer != NULL || iw->owner != NULL ||
+        iw->first[0] != NULL || iw->first[1] != NULL)
         return;
-    loop->io.slots[iw->fd] = NULL;
-    PyObject *fileobj = iw->fileobj;
-    PyMem_Free(iw);
-    Py_XDECREF(fileobj);
+    Py_CLEAR(iw->fileobj);
 }
 
 /* Bring the ev_io in line with the reader/writer registered; free the slot
@@ -87,7 +87,7 @@ static int io_update(tl_loop *loop, tl_io_watch *iw)
                 ev_clear_pending(loop->ev, &iw->io);
         }
     }
-    io_release(loop, iw);
+    io_release(iw);
     return rc;
 }
 
@@ -162,6 +162,84 @@ static void io_cb(struct ev_loop *ev, ev_io *w, int revents)
         } else if (io_push(loop, iw, h, EV_WRITE) < 0) {
             tl_loop_defer_error(loop);
         }
+    }
+}
+
+/* ---- lines of operations waiting for an fd ----------------------------- */
+
+static int queued_line(const tl_io_queued *q)
+{
+    return (q->io.events & EV_WRITE) ? 1 : 0;
+}
+
+/* Take q out of its line; frees the slot when nothing else uses it. */
+static void queue_unlink(tl_io_watch *iw, tl_io_queued *q)
+{
+    int line = queued_line(q);
+    if (q->prev != NULL)
+        q->prev->next = q->next;
+    else
+        iw->first[line] = q->next;
+    if (q->next != NULL)
+        q->next->prev = q->prev;
+    else
+        iw->last[line] = q->prev;
+    q->prev = q->next = NULL;
+    q->in_line = 0;
+    io_release(iw);
+}
+
+int tl_io_queue_join(tl_loop *loop, tl_io_queued *q)
+{
+    tl_io_watch *iw = io_get_or_create(loop, q->io.fd);
+    if (iw == NULL)
+        return -1;
+    int line = queued_line(q);
+    q->next = NULL;
+    q->prev = iw->last[line];
+    q->in_line = 1;
+    iw->last[line] = q;
+    if (q->prev != NULL) {
+        q->prev->next = q;
+        return 0;
+    }
+    iw->first[line] = q;
+    if (tl_loop_io_start(loop, &q->io) == 0)
+        return 0;
+    int err = errno;
+    ev_clear_pending(loop->ev, &q->io);
+    queue_unlink(iw, q);
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+void tl_io_queue_leave_line(tl_loop *loop, tl_io_queued *q, int pass_on)
+{
+    tl_io_watch *iw = io_lookup(loop, q->io.fd);
+    tl_io_queued *next = q->prev == NULL ? q->next : NULL;
+    /* also when libev stopped it itself (EV_ERROR): its event is pending */
+    ev_io_stop(loop->ev, &q->io);
+    queue_unlink(iw, q);
+    /* an fd gone bad leaves EV_ERROR pending for next, which fails so */
+    if (next != NULL && tl_loop_io_start(loop, &next->io) == 0 && pass_on)
+        ev_feed_event(loop->ev, &next->io, next->io.events & (EV_READ | EV_WRITE));
+}
+
+/* loop.close(): whoever is in a line finds itself out of it. */
+static void queue_clear(tl_loop *loop, tl_io_watch *iw)
+{
+    for (int line = 0; line < 2; line++) {
+        tl_io_queued *q = iw->first[line];
+        while (q != NULL) {
+            tl_io_queued *next = q->next;
+            if (loop->ev != NULL)
+                ev_io_stop(loop->ev, &q->io);
+            q->prev = q->next = NULL;
+            q->in_line = 0;
+            q = next;
+        }
+        iw->first[line] = iw->last[line] = NULL;
     }
 }
 
@@ -291,7 +369,7 @@ static PyObject *io_add(tl_loop *loop, PyObject *const *args, Py_ssize_t nargs,
             /* closed since the check above (another thread): not added */
             *slot = old;
             old = NULL;
-            io_release(loop, iw);
+            io_release(iw);
             closed = 1;
             Py_DECREF(h);
         }
@@ -357,7 +435,7 @@ static PyObject *io_remove(tl_loop *loop, PyObject *fileobj, int writing, int ch
             PyObject **rest = writing ? &iw->reader : &iw->writer;
             other = *rest;
             *rest = NULL;
-            io_release(loop, iw);
+            io_release(iw);
             closed = 1;
         }
     }
@@ -476,6 +554,7 @@ void tl_io_table_clear(tl_loop *loop)
         t->slots[fd] = NULL;
         if (loop->ev != NULL)
             ev_io_stop(loop->ev, &iw->io);
+        queue_clear(loop, iw);
         Py_CLEAR(iw->reader);
         Py_CLEAR(iw->writer);
         Py_CLEAR(iw->fileobj);

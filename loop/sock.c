@@ -30,7 +30,7 @@ static void sockop_io_cb(struct ev_loop *ev, ev_io *w, int revents);
 static void sockop_on_loop_close(tl_loop_link *link)
 {
     tl_sockop *op = (tl_sockop *)((char *)link - offsetof(tl_sockop, link));
-    ev_io_stop(op->loop->ev, &op->io);     /* a pending event too */
+    tl_io_queue_leave(op->loop, &op->wait, 0);     /* a pending event too */
     if (op->held) {
         op->held = 0;
         Py_DECREF(op);
@@ -50,22 +50,27 @@ tl_sockop *tl_sockop_new(tl_loop *loop, const tl_sockop_kind *kind, PyObject *so
     op->file_fd = -1;
     op->state = OP_NEW;
     op->link.on_loop_close = sockop_on_loop_close;
-    ev_init(&op->io, sockop_io_cb);
+    ev_init(&op->wait.io, sockop_io_cb);
     PyObject_GC_Track(op);
     return op;
 }
 
-/* Stop waiting; drops the watcher's reference (the caller holds one). */
-static void sockop_unwatch(tl_sockop *op)
+/* Stop waiting; drops the watcher's reference (the caller holds one).
+ * pass_on: the fd's readiness was reported and this operation is done with
+ * it; the next one waiting for the fd tries as well. */
+static void sockop_unwatch_passing(tl_sockop *op, int pass_on)
 {
-    /* also when libev stopped it itself (EV_ERROR): its event is pending */
-    if (op->loop->ev != NULL)
-        ev_io_stop(op->loop->ev, &op->io);
+    tl_io_queue_leave(op->loop, &op->wait, pass_on);
     if (op->held) {
         op->held = 0;
         tl_loop_link_remove(&op->link);
         Py_DECREF(op);
     }
+}
+
+static void sockop_unwatch(tl_sockop *op)
+{
+    sockop_unwatch_passing(op, 0);
 }
 
 static void sockop_release(tl_sockop *op)
@@ -229,13 +234,10 @@ static int sockop_start_wait(tl_sockop *op)
                                         : tl_call_method(fut, "__await__", NULL);
     if (op->fut_iter == NULL)
         return -1;
-    ev_io_set(&op->io, op->fd, op->kind->events);
-    if (tl_loop_io_start(loop, &op->io) < 0) {
-        /* closed under us: asyncio's add_reader() raises so */
-        ev_clear_pending(loop->ev, &op->io);
-        PyErr_SetFromErrno(PyExc_OSError);
+    ev_io_set(&op->wait.io, op->fd, op->kind->events);
+    /* closed under us: OSError, as asyncio's add_reader() raises */
+    if (tl_io_queue_join(loop, &op->wait) < 0)
         return -1;
-    }
     op->held = 1;
     Py_INCREF(op);
     tl_loop_link_add(loop, &op->link);
@@ -371,7 +373,7 @@ static void sockop_ready(tl_sockop *op);
 static int sockop_ready_later(tl_loop *loop, PyObject *obj)
 {
     tl_sockop *op = (tl_sockop *)obj;
-    if (ev_is_active(&op->io))
+    if (ev_is_active(&op->wait.io))
         sockop_ready(op);
     return tl_loop_raise_deferred(loop);
 }
@@ -379,7 +381,7 @@ static int sockop_ready_later(tl_loop *loop, PyObject *obj)
 static void sockop_io_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
     TL_UNUSED(ev);
-    tl_sockop *op = (tl_sockop *)((char *)w - offsetof(tl_sockop, io));
+    tl_sockop *op = (tl_sockop *)((char *)w - offsetof(tl_sockop, wait.io));
     if (TL_UNLIKELY(revents & EV_ERROR)) {
         /* libev dropped the fd: closed, found when a watcher of the same
          * number was registered. No attempt: the number may name another
@@ -407,14 +409,14 @@ static void sockop_ready(tl_sockop *op)
     if (done != 0) {
         if (done < 0)
             PyErr_WriteUnraisable((PyObject *)op);
-        sockop_unwatch(op);
+        sockop_unwatch_passing(op, 1);
         goto out;
     }
     PyObject *value = NULL;
     int r = op->kind->attempt(op, &value);
     if (r == 0)
         goto out;
-    sockop_unwatch(op);
+    sockop_unwatch_passing(op, 1);
     PyObject *res;
     if (r > 0) {
         res = PyObject_CallMethodOneArg(op->fut, st->str_set_result, value);

@@ -5,8 +5,12 @@ Parity tests: each runs on both loops and asserts asyncio's outcome."""
 import asyncio
 import sys
 import socket
+import time
 
 import pytest
+
+from tests.conftest import TONIO_THREADS
+from tests.netutil import is_tonio
 
 
 async def test_sock_recv_of_zero_bytes_returns_at_once():
@@ -106,6 +110,126 @@ def test_one_iteration_at_a_time_sees_io_at_once(loop):
     finally:
         a.close()
         b.close()
+
+
+async def _all_waiting(tasks):
+    """Until every task awaits a future (their first steps ran)."""
+    while any(t._fut_waiter is None for t in tasks):
+        await asyncio.sleep(0.001)
+
+
+class _CountingSocket(socket.socket):
+    """A socket whose recv() counts its calls (the loop then calls the
+    method, not the system call)."""
+    recvs = 0
+
+    def recv(self, *args):
+        type(self).recvs += 1
+        return super().recv(*args)
+
+
+async def test_one_readable_fd_wakes_one_of_many_operations():
+    """Many sock_recv() on one socket: a message is read once, by one of
+    them, and the others are not woken to find nothing (tonio_loop: they
+    wait in line; asyncio: the last one's reader replaced the others')."""
+    loop = asyncio.get_running_loop()
+    n = 2000
+    a, b = socket.socketpair()
+    a = _CountingSocket(fileno=a.detach())
+    a.setblocking(False)
+    try:
+        ops = [asyncio.ensure_future(loop.sock_recv(a, 100)) for _ in range(n)]
+        await _all_waiting(ops)
+        _CountingSocket.recvs = 0
+        b.send(b"one")
+        done, pending = await asyncio.wait(ops, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.sleep(0.01)
+        assert [t.result() for t in done] == [b"one"]
+        assert len(pending) == n - 1
+        assert _CountingSocket.recvs <= 2
+        if is_tonio(loop):
+            # asyncio's other operations lost their reader (a bug of its
+            # own): ours are served in the order they came (with worker
+            # threads, the order their first steps ran in)
+            assert TONIO_THREADS or ops[0] in done
+            ops = [t for t in ops if t not in done]
+            b.send(b"two")
+            done, _ = await asyncio.wait(ops, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+            assert [t.result() for t in done] == [b"two"]
+            assert TONIO_THREADS or ops[0] in done
+        for t in ops:
+            t.cancel()
+        await asyncio.gather(*ops, return_exceptions=True)
+        b.send(b"left for whoever reads next")
+        assert await asyncio.wait_for(loop.sock_recv(a, 100), 1) == b"left for whoever reads next"
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_backlog_serves_a_line_of_sock_accept():
+    """20 sock_accept() on one listening socket and 20 connections queued:
+    tonio_loop accepts all 20, each waiter one, in the order they came.
+    asyncio accepts one: each sock_accept() replaced the previous reader and
+    the first done removed it (its bug; the other 19 wait forever)."""
+    loop = asyncio.get_running_loop()
+    n = 20
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(n)
+    srv.setblocking(False)
+    clients = []
+    ops = [asyncio.ensure_future(loop.sock_accept(srv)) for _ in range(n)]
+    try:
+        await _all_waiting(ops)
+        for _ in range(n):
+            c = socket.create_connection(srv.getsockname())
+            clients.append(c)
+        done, _ = await asyncio.wait(ops, timeout=0.5)
+        assert len(done) == (n if is_tonio(loop) else 1)
+        if is_tonio(loop):
+            ports = [t.result()[1][1] for t in ops]
+            expected = [c.getsockname()[1] for c in clients]
+            assert (sorted(ports) == sorted(expected)) if TONIO_THREADS else ports == expected
+    finally:
+        for t in ops:
+            t.cancel()
+        await asyncio.gather(*ops, return_exceptions=True)
+        for t in ops:
+            if not t.cancelled():
+                t.result()[0].close()
+        for c in clients:
+            c.close()
+        srv.close()
+
+
+async def test_cancelling_many_operations_on_one_fd_costs_each_the_same():
+    """N sock_recv() on one socket, cancelled and gathered: the time per
+    operation must not grow with N (it did, as N squared). A ratio of two
+    runs of the same loop, not a benchmark; bench's sock_cancel_many has the
+    figures."""
+    import time
+    loop = asyncio.get_running_loop()
+
+    async def per_op(n):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        try:
+            ops = [asyncio.ensure_future(loop.sock_recv(a, 10)) for _ in range(n)]
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            t0 = time.process_time()
+            for t in ops:
+                t.cancel()
+            await asyncio.gather(*ops, return_exceptions=True)
+            return (time.process_time() - t0) / n
+        finally:
+            a.close()
+            b.close()
+
+    small = min([await per_op(2000) for _ in range(3)])
+    large = min([await per_op(16000) for _ in range(3)])
+    assert large < 4 * max(small, 1e-6), (small, large)
 
 
 async def test_wait_for_a_nan_sleep_times_out():
