@@ -20,11 +20,14 @@
  *     its own strand for its protocol callbacks; a Task is its own strand
  *     (tl_task.h: an atomic scheduled/running state).
  *
- * stop() closes the gate: nothing new starts, what runs finishes (the loop
- * strand finishes its batch: the rest of asyncio's iteration), the workers
- * park, run_forever() returns; what was queued runs when the loop runs
- * again. Workers see the loop as their running loop and have its async
- * generator hooks; current_task() works there (module state key per worker).
+ * stop() lets what is queued at that moment start (asyncio's iteration runs
+ * what was ready when it began: a task created before call_soon(stop) takes
+ * its step), then closes the gate: nothing new starts, what runs finishes,
+ * the workers park, run_forever() returns; what was queued since runs when
+ * the loop runs again. While the loop runs, workers see it as their running
+ * loop and have its async generator hooks; current_task() works there
+ * (module state key per worker). Between runs they hold nothing of it, so a
+ * loop dropped without close() is freed, its workers with it.
  */
 #ifndef TL_DISPATCH_H
 #define TL_DISPATCH_H
@@ -133,6 +136,10 @@ void tl_dispatch_stop(tl_loop *loop);
 
 /* The current thread is one of this loop's workers. */
 int tl_dispatch_on_worker(tl_loop *loop);
+
+/* Callbacks waiting in the loop's strand (call_soon_threadsafe's backlog),
+ * from any thread. */
+size_t tl_dispatch_backlog(tl_loop *loop);
 
 /* The key under which current_task() finds the task a worker of this loop
  * runs (borrowed), or NULL on any other thread. */

@@ -121,6 +121,7 @@ typedef struct tl_worker {
     pthread_t thread;
     int index;
     uint8_t has_thread;
+    _Atomic uint8_t entered;    /* sees the loop as running (worker_enter) */
     uint8_t idle;               /* on the idle stack (d->idle_lock) */
     _Atomic uint8_t searching;  /* woken to search (counted in nsearching) */
     uint32_t rng;               /* where to start stealing */
@@ -160,11 +161,13 @@ typedef struct tl_dispatch {
     int nworkers;
     tl_worker **workers;
     uint8_t started;            /* the threads exist */
-    /* stop() before run: one strand batch; the worker that ran it and the
-     * loop thread's clean-up both clear it */
-    _Atomic uint8_t stop_after_batch;
+    /* After stop(): how many more items may start before the gate closes
+     * (the work queued when it was called: asyncio's iteration runs what
+     * was ready when it began); -1 when no stop is pending */
+    _Atomic int stop_budget;
     _Atomic int gate;           /* GATE_* */
     _Atomic int nbusy;          /* started workers that are not parked */
+    _Atomic int nentered;       /* workers that see the loop as running */
     _Atomic int nsearching;     /* workers looking for work (0 or 1) */
     _Atomic int nidle;          /* workers on the idle stack */
     tl_mutex idle_lock;
@@ -207,6 +210,15 @@ static _Thread_local tl_dispatch *tl_polling __attribute__((tls_model("initial-e
 int tl_dispatch_nthreads(tl_loop *loop)
 {
     return loop->dispatch ? loop->dispatch->nworkers : 0;
+}
+
+size_t tl_dispatch_backlog(tl_loop *loop)
+{
+    tl_strand *s = &loop->dispatch->strand;
+    tl_mutex_lock(&s->lock);
+    size_t n = s->q.len;
+    tl_mutex_unlock(&s->lock);
+    return n;
 }
 
 int tl_dispatch_on_worker(tl_loop *loop)
@@ -609,6 +621,89 @@ static void worker_sync_debug(tl_worker *w)
     Py_XDECREF(r);
 }
 
+/* ---- the per-thread view of the loop ------------------------------------ */
+
+/* While the loop runs, workers see it as running (get_running_loop(),
+ * current_task()) and finalize async generators through it, as its own
+ * thread does. Between runs they hold nothing of it: a loop dropped without
+ * close() is then freed, its workers with it (the thread state would keep it
+ * alive otherwise, where the collector cannot see). */
+static int worker_set_view(tl_worker *w, PyObject *running, PyObject *firstiter,
+                           PyObject *finalizer)
+{
+    tl_state *st = w->d->loop->st;
+    if (tl_loop_set_running(w->d->loop, running) < 0)
+        return -1;
+    PyObject *args[2] = {firstiter, finalizer};
+    PyObject *r = PyObject_Vectorcall(st->set_asyncgen_hooks, args, 2, NULL);
+    Py_XDECREF(r);
+    return r != NULL ? 0 : -1;
+}
+
+static void worker_enter(tl_worker *w)
+{
+    tl_loop *loop = w->d->loop;
+    tl_state *st = loop->st;
+    atomic_fetch_add(&w->d->nentered, 1);
+    atomic_store_explicit(&w->entered, 1, memory_order_relaxed);
+    PyObject *firstiter = PyObject_GetAttr((PyObject *)loop, st->str_asyncgen_firstiter_hook);
+    PyObject *finalizer = firstiter ? PyObject_GetAttr((PyObject *)loop,
+                                                       st->str_asyncgen_finalizer_hook) : NULL;
+    if (finalizer == NULL ||
+        worker_set_view(w, (PyObject *)loop, firstiter, finalizer) < 0)
+        PyErr_WriteUnraisable((PyObject *)loop);
+    Py_XDECREF(firstiter);
+    Py_XDECREF(finalizer);
+}
+
+/* Before the worker parks (nbusy): the loop thread waits for both counts. */
+static void worker_leave(tl_worker *w)
+{
+    tl_dispatch *d = w->d;
+    if (worker_set_view(w, Py_None, Py_None, Py_None) < 0)
+        PyErr_WriteUnraisable((PyObject *)d->loop);
+    atomic_store_explicit(&w->entered, 0, memory_order_relaxed);
+    if (atomic_fetch_sub(&d->nentered, 1) == 1)
+        wake_loop_thread(d);
+}
+
+/* ---- stopping ------------------------------------------------------------ */
+
+static void gate_close(tl_dispatch *d)
+{
+    atomic_store(&d->gate, GATE_CLOSED);
+    wake_loop_thread(d);
+}
+
+/* Items queued and not started: the injector's, the workers' and the loop
+ * thread's unpublished ones. A snapshot; the queues move meanwhile. */
+static int queued_count(tl_dispatch *d)
+{
+    size_t n = atomic_load(&d->inj_len) + d->held.len;
+    for (int i = 0; i < d->nworkers; i++)
+        n += runq_len(d->workers[i]);
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
+
+/* stop(): what is queued now still runs (each loop strand item runs its
+ * batch), what it schedules waits for the next run; what runs finishes. */
+static void stop_after_queued(tl_dispatch *d)
+{
+    int n = queued_count(d);
+    if (n == 0)
+        gate_close(d);
+    else
+        atomic_store(&d->stop_budget, n);
+}
+
+/* A worker starts an item while a stop is pending: the last one budgeted
+ * closes the gate. */
+static void stop_budget_take(tl_dispatch *d)
+{
+    if (atomic_fetch_sub(&d->stop_budget, 1) == 1)
+        gate_close(d);
+}
+
 static void worker_loop(tl_worker *w)
 {
     tl_dispatch *d = w->d;
@@ -617,11 +712,15 @@ static void worker_loop(tl_worker *w)
         int gate = atomic_load_explicit(&d->gate, memory_order_acquire);
         if (gate != GATE_OPEN) {
             end_search(w);
+            if (atomic_load_explicit(&w->entered, memory_order_relaxed))
+                worker_leave(w);
             if (gate == GATE_EXIT)
                 return;
             worker_sleep(w);
             continue;
         }
+        if (TL_UNLIKELY(!atomic_load_explicit(&w->entered, memory_order_relaxed)))
+            worker_enter(w);
         if (TL_UNLIKELY(w->debug != d->loop->debug))
             worker_sync_debug(w);
         /* Go's fairness rule: now and then the injector goes first, or a
@@ -630,6 +729,8 @@ static void worker_loop(tl_worker *w)
         int found = (++w->tick % 61 == 0 && injector_take(w, &it, 0)) || runq_get(w, &it) ||
                     injector_take(w, &it, 1);
         if (found) {
+            if (TL_UNLIKELY(atomic_load_explicit(&d->stop_budget, memory_order_relaxed) >= 0))
+                stop_budget_take(d);
             if (atomic_load_explicit(&w->searching, memory_order_relaxed)) {
                 /* woken to search and found: the next idle one may look */
                 end_search(w);
@@ -652,6 +753,9 @@ static void worker_loop(tl_worker *w)
             int found = steal(w, &it) || injector_take(w, &it, 1);
             end_search(w);
             if (found) {
+                if (TL_UNLIKELY(atomic_load_explicit(&d->stop_budget,
+                                                     memory_order_relaxed) >= 0))
+                    stop_budget_take(d);
                 /* more where that came from: let another one look */
                 if (runq_len(w) || atomic_load(&d->inj_len))
                     notify(d);
@@ -659,42 +763,13 @@ static void worker_loop(tl_worker *w)
                 continue;
             }
         }
+        if (TL_UNLIKELY(atomic_load(&d->stop_budget) >= 0)) {
+            /* stopping, and what was queued ran elsewhere */
+            gate_close(d);
+            continue;
+        }
         worker_idle(w);
     }
-}
-
-/* ---- the per-thread view of the loop ------------------------------------ */
-
-/* Workers see the loop as running (get_running_loop(), current_task()) and
- * finalize async generators through it, as its own thread does. */
-static int worker_enter(tl_worker *w)
-{
-    tl_loop *loop = w->d->loop;
-    tl_state *st = loop->st;
-    if (tl_loop_set_running(loop, (PyObject *)loop) < 0)
-        return -1;
-    PyObject *r;
-    PyObject *firstiter = PyObject_GetAttr((PyObject *)loop, st->str_asyncgen_firstiter_hook);
-    PyObject *finalizer = firstiter ? PyObject_GetAttr((PyObject *)loop,
-                                                       st->str_asyncgen_finalizer_hook) : NULL;
-    PyObject *kw = finalizer ? Py_BuildValue("{sOsO}", "firstiter", firstiter,
-                                             "finalizer", finalizer) : NULL;
-    PyObject *noargs = kw ? PyTuple_New(0) : NULL;
-    r = noargs ? PyObject_Call(st->set_asyncgen_hooks, noargs, kw) : NULL;
-    Py_XDECREF(firstiter);
-    Py_XDECREF(finalizer);
-    Py_XDECREF(kw);
-    Py_XDECREF(noargs);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
-}
-
-static void worker_leave(tl_worker *w)
-{
-    if (tl_loop_set_running(w->d->loop, Py_None) < 0)
-        PyErr_WriteUnraisable((PyObject *)w->d->loop);
 }
 
 static void *worker_main(void *arg)
@@ -711,10 +786,7 @@ static void *worker_main(void *arg)
         return NULL;
     PyEval_RestoreThread(ts);
     tl_self = w;
-    if (worker_enter(w) < 0)
-        PyErr_WriteUnraisable((PyObject *)d->loop);
     worker_loop(w);
-    worker_leave(w);
     tl_self = NULL;
     atomic_fetch_sub(&d->nbusy, 1);
     PyThreadState_Clear(ts);
@@ -1026,19 +1098,9 @@ int tl_strand_traverse(tl_strand *s, visitproc visit, void *arg)
     return 0;
 }
 
-static void gate_close(tl_dispatch *d)
-{
-    atomic_store(&d->gate, GATE_CLOSED);
-    wake_loop_thread(d);
-}
-
 static int loop_strand_run(tl_loop *loop, PyObject *obj)
 {
-    tl_dispatch *d = loop->dispatch;
-    int rc = tl_strand_run(loop, &d->strand, loop_strand_run, obj);
-    if (atomic_exchange(&d->stop_after_batch, 0))
-        gate_close(d);
-    return rc;
+    return tl_strand_run(loop, &loop->dispatch->strand, loop_strand_run, obj);
 }
 
 int tl_dispatch_push_callback(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
@@ -1050,7 +1112,7 @@ int tl_dispatch_push_callback(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
 void tl_dispatch_stop(tl_loop *loop)
 {
     if (loop->thread_id != 0)
-        gate_close(loop->dispatch);
+        stop_after_queued(loop->dispatch);
 }
 
 /* ---- the loop thread ---------------------------------------------------- */
@@ -1129,12 +1191,11 @@ static void wake_all(tl_dispatch *d)
         parker_unpark(&d->workers[i]->parker);
 }
 
-static int strand_pending(tl_dispatch *d)
+static void wake_entered(tl_dispatch *d)
 {
-    tl_mutex_lock(&d->strand.lock);
-    int n = d->strand.q.len > 0;
-    tl_mutex_unlock(&d->strand.lock);
-    return n;
+    for (int i = 0; i < d->nworkers; i++)
+        if (atomic_load_explicit(&d->workers[i]->entered, memory_order_relaxed))
+            parker_unpark(&d->workers[i]->parker);
 }
 
 int tl_dispatch_run(tl_loop *loop, int (*poll)(tl_loop *loop, int block))
@@ -1152,10 +1213,10 @@ int tl_dispatch_run(tl_loop *loop, int (*poll)(tl_loop *loop, int block))
     serve_rpcs(d);
     tl_dispatch_publish_held(loop);
     if (loop->stopping) {
-        /* stop() before run_forever(): one batch of callbacks, then out */
-        if (!strand_pending(d))
+        /* stop() before run_forever(): what is queued, then out */
+        if (queued_count(d) == 0)
             goto quiesce;
-        atomic_store(&d->stop_after_batch, 1);
+        stop_after_queued(d);
     }
     atomic_store(&d->gate, GATE_OPEN);
     wake_all(d);
@@ -1170,9 +1231,11 @@ int tl_dispatch_run(tl_loop *loop, int (*poll)(tl_loop *loop, int block))
     }
 quiesce:
     atomic_store(&d->gate, GATE_CLOSED);
-    atomic_store(&d->stop_after_batch, 0);
-    /* the workers finish what they run and park; the last one wakes us */
-    while (atomic_load(&d->nbusy) > 0) {
+    atomic_store(&d->stop_budget, -1);
+    /* the workers finish what they run, let go of the loop and park; the
+     * last one wakes us (the idle ones wake to let go) */
+    wake_entered(d);
+    while (atomic_load(&d->nbusy) > 0 || atomic_load(&d->nentered) > 0) {
         PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
         if (poll(loop, 1) < 0)
             PyErr_Clear();  /* keep the first error; later ones wait */
@@ -1215,6 +1278,7 @@ int tl_dispatch_create(tl_loop *loop, int nthreads)
     d->loop = loop;
     d->nworkers = nthreads;
     atomic_init(&d->gate, GATE_CLOSED);
+    atomic_init(&d->stop_budget, -1);
     d->workers = PyMem_RawCalloc((size_t)nthreads, sizeof(tl_worker *));
     d->idle = PyMem_RawCalloc((size_t)nthreads, sizeof(tl_worker *));
     if (d->workers == NULL || d->idle == NULL)
@@ -1350,6 +1414,10 @@ void tl_dispatch_fork_child(tl_loop *loop)
     d->started = 0;
     atomic_store(&d->gate, GATE_CLOSED);
     atomic_store(&d->nbusy, 0);
+    atomic_store(&d->nentered, 0);
+    atomic_store(&d->stop_budget, -1);
+    for (int i = 0; i < d->nworkers; i++)
+        atomic_store(&d->workers[i]->entered, 0);
     atomic_store(&d->nsearching, 0);
     atomic_store(&d->nidle, 0);
     d->nidle_stack = 0;

@@ -372,6 +372,72 @@ def test_stop_and_run_again(tloop):
     assert got == [1, 2, 3]
 
 
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_loop_dropped_without_close_is_freed(name):
+    """A loop that ran and is dropped without close() is freed, with
+    asyncio's ResourceWarning: its workers, their threads and fds go with
+    it (they held it as their running loop, where gc cannot see)."""
+    import gc
+    import weakref
+
+    def tasks_and_fds():
+        return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
+
+    async def work():
+        await asyncio.gather(*(asyncio.sleep(0) for _ in range(20)))
+
+    before = tasks_and_fds()
+    refs = []
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        for _ in range(5):
+            loop = FACTORIES[name]()
+            loop.run_until_complete(work())
+            refs.append(weakref.ref(loop))
+            del loop
+            gc.collect()
+    assert [r() for r in refs] == [None] * 5
+    assert tasks_and_fds() == before
+
+
+def test_stop_queued_before_run_until_complete(tloop):
+    """call_soon(stop) and then run_until_complete(): asyncio's iteration
+    runs the stop callback and the task's first step together, and a
+    coroutine done in one step completes."""
+    async def one():
+        return 42
+
+    for _ in range(10):
+        tloop.call_soon(tloop.stop)
+        assert tloop.run_until_complete(one()) == 42
+
+
+def test_work_queued_before_stop_runs_before_the_loop_stops(tloop):
+    """What was queued when stop() came (or its callback ran) runs in that
+    run: a task created before call_soon(stop) or stop(), and a task's
+    KeyboardInterrupt reaches run_forever()'s caller."""
+    got = []
+
+    async def note(what):
+        got.append(what)
+
+    tloop.create_task(note("before call_soon(stop)"))
+    tloop.call_soon(tloop.stop)
+    tloop.run_forever()
+    tloop.create_task(note("before stop()"))
+    tloop.stop()
+    tloop.run_forever()
+    assert got == ["before call_soon(stop)", "before stop()"]
+
+    async def interrupted():
+        raise KeyboardInterrupt
+
+    task = tloop.create_task(interrupted())
+    tloop.call_soon(tloop.stop)
+    with pytest.raises(KeyboardInterrupt):
+        tloop.run_forever()
+    assert task.done()
+
+
 def test_exception_in_callback_goes_to_handler(tloop):
     caught = []
     tloop.set_exception_handler(lambda loop, ctx: caught.append(type(ctx["exception"])))
