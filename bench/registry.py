@@ -44,6 +44,9 @@ More, all optional:
                       table's "C floor" column;
     timeout=SECONDS   limit of one measurement (default 120 s quick, 300 s
                       full);
+    figures={"key": "unit"}  more figures the function returns, each shown
+                      on a row of its own under the rate (median; lower
+                      is better, so 'vs X' is X's figure / tonio_loop's);
     callgrind=True    a CPU-bound workload whose instruction count per
                       operation `python -m bench --callgrind` can compare
                       (it runs it at two scale() factors under valgrind and

@@ -332,6 +332,10 @@ def summarize(entry, impls, subject=SUBJECT):
             cpus = [c for c in (cpu_per_op(r) for r in ok) if c is not None]
             if cpus:
                 summary[impl]["cpu_per_op"] = spread(cpus)
+            for key in entry.get("figures", {}):
+                values = [r[key] for r in ok if r.get(key) is not None]
+                if values:
+                    summary[impl][key] = spread(values)
             failed = [r for r in results if r["status"] != "ok"]
             if failed:
                 status[impl] = f"{len(failed)} of {len(results)} runs failed: {failed[0]['reason']}"
@@ -354,6 +358,13 @@ def summarize(entry, impls, subject=SUBJECT):
             ratios[other] = {"rate": spread(per_rep)}
             if per_rep_cpu:
                 ratios[other]["cpu_per_op"] = spread(per_rep_cpu)
+            for key in entry.get("figures", {}):
+                # lower is better: X's figure / tonio_loop's, like CPU time
+                per_rep_fig = [b[key] / a[key] for a, b in zip(mine, runs[other])
+                               if a["status"] == "ok" and b["status"] == "ok"
+                               and a.get(key) and b.get(key) is not None]
+                if per_rep_fig:
+                    ratios[other][key] = spread(per_rep_fig)
     entry["summary"], entry["status"], entry["ratios"] = summary, status, ratios
     return entry
 
@@ -384,6 +395,10 @@ def fmt_ratio(s):
     return f"{s['median']:.2f}x"
 
 
+def _fig(value):
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def _step_figure(wl, result):
     if result["status"] != "ok":
         return f"{result['status']}: {result['reason']}"
@@ -391,6 +406,9 @@ def _step_figure(wl, result):
     c = cpu_per_op(result)
     if c is not None:
         text += f", {c * 1e6:.3g} µs CPU/op"
+    for key, unit in wl.options.get("figures", {}).items():
+        if result.get(key) is not None:
+            text += f", {_fig(result[key])} {unit}"
     return text
 
 
@@ -440,6 +458,16 @@ def render_table(report):
         rows.append(("row", line))
         if has_cpu:
             rows.append(("row", cpu_line))
+        for key, unit in e.get("figures", {}).items():
+            fig_line = ["", unit]
+            for impl in columns:
+                s = e["summary"].get(impl, {}).get(key)
+                fig_line.append(_fig(s["median"]) if s else "")
+            if subject_present:
+                for o in others:
+                    r = e["ratios"].get(o, {}).get(key)
+                    fig_line.append(fmt_ratio(r) if r else "")
+            rows.append(("row", fig_line))
 
     widths = [len(h) for h in head]
     for kind, row in rows:
@@ -481,7 +509,8 @@ def render_header(report):
     lines.append(
         f"ratios:  'vs X' is {SUBJECT}'s figure / X's, computed within each run, then the "
         "median (min-max); higher is better for tonio_loop, also on the CPU rows (X's CPU "
-        "time per operation / tonio_loop's).")
+        "time per operation / tonio_loop's) and the other rows under a rate (X's figure / "
+        "tonio_loop's: ms late, MB).")
     return "\n".join(lines)
 
 
@@ -604,7 +633,7 @@ def main(argv=None):
             entry = entries[wl.name] = {
                 "name": wl.name, "group": wl.group, "unit": wl.unit,
                 "module": wl.module, "description": wl.description,
-                "runs": {}}
+                "figures": dict(wl.options.get("figures", {})), "runs": {}}
             report["workloads"].append(entry)
         timeout = args.timeout or wl.options.get("timeout") or (120 if quick else 300)
         elapsed = time.monotonic() - t_start

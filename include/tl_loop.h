@@ -123,8 +123,14 @@ typedef struct tl_loop {
                                    I/O it reports queues behind them, as in
                                    asyncio (tl_loop_io_behind) */
     char poll_quiet;            /* the last poll found nothing */
+    char time_by_type;          /* a subclass defines its own time() */
+    char time_overridden;       /* that, or an instance attribute `time`
+                                   (a test's mock): the scheduler asks it */
     double last_poll;           /* tl_monotonic() of the last poll */
     char signal_wakeup_set;     /* our socketpair is the process wakeup fd */
+    _Atomic double unthrottled_until;   /* call_soon_threadsafe() producers
+                                   skip waiting until then: the loop was
+                                   found stuck (loop.c) */
 
 #ifdef Py_GIL_DISABLED
     PyMutex inbox_lock;         /* guards inbox */

@@ -957,6 +957,84 @@ static PyObject *loop_call_soon(tl_loop *loop, PyObject *const *args,
     return (PyObject *)h;
 }
 
+/* ---- call_soon_threadsafe under a flood -------------------------------- */
+
+/* Other threads may schedule callbacks faster than the loop runs them (any
+ * number of producers, one loop thread). Unchecked, the queue grows without
+ * end, and so does each iteration, which runs what was queued when it began:
+ * a timer or an I/O event then waits behind millions of callbacks. So a
+ * producer that finds TL_BACKLOG_HIGH callbacks waiting while the loop runs
+ * waits, without the GIL, until the loop has taken them down to
+ * TL_BACKLOG_LOW: memory stays bounded, an iteration never runs much more
+ * than TL_BACKLOG_HIGH of them, so timers and I/O come around on time, and
+ * the producers run at the loop's pace. A loop that takes none for
+ * TL_BACKLOG_PATIENCE is stuck (a callback waits for the producer itself):
+ * producers then go on unthrottled for a while, as asyncio's would, rather
+ * than hang. The loop's own thread and its workers are never held up. */
+#define TL_BACKLOG_HIGH 1024
+#define TL_BACKLOG_LOW 512
+#define TL_BACKLOG_PATIENCE 0.05
+#define TL_BACKLOG_UNTHROTTLED 0.1
+
+/* Callbacks waiting to run, read from any thread, GIL or not. */
+static size_t loop_backlog(tl_loop *loop)
+{
+    if (loop->dispatch != NULL)
+        return tl_dispatch_backlog(loop);
+#ifdef Py_GIL_DISABLED
+    PyMutex_Lock(&loop->inbox_lock);
+    size_t n = loop->inbox.len;
+    PyMutex_Unlock(&loop->inbox_lock);
+    return n;
+#else
+    /* the GIL guards the queue; a waiter without it only peeks */
+    return __atomic_load_n(&loop->ready.len, __ATOMIC_RELAXED);
+#endif
+}
+
+static int loop_runs_elsewhere(tl_loop *loop)
+{
+    unsigned long running = __atomic_load_n(&loop->thread_id, __ATOMIC_RELAXED);
+    return running != 0 && running != PyThread_get_thread_ident() &&
+           !atomic_load_explicit(&loop->closed, memory_order_relaxed);
+}
+
+static TL_NOINLINE void loop_wait_for_backlog(tl_loop *loop, size_t backlog)
+{
+    if (!loop_runs_elsewhere(loop) || (loop->dispatch && tl_dispatch_on_worker(loop)))
+        return;
+    double now = tl_monotonic();
+    if (now < atomic_load_explicit(&loop->unthrottled_until, memory_order_relaxed))
+        return;
+    double since = now;
+    size_t least = backlog;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec nap = {0, 100 * 1000};
+    for (;;) {
+        nanosleep(&nap, NULL);
+        size_t n = loop_backlog(loop);
+        now = tl_monotonic();
+        if (n <= TL_BACKLOG_LOW || !loop_runs_elsewhere(loop))
+            break;
+        if (n < least) {
+            least = n;
+            since = now;
+        } else if (now - since > TL_BACKLOG_PATIENCE) {
+            atomic_store_explicit(&loop->unthrottled_until, now + TL_BACKLOG_UNTHROTTLED,
+                                  memory_order_relaxed);
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+}
+
+static inline void loop_throttle_producer(tl_loop *loop)
+{
+    size_t backlog = loop_backlog(loop);
+    if (TL_UNLIKELY(backlog >= TL_BACKLOG_HIGH))
+        loop_wait_for_backlog(loop, backlog);
+}
+
 static PyObject *loop_call_soon_threadsafe_impl(tl_loop *loop, PyObject *callback,
                                                 PyObject *const *args, Py_ssize_t nargs,
                                                 PyObject *context)
@@ -966,6 +1044,7 @@ static PyObject *loop_call_soon_threadsafe_impl(tl_loop *loop, PyObject *callbac
     if (TL_UNLIKELY(loop->debug) &&
         tl_loop_check_callback(loop, callback, "call_soon_threadsafe") < 0)
         return NULL;
+    loop_throttle_producer(loop);
     tl_handle *h = tl_handle_new(loop, callback, args, nargs, context);
     if (h == NULL)
         return NULL;

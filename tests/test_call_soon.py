@@ -356,6 +356,75 @@ def test_many_threads_call_soon_threadsafe(loop):
         assert [j for (t, j) in got if t == i] == list(range(per_thread))
 
 
+def test_a_flood_of_threadsafe_callbacks_leaves_timers_on_time(loop):
+    """Threads that call call_soon_threadsafe() as fast as they can while
+    the loop sleeps: the sleep ends on time, and the callbacks waiting to
+    run stay bounded (tonio_loop makes producers wait for a loop that falls
+    behind; asyncio's are slow enough on their own). Sampled by a timer."""
+    n_threads = 4
+    produced = [0] * n_threads
+    ran = [0]
+    backlog = []
+    stop = threading.Event()
+
+    def callback():
+        ran[0] += 1
+
+    def producer(i):
+        while not stop.is_set():
+            loop.call_soon_threadsafe(callback)
+            produced[i] += 1
+
+    def sample():
+        backlog.append(sum(produced) - ran[0])
+        loop.call_later(0.01, sample)
+
+    async def main():
+        threads = [threading.Thread(target=producer, args=(i,)) for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        sample()
+        t0 = time.monotonic()
+        try:
+            await asyncio.sleep(0.2)
+            return time.monotonic() - t0
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+
+    late = loop.run_until_complete(main()) - 0.2
+    assert late < 0.5, late
+    assert len(backlog) >= 5
+    assert max(backlog) < 50_000, max(backlog)
+
+
+def test_a_producer_that_the_loop_waits_for_is_not_held_up(loop):
+    """A callback blocks the loop until a thread has queued 5000 callbacks:
+    the thread must not wait for a loop that cannot take them (tonio_loop's
+    producers wait for a loop that falls behind, not for a stuck one)."""
+    ran = []
+
+    def produce():
+        for i in range(5000):
+            loop.call_soon_threadsafe(ran.append, i)
+
+    def blocking_callback():
+        t = threading.Thread(target=produce)
+        t0 = time.monotonic()
+        t.start()
+        t.join(10)
+        ran.append(("joined", not t.is_alive(), time.monotonic() - t0 < 2))
+
+    loop.call_soon(blocking_callback)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran[0] == ("joined", True, True)
+    assert ran[1:] == list(range(5000))
+
+
 threadsafe_lock = pytest.mark.skipif(
     sys.version_info < (3, 14), reason="3.14 gave call_soon_threadsafe() handles a lock")
 
