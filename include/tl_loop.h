@@ -297,7 +297,14 @@ int tl_parse_callback_args(const char *fname, const char *first,
                            PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames, PyObject **context);
 
-double tl_loop_time(tl_loop *loop);
+double tl_loop_time_overridden(tl_loop *loop);
+
+/* The loop's clock as its scheduler reads it: asyncio's reads self.time(),
+ * so a subclass's time() or a `loop.time = mock` moves our timers too. */
+static inline double tl_loop_time(tl_loop *loop)
+{
+    return TL_LIKELY(!loop->time_overridden) ? tl_monotonic() : tl_loop_time_overridden(loop);
+}
 
 /* Link/unlink a watcher owner (see tl_loop_link). */
 void tl_loop_link_add(tl_loop *loop, tl_loop_link *link);

@@ -41,10 +41,39 @@ double tl_monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-double tl_loop_time(tl_loop *loop)
+/* Once or twice an iteration (timers due, poll timeout), call_later(): an
+ * error is reported and the monotonic clock stands in. */
+double tl_loop_time_overridden(tl_loop *loop)
 {
-    TL_UNUSED(loop);
-    return tl_monotonic();
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *r = PyObject_CallMethod((PyObject *)loop, "time", NULL);
+    double t = r != NULL ? PyFloat_AsDouble(r) : -1.0;
+    Py_XDECREF(r);
+    if (t == -1.0 && PyErr_Occurred()) {
+        PyErr_WriteUnraisable((PyObject *)loop);
+        t = tl_monotonic();
+    }
+    PyErr_SetRaisedException(exc);
+    return t;
+}
+
+static int loop_type_overrides_time(PyTypeObject *tp, tl_state *st)
+{
+    PyObject *ours = PyObject_GetAttrString((PyObject *)st->loop_type, "time");
+    PyObject *theirs = ours ? PyObject_GetAttrString((PyObject *)tp, "time") : NULL;
+    int r = theirs == NULL ? -1 : ours != theirs;
+    Py_XDECREF(ours);
+    Py_XDECREF(theirs);
+    return r;
+}
+
+static int loop_setattro(tl_loop *loop, PyObject *name, PyObject *value)
+{
+    if (PyObject_GenericSetAttr((PyObject *)loop, name, value) < 0)
+        return -1;
+    if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "time") == 0)
+        loop->time_overridden = value != NULL || loop->time_by_type;
+    return 0;
 }
 
 /* ---- the ready queue: a ring buffer of (fn, obj) ----------------------- */
@@ -441,7 +470,7 @@ static int loop_poll(tl_loop *loop)
         if (loop->timers.len == 0) {
             flags = EVRUN_ONCE;
         } else {
-            double timeout = tl_timer_heap_next(&loop->timers) - tl_monotonic();
+            double timeout = tl_timer_heap_next(&loop->timers) - tl_loop_time(loop);
             if (timeout > 0) {
                 loop_arm_poll_timer(loop, timeout);
                 flags = EVRUN_ONCE;
@@ -476,7 +505,7 @@ static int loop_poll_threads(tl_loop *loop, int block)
     if (block) {
         flags = EVRUN_ONCE;
         if (loop->timers.len) {
-            double timeout = tl_timer_heap_next(&loop->timers) - tl_monotonic();
+            double timeout = tl_timer_heap_next(&loop->timers) - tl_loop_time(loop);
             if (timeout <= 0)
                 flags = EVRUN_NOWAIT;
             else
@@ -492,7 +521,7 @@ static int loop_poll_threads(tl_loop *loop, int block)
         PyErr_SetRaisedException(exc);
         return -1;
     }
-    if (loop->timers.len && tl_timer_heap_expire(loop, tl_monotonic()) < 0)
+    if (loop->timers.len && tl_timer_heap_expire(loop, tl_loop_time(loop)) < 0)
         return -1;
     return PyErr_CheckSignals();
 }
@@ -548,7 +577,7 @@ static int loop_run_once(tl_loop *loop)
         rc = inbox_drain(loop);
 #endif
     if (rc == 0 && loop->timers.len)
-        rc = tl_timer_heap_expire(loop, tl_monotonic());
+        rc = tl_timer_heap_expire(loop, tl_loop_time(loop));
     tl_loop_ev_unlock(loop, locked);
     if (rc < 0)
         return -1;
@@ -901,7 +930,8 @@ static PyObject *loop_close(tl_loop *loop, PyObject *Py_UNUSED(ignored))
 
 static PyObject *loop_time(tl_loop *loop, PyObject *Py_UNUSED(ignored))
 {
-    return PyFloat_FromDouble(tl_loop_time(loop));
+    TL_UNUSED(loop);
+    return PyFloat_FromDouble(tl_monotonic());    /* an override's super().time() */
 }
 
 static PyObject *loop_get_debug(tl_loop *loop, PyObject *Py_UNUSED(ignored))
@@ -1407,6 +1437,12 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
         return NULL;
     loop->st = st;
     loop->signal_fds[0] = loop->signal_fds[1] = -1;
+    int by_type = loop_type_overrides_time(tp, st);
+    if (by_type < 0) {
+        Py_DECREF(loop);
+        return NULL;
+    }
+    loop->time_by_type = loop->time_overridden = (char)by_type;
 #ifdef Py_GIL_DISABLED
     loop->shared = 1;   /* any thread may call in, none is held back */
 #endif
@@ -1551,6 +1587,7 @@ static void loop_join_methods(void)
 static PyType_Slot loop_slots[] = {
     {Py_tp_new, loop_new},
     {Py_tp_init, loop_init},
+    {Py_tp_setattro, loop_setattro},
     {Py_tp_dealloc, loop_dealloc},
     {Py_tp_finalize, loop_finalize},
     {Py_tp_traverse, loop_traverse},

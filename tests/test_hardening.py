@@ -258,6 +258,49 @@ def test_slow_callback_duration_is_a_plain_attribute(loop):
     assert loop.slow_callback_duration == 2
 
 
+def test_a_replaced_time_is_the_schedulers_clock(loop):
+    """asyncio's scheduler reads self.time(): a test that moves the clock
+    with `loop.time = ...` (aiohttp's keep-alive tests do) makes due timers
+    fire, and call_later() counts from it; deleting it restores the clock."""
+    fired = []
+    real = loop.time
+    loop.call_later(50, fired.append, "in 50 s")
+    loop.time = lambda: real() + 100
+    try:
+        handle = loop.call_later(1, fired.append, "in 1 s")
+        assert 100.5 < handle.when() - real() < 101.5
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert fired == ["in 50 s"]
+    finally:
+        del loop.time
+    handle.cancel()
+    assert abs(loop.time() - real()) < 1
+    h = loop.call_later(0.01, fired.append, "real clock")
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert fired == ["in 50 s", "real clock"] and h.when() < real()
+
+
+def test_a_subclass_time_is_the_schedulers_clock(make_loop):
+    """A loop class whose time() runs ahead: call_later() and the timers
+    follow it, and its own super().time() is the real clock."""
+    base = type(make_loop())
+
+    class Ahead(base):
+        def time(self):
+            return super().time() + 1000
+
+    loop = Ahead()
+    try:
+        start = time.monotonic()
+        fired = []
+        h = loop.call_later(0.01, fired.append, 1)
+        assert 1000 < h.when() - start < 1001
+        loop.run_until_complete(asyncio.sleep(0.02))
+        assert fired == [1]
+    finally:
+        loop.close()
+
+
 def test_call_at_keeps_an_int_deadline(loop):
     h = loop.call_at(5, print)
     assert h.when() == 5 and type(h.when()) is int
