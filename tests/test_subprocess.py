@@ -384,3 +384,32 @@ async def _threads_gone():
             return True
         await asyncio.sleep(0.01)
     return False
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="asyncio's child watchers are gone")
+def test_fast_child_watcher_returncodes(loop):
+    """asyncio's FastChildWatcher reaps every child of the process
+    (waitpid(-1)) on SIGCHLD: a loop must take the exit status from it, as
+    asyncio's does, or its children report 255 ("exit status already
+    read")."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = asyncio.FastChildWatcher()
+        asyncio.set_child_watcher(watcher)
+    watcher.attach_loop(loop)
+
+    async def one(code):
+        proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", f"exit {code}")
+        return await proc.wait()
+
+    async def main():
+        return await asyncio.gather(*(one(i % 7) for i in range(80)))
+
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(main(), 30)) == [i % 7 for i in range(80)]
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(None)

@@ -26,6 +26,18 @@ from asyncio.log import logger
 
 from . import _core
 
+def _reaping_child_watcher():
+    """asyncio's FastChildWatcher when the policy has one (3.11-3.13): it
+    reaps every child of the process with waitpid(-1), ours too, so the exit
+    status must come from it. The other watchers wait for their own pids and
+    leave ours alone; the loop then watches its children itself."""
+    if not hasattr(asyncio, "FastChildWatcher"):
+        return None
+    policy = asyncio.events._event_loop_policy
+    watcher = getattr(policy, "_watcher", None)
+    return watcher if isinstance(watcher, asyncio.FastChildWatcher) else None
+
+
 _Base = base_events.BaseEventLoop
 _Selector = selector_events.BaseSelectorEventLoop
 _Unix = unix_events._UnixSelectorEventLoop
@@ -229,13 +241,33 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
                                          extra=None, **kwargs):
         # unix_events._make_subprocess_transport without the child watcher:
         # the loop watches its own children (_watch_child)
+        watcher = _reaping_child_watcher()
+        if watcher is not None:
+            # it reaps every child: hold it open while forking, as asyncio
+            # does, so that it keeps the status of one that exits at once
+            with watcher:
+                if not watcher.is_active():
+                    raise RuntimeError("asyncio.get_child_watcher() is not activated, "
+                                       "subprocess support is not installed.")
+                return await self._make_subprocess_transport_watched(
+                    protocol, args, shell, stdin, stdout, stderr, bufsize, extra,
+                    kwargs, watcher)
+        return await self._make_subprocess_transport_watched(
+            protocol, args, shell, stdin, stdout, stderr, bufsize, extra, kwargs, None)
+
+    async def _make_subprocess_transport_watched(self, protocol, args, shell, stdin,
+                                                 stdout, stderr, bufsize, extra, kwargs,
+                                                 watcher):
         waiter = self.create_future()
         transport_type = (_ThreadedSubprocessTransport if self.threads
                           else unix_events._UnixSubprocessTransport)
         transp = transport_type(
             self, protocol, args, shell, stdin, stdout, stderr, bufsize,
             waiter=waiter, extra=extra, **kwargs)
-        self._watch_child(transp)
+        if watcher is not None:
+            watcher.add_child_handler(transp.get_pid(), self._child_watcher_callback, transp)
+        else:
+            self._watch_child(transp)
         try:
             await waiter
             if self.threads:
@@ -288,6 +320,10 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         self._remove_reader(pidfd)
         os.close(pidfd)
         self._child_reaped(transp, pid, returncode)
+
+    def _child_watcher_callback(self, pid, returncode, transp):
+        # from the watcher's SIGCHLD handler (or its thread)
+        self.call_soon_threadsafe(self._child_reaped, transp, pid, returncode)
 
     def _wait_child_thread(self, pid, transp):
         try:
