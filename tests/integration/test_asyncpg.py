@@ -122,6 +122,15 @@ async def _backend_state(conn, pid):
     return await conn.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid)
 
 
+async def _in_pg_sleep(conn, pid):
+    """pid runs pg_sleep() now. Its state alone does not tell: it is
+    'active' from the Parse of an extended query on, and a cancel that lands
+    while asyncpg prepares leaves the statement unexecuted (and the backend
+    'active', waiting for the Sync that never comes)."""
+    return await conn.fetchval(
+        "SELECT wait_event = 'PgSleep' FROM pg_stat_activity WHERE pid = $1", pid)
+
+
 async def _wait_idle(observer, pid):
     """The server finished with whatever pid ran (state 'idle')."""
     async with asyncio.timeout(10):
@@ -144,7 +153,7 @@ async def test_cancelled_task_mid_query(connect):
     conn, observer = await connect(), await connect()
     task = asyncio.create_task(conn.fetchval("SELECT pg_sleep(30)"))
     async with asyncio.timeout(10):
-        while await _backend_state(observer, conn.get_server_pid()) != "active":
+        while not await _in_pg_sleep(observer, conn.get_server_pid()):
             await asyncio.sleep(0.02)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
