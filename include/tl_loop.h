@@ -123,6 +123,8 @@ typedef struct tl_loop {
                                    I/O it reports queues behind them, as in
                                    asyncio (tl_loop_io_behind) */
     char poll_quiet;            /* the last poll found nothing */
+    char initialized;           /* __init__ went through: only such a loop
+                                   warns when it is dropped unclosed */
     char time_by_type;          /* a subclass defines its own time() */
     char time_overridden;       /* that, or an instance attribute `time`
                                    (a test's mock): the scheduler asks it */

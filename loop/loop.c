@@ -1462,7 +1462,7 @@ static PyObject *loop_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
     return (PyObject *)loop;
 }
 
-static int loop_init(tl_loop *loop, PyObject *args, PyObject *kwds)
+static int loop_init_threads(tl_loop *loop, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"threads", NULL};
     PyObject *threads = NULL;
@@ -1495,6 +1495,16 @@ static int loop_init(tl_loop *loop, PyObject *args, PyObject *kwds)
     loop->shared = 1;
     if (loop->ev != NULL)
         loop_set_release_cbs(loop);
+    return 0;
+}
+
+/* A loop whose __init__ failed (a wrong argument) was never the caller's:
+ * dropping it is not a leak to warn about. */
+static int loop_init(tl_loop *loop, PyObject *args, PyObject *kwds)
+{
+    if (loop_init_threads(loop, args, kwds) < 0)
+        return -1;
+    loop->initialized = 1;
     return 0;
 }
 
@@ -1542,11 +1552,14 @@ static void loop_finalize(tl_loop *loop)
     if (loop->closed || loop->ev == NULL)
         return;
     PyObject *exc = PyErr_GetRaisedException();
-    if (PyErr_ResourceWarning((PyObject *)loop, 1, "unclosed event loop %R",
+    if (loop->initialized &&
+        PyErr_ResourceWarning((PyObject *)loop, 1, "unclosed event loop %R",
                               (PyObject *)loop) < 0)
         PyErr_WriteUnraisable((PyObject *)loop);
     if (loop->thread_id == 0) {
-        PyObject *r = tl_call_method((PyObject *)loop, "close", NULL);
+        /* a subclass's close() may need what its own __init__ never set */
+        PyObject *r = loop->initialized ? tl_call_method((PyObject *)loop, "close", NULL)
+                                        : loop_close(loop, NULL);
         if (r == NULL)
             PyErr_WriteUnraisable((PyObject *)loop);
         Py_XDECREF(r);

@@ -409,3 +409,24 @@ def test_time_spent_polling_releases_gil(loop):
     stop.set()
     t.join()
     assert counter[0] - before > 1000
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"thread": 2}, TypeError), ({"threads": -1}, ValueError), ({"threads": "2"}, TypeError)])
+def test_a_loop_refused_at_construction_warns_nothing(kwargs, error):
+    """tonio_loop.Loop(thread=2) raises; the half-made loop is not the
+    caller's to close, so no "unclosed event loop" ResourceWarning follows
+    (asyncio's loops take no such arguments), and its fds go with it."""
+    import os
+
+    import tonio_loop
+
+    before = len(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for make in (tonio_loop.Loop, tonio_loop.new_event_loop):
+            with pytest.raises(error):
+                make(**kwargs)
+        gc.collect()
+    assert [w for w in seen if issubclass(w.category, ResourceWarning)] == []
+    assert len(os.listdir("/proc/self/fd")) == before
