@@ -325,3 +325,15 @@ def test_semaphore_released_from_thread_wakes_task():
         return await asyncio.wait_for(sem.acquire(), 10)
 
     assert tonio_loop.run(main(), threads=2) is True
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_queues_are_generic(kind):
+    """Queue[int] and its kinds subscript as asyncio's do (annotations, and
+    code that builds a queue through its alias)."""
+    mod = KINDS[kind]
+    for name in ("Queue", "PriorityQueue", "LifoQueue"):
+        cls = getattr(mod, name)
+        alias = cls[int]
+        assert alias.__origin__ is cls and alias.__args__ == (int,)
+        assert isinstance(alias(), cls)

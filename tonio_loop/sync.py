@@ -20,6 +20,7 @@ import collections
 import heapq
 import threading
 import time
+import types
 
 from . import _core
 
@@ -409,6 +410,8 @@ class BoundedSemaphore(Semaphore):
 
 class Queue(_Primitive):
     """asyncio.Queue's interface; put/get from any task, loop or thread."""
+
+    __class_getitem__ = classmethod(types.GenericAlias)   # Queue[int], as asyncio.Queue
 
     def __init__(self, maxsize=0):
         super().__init__()
