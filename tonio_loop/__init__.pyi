@@ -60,7 +60,12 @@ class Loop(asyncio.BaseEventLoop):
 
 def new_event_loop(*, threads: int | None = None) -> Loop: ...
 
-class EventLoopPolicy(asyncio.events.BaseDefaultEventLoopPolicy):
+if sys.version_info >= (3, 14):
+    from asyncio.events import _BaseDefaultEventLoopPolicy as _BasePolicy
+else:
+    from asyncio.events import BaseDefaultEventLoopPolicy as _BasePolicy
+
+class EventLoopPolicy(_BasePolicy):
     def __init__(self) -> None: ...
     if sys.version_info < (3, 14):
         def get_child_watcher(self) -> asyncio.AbstractChildWatcher: ...
