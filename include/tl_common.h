@@ -87,6 +87,8 @@ typedef struct tl_state {
                                         call_soon (tl_loop_if_fast) */
     PyTypeObject *asyncio_future_type; /* _asyncio.Future: our Future's base */
     PyTypeObject *asyncio_task_type; /* _asyncio.Task: our Task's base */
+    PyTypeObject *native_step_type;  /* _asyncio's TaskStepMethWrapper, once seen
+                                        (borrowed: asyncio's lives on) */
     PyObject *cancelled_error;       /* asyncio.CancelledError */
     PyObject *invalid_state_error;   /* asyncio.InvalidStateError */
     PyObject *get_event_loop;        /* what Future() uses without loop= */

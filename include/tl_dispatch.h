@@ -141,6 +141,22 @@ int tl_dispatch_on_worker(tl_loop *loop);
  * from any thread. */
 size_t tl_dispatch_backlog(tl_loop *loop);
 
+#if PY_VERSION_HEX < 0x030E0000
+/* An asyncio-native task's step (asyncio.Task, not ours) is about to run:
+ * on a worker, wait until no other worker runs an item and hold the others
+ * off (dispatch.c says why). 1: done, call tl_dispatch_native_end() after
+ * the step; 0: not on a worker, nothing to end. */
+int tl_dispatch_native_begin(tl_loop *loop);
+void tl_dispatch_native_end(tl_loop *loop);
+/* Around a blocking wait inside an item (a task's step lock): the worker
+ * does not count as running. resume: 0 when a native step runs alone now;
+ * let go of what the wait took, tl_dispatch_wait_alone_over(), try again
+ * (never wait for it holding a lock the lone step may want). */
+void tl_dispatch_item_pause(void);
+int tl_dispatch_item_resume(void);
+void tl_dispatch_wait_alone_over(void);
+#endif
+
 /* The key under which current_task() finds the task a worker of this loop
  * runs (borrowed), or NULL on any other thread. */
 PyObject *tl_dispatch_task_key(tl_loop *loop);

@@ -106,6 +106,12 @@ PyObject *tl_task_running_ref(void);
 
 /* Around a homed callback: *saved keeps what enter() replaced; enter()
  * returns whether it took the lock (not when this thread holds it). */
+#if PY_VERSION_HEX < 0x030E0000
+/* cb is an asyncio-native Task's step or wake-up, as asyncio's C code
+ * schedules them (tl_dispatch_native_begin says why that matters). */
+int tl_task_native_callback(tl_state *st, PyObject *cb);
+#endif
+
 int tl_task_home_enter(PyObject *home, tl_task **saved);
 void tl_task_home_leave(PyObject *home, tl_task *saved, int locked);
 

@@ -135,6 +135,10 @@ typedef struct tl_worker {
      * the future they report to). Owner only. */
     uint8_t holding;
     uint32_t held_tail;
+    /* 3.11-3.13: inside an item, as seen by an asyncio-native task's step
+     * that must run alone (tl_dispatch_native_begin) */
+    _Atomic uint8_t in_item;
+    uint8_t alone;              /* it is the one that runs alone */
     /* The same for strand items: queued when the item returns, those of one
      * strand at once. A task's done callbacks (a TaskGroup's, then the
      * user's) thus land in one batch of the loop's strand: the task woken by
@@ -170,6 +174,7 @@ typedef struct tl_dispatch {
     _Atomic int nentered;       /* workers that see the loop as running */
     _Atomic int nsearching;     /* workers looking for work (0 or 1) */
     _Atomic int nidle;          /* workers on the idle stack */
+    _Atomic int native_alone;   /* an asyncio-native task's step runs alone */
     tl_mutex idle_lock;
     tl_worker **idle;           /* the idle stack */
     int nidle_stack;
@@ -560,9 +565,127 @@ static void flush_before_release(tl_loop *loop, int rc)
         PyErr_SetRaisedException(exc);
 }
 
+/* ---- asyncio's own tasks, 3.11-3.13 ------------------------------------
+ *
+ * Up to 3.13 asyncio keeps the current task in a dict keyed by the loop.
+ * Our tasks file themselves under their worker's key (the end of this
+ * file), but an asyncio-native Task (asyncio.Task(coro, loop=loop): aiohttp
+ * makes them) enters under the loop object itself, and every other
+ * worker's current_task() then finds that entry by identity, before its
+ * own. So a native task's step runs alone: it waits until no other worker
+ * is inside an item, and none starts one until it is done. Items check in
+ * with a flag of their own (no shared counter to bounce between cores);
+ * the seq_cst pair (the item's flag, then native_alone; native_alone, then
+ * the flags) makes one of the two sides see the other. 3.14 keeps the
+ * current task per thread: none of this there. */
+#if PY_VERSION_HEX < 0x030E0000
+static void nap_without_gil(void)
+{
+    struct timespec ts = {0, 20 * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static TL_NOINLINE void item_wait_alone(tl_worker *w)
+{
+    tl_dispatch *d = w->d;
+    do {
+        atomic_store(&w->in_item, 0);
+        Py_BEGIN_ALLOW_THREADS
+        while (atomic_load(&d->native_alone))
+            nap_without_gil();
+        Py_END_ALLOW_THREADS
+        atomic_store(&w->in_item, 1);
+    } while (atomic_load(&d->native_alone));
+}
+
+static inline void item_check_in(tl_worker *w)
+{
+    atomic_store(&w->in_item, 1);
+    if (TL_UNLIKELY(atomic_load(&w->d->native_alone)))
+        item_wait_alone(w);
+}
+
+static inline void item_check_out(tl_worker *w)
+{
+    atomic_store_explicit(&w->in_item, 0, memory_order_release);
+}
+
+int tl_dispatch_native_begin(tl_loop *loop)
+{
+    tl_worker *w = tl_self;
+    tl_dispatch *d = loop->dispatch;
+    if (w == NULL || d == NULL || w->d != d)
+        return 0;               /* not on a worker: nothing runs beside us to wait for */
+    int zero = 0;
+    while (!atomic_compare_exchange_strong(&d->native_alone, &zero, 1)) {
+        zero = 0;
+        item_wait_alone(w);     /* another one runs alone: after it */
+    }
+    w->alone = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < d->nworkers; i++) {
+        tl_worker *v = d->workers[i];
+        while (v != w && atomic_load(&v->in_item))
+            nap_without_gil();
+    }
+    Py_END_ALLOW_THREADS
+    return 1;
+}
+
+void tl_dispatch_native_end(tl_loop *loop)
+{
+    tl_self->alone = 0;
+    atomic_store(&loop->dispatch->native_alone, 0);
+}
+
+/* A worker blocked inside its item (on a task's step lock) is not running
+ * it: an item that runs alone need not wait for it, and may hold the very
+ * lock it waits for. */
+void tl_dispatch_item_pause(void)
+{
+    tl_worker *w = tl_self;
+    if (w != NULL)
+        atomic_store(&w->in_item, 0);
+}
+
+int tl_dispatch_item_resume(void)
+{
+    tl_worker *w = tl_self;
+    if (w == NULL)
+        return 1;
+    atomic_store(&w->in_item, 1);
+    if (TL_LIKELY(!atomic_load(&w->d->native_alone)) || w->alone)
+        return 1;
+    atomic_store(&w->in_item, 0);
+    return 0;
+}
+
+void tl_dispatch_wait_alone_over(void)
+{
+    tl_worker *w = tl_self;
+    if (w == NULL)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    while (atomic_load(&w->d->native_alone))
+        nap_without_gil();
+    Py_END_ALLOW_THREADS
+}
+#else
+static inline void item_check_in(tl_worker *w)
+{
+    TL_UNUSED(w);
+}
+
+static inline void item_check_out(tl_worker *w)
+{
+    TL_UNUSED(w);
+}
+#endif
+
 static inline void run_item(tl_worker *w, tl_ready_item it)
 {
     tl_loop *loop = w->d->loop;
+    item_check_in(w);
     w->held_tail = atomic_load_explicit(&w->tail, memory_order_relaxed);
     w->holding = 1;
     int rc = it.fn(loop, it.obj);
@@ -571,6 +694,7 @@ static inline void run_item(tl_worker *w, tl_ready_item it)
     if (runq_publish(w))
         notify(w->d);
     tl_loop_unqueue(it.obj);
+    item_check_out(w);
     if (TL_UNLIKELY(rc < 0))
         dispatch_fail(w->d);
 }

@@ -278,6 +278,12 @@ static int handle_run(tl_handle *h)
         stack[0] = NULL;
         argv = stack + 1;
     }
+#if PY_VERSION_HEX < 0x030E0000
+    /* threaded loops: an asyncio-native task's step runs alone (dispatch.c) */
+    int alone = 0;
+    if (TL_UNLIKELY(h->loop->dispatch != NULL) && tl_task_native_callback(h->loop->st, callback))
+        alone = tl_dispatch_native_begin(h->loop);
+#endif
     /* threaded loops: never beside the steps of the task that scheduled it */
     PyObject *home = h->home;
     tl_task *saved = NULL;
@@ -339,6 +345,10 @@ static int handle_run(tl_handle *h)
         tl_task_home_leave(home, saved, locked);
         Py_DECREF(home);
     }
+#if PY_VERSION_HEX < 0x030E0000
+    if (alone)
+        tl_dispatch_native_end(h->loop);
+#endif
     Py_DECREF(context);
     if (argtuple == NULL)
         for (Py_ssize_t i = 1; i <= nargs; i++)

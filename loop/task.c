@@ -8,6 +8,8 @@
  * queue. Other loops and other futures get asyncio's call_soon /
  * add_done_callback protocol, so a Task runs on any loop.
  */
+#include <string.h>
+
 #include "tl_task.h"
 #include "tl_handle.h"
 #include "tl_loop.h"
@@ -280,7 +282,18 @@ int tl_task_home_enter(PyObject *home, tl_task **saved)
     *saved = task_running;
     if (task == task_running)
         return 0;               /* its own step runs it (Handle._run() by hand) */
+#if PY_VERSION_HEX < 0x030E0000
+    for (;;) {
+        tl_dispatch_item_pause();
+        tl_mutex_lock(&task->mt->step_lock);
+        if (tl_dispatch_item_resume())
+            break;
+        tl_mutex_unlock(&task->mt->step_lock);
+        tl_dispatch_wait_alone_over();
+    }
+#else
     tl_mutex_lock(&task->mt->step_lock);
+#endif
     task_running = task;
     return 1;
 }
@@ -315,6 +328,29 @@ static inline int task_push(tl_loop *loop, tl_ready_fn fn, tl_task *task, int th
     return threadsafe ? tl_loop_push_ready_threadsafe(loop, fn, obj)
                       : tl_loop_push_ready(loop, fn, obj);
 }
+
+/* ---- asyncio's own tasks on our loop ------------------------------------ */
+
+#if PY_VERSION_HEX < 0x030E0000
+int tl_task_native_callback(tl_state *st, PyObject *cb)
+{
+    PyTypeObject *tp = Py_TYPE(cb);
+    if (tp == st->native_step_type)
+        return 1;
+    if (PyCFunction_Check(cb)) {
+        /* its wake-up: a C method bound to the task */
+        PyObject *self = PyCFunction_GET_SELF(cb);
+        return self != NULL && PyObject_TypeCheck(self, st->asyncio_task_type) &&
+               !PyObject_TypeCheck(self, st->task_type);
+    }
+    /* its step: an object of a type _asyncio does not export */
+    if (st->native_step_type == NULL && strstr(tp->tp_name, "TaskStepMethWrapper") != NULL) {
+        st->native_step_type = tp;
+        return 1;
+    }
+    return 0;
+}
+#endif
 
 /* ---- cancel() beside a running step ------------------------------------ */
 

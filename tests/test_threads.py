@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -127,6 +128,44 @@ def test_running_loop_and_current_task_on_workers(tloop):
     main_task = tloop.run_until_complete(main())
     assert main_task is not None
     assert sorted(seen) == [(i, True, f"w{i}") for i in range(20)]
+
+
+def test_current_task_beside_asyncios_own_tasks(tloop):
+    """asyncio.Task(coro, loop=loop) makes asyncio's own task, not ours
+    (aiohttp's server does, with eager_start on 3.12+). Up to 3.13 asyncio
+    files it as current under the loop object itself, where every worker's
+    current_task() would find it first: its steps run alone on a threaded
+    loop, and our tasks beside it still see themselves (3,000 checks each
+    used to give asyncio's task 8,994-8,997 times of 9,000)."""
+    mine = []
+    wrong = []
+
+    async def asyncio_task(depth):
+        for _ in range(20):
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.0005:   # long enough to be preempted
+                pass
+            await asyncio.sleep(0)
+        if depth and sys.version_info >= (3, 12):
+            # eager, from inside one of asyncio's task steps (as aiohttp's
+            # request handlers start from its connection task)
+            await asyncio.Task(asyncio_task(depth - 1), loop=tloop, eager_start=True)
+
+    async def ours(i):
+        await asyncio.sleep(0)
+        for _ in range(500):
+            if asyncio.current_task() is not mine[i]:
+                wrong.append(i)
+            await asyncio.sleep(0)
+
+    async def main():
+        natives = [asyncio.Task(asyncio_task(1), loop=tloop) for _ in range(4)]
+        mine.extend(asyncio.create_task(ours(i)) for i in range(3))
+        await asyncio.gather(*mine, *natives)
+        return [type(t).__module__ for t in natives]
+
+    assert tloop.run_until_complete(main()) == ["_asyncio"] * 4
+    assert wrong == []
 
 
 @pytest.mark.parametrize("factory", ["asyncio", "tonio", "tonio-threads"])
