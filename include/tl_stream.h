@@ -7,10 +7,10 @@
  * _SelectorSocketTransport, _UnixReadPipeTransport and
  * _UnixWritePipeTransport differ look at the kind.
  *
- * How it works (the fast paths from DESIGN.md):
+ * How it works:
  * - the transport owns two ev_io watchers on its fd; protocol callbacks run
- *   straight from them, inside the contextvars context captured when the
- *   transport was made;
+ *   from them inside the contextvars context captured when the transport
+ *   was made (docs/design.md, "Protocol callbacks and contextvars");
  * - write() sends at once and buffers only what the kernel refused; the
  *   buffer is a ring of bytes objects flushed with one writev/sendmsg; the
  *   writer watcher runs only while the buffer is not empty;
@@ -22,11 +22,12 @@
  * asyncio's selector holds its handles) and sits on the loop's link ring,
  * so loop.close() can let go of it.
  *
- * Transports belong to the loop's thread, as asyncio's do. Under
- * Py_GIL_DISABLED a transport method called from another thread would need
- * a per-object critical section (Py_BEGIN_CRITICAL_SECTION) around the
- * write buffer; the planned multi-threaded dispatch sends writes to the loop
- * thread instead (DESIGN.md), so none is taken here.
+ * On a threaded loop (threads=N) any worker may call a transport's methods:
+ * write() of bytes sends under the transport's own lock (wlock) while
+ * nothing is buffered (wfast), everything else under the loop lock; what
+ * the loop thread reads waits in the transport's inbox, and its protocol
+ * callbacks run on the transport's strand on a worker, never beside a step
+ * of its home task (README, "Worker threads").
  */
 #ifndef TL_STREAM_H
 #define TL_STREAM_H

@@ -17,9 +17,11 @@
  *   by slicing it (asyncio's buf[offset:] copies a bytearray and loses the
  *   data read into the copy).
  *
- * Threads: an SSLTransport belongs to its loop's thread like every
- * transport (tl_stream.h); _ssl releases the GIL inside SSL calls, so the
- * scratch buffer object (rawbuf) is per connection, never shared.
+ * Threads: on a threaded loop an SSL transport's engine and its
+ * application protocol run on the underlying transport's strand, one item
+ * at a time, like every protocol callback (tl_stream.h); _ssl releases the
+ * GIL inside SSL calls, so the scratch buffer object (rawbuf) is per
+ * connection, never shared.
  */
 #include "tl_tls.h"
 #include "tl_stream.h"

@@ -479,7 +479,7 @@ async def test_context_of_protocol_callbacks():
     if is_tonio():
         # asyncio runs connection_lost() in the context of whoever called
         # close(); tonio_loop keeps every protocol callback in the context
-        # the connection was made in (DESIGN.md)
+        # the connection was made in (docs/design.md, "Protocol callbacks and contextvars")
         assert ("lost", "client") in seen
         assert not any(v == "changed later" for _, v in seen)
     await close_server(server)

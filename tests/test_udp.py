@@ -289,7 +289,7 @@ async def test_callbacks_run_in_creation_context():
     assert seen[:2] == [("made", "creator"), ("datagram", "creator")]
     # asyncio runs connection_lost() in the context of whoever called
     # close(); tonio_loop keeps every protocol callback in the context the
-    # endpoint was made in (DESIGN.md), as its TCP transports do
+    # endpoint was made in (docs/design.md, "Protocol callbacks and contextvars"), as its TCP transports do
     assert seen[2] == ("lost", "creator" if is_tonio() else "caller")
 
 
