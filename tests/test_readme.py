@@ -117,3 +117,47 @@ def test_each_shell_line_is_real(line):
 def test_the_text_blocks_are_the_bench_output():
     texts = [code for lang, code in BLOCKS if lang == "text"]
     assert texts and all(t.startswith("machine:") for t in texts)
+
+
+# ---- docs/api.md: its examples run, and its pytest-asyncio < 1.4 recipe ----
+
+def _api_blocks():
+    with open(os.path.join(ROOT, "docs", "api.md"), encoding="utf-8") as f:
+        text = f.read()
+    return [m.group(1) for m in re.finditer(r"^```python\n(.*?)^```$", text, re.S | re.M)]
+
+
+@pytest.mark.parametrize("code", [c for c in _api_blocks() if "conftest.py" not in c],
+                         ids=lambda c: c.splitlines()[0][:40])
+def test_each_api_example_runs(code):
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.timeout(400)
+def test_the_pytest_asyncio_1_3_recipe(tmp_path):
+    """The api.md conftest for pytest-asyncio before 1.4, with the version it
+    names: a fresh virtualenv with pytest-asyncio 1.3.0 runs a test on a
+    tonio_loop loop."""
+    code = next(c for c in _api_blocks() if "conftest.py" in c)
+    assert "0.23 - 1.3" in code
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python")
+    r = subprocess.run([py, "-m", "pip", "install", "-q", "pytest>=8,<9", "pytest-asyncio==1.3.0"],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        pytest.skip(f"pytest-asyncio 1.3.0 could not be installed here: {r.stderr[-300:]}")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "conftest.py").write_text(code)
+    (project / "test_it.py").write_text(
+        "import asyncio, tonio_loop\n"
+        "async def test_runs_on_tonio():\n"
+        "    assert isinstance(asyncio.get_running_loop(), tonio_loop.Loop)\n")
+    (project / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n")
+    r = subprocess.run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W",
+                        "ignore::DeprecationWarning"], cwd=project, capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout + r.stderr
