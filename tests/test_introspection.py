@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import one_thread_only
+from tests.conftest import all_tasks_inside_one_thread, one_thread_only
 
 PY312 = sys.version_info >= (3, 12)
 PY314 = sys.version_info >= (3, 14)
@@ -20,6 +20,7 @@ async def _value(v):
     return v
 
 
+@all_tasks_inside_one_thread
 async def test_all_tasks_sees_pending_tasks_only():
     loop = asyncio.get_running_loop()
     fut = loop.create_future()

@@ -16,7 +16,7 @@ import pytest
 
 import tonio_loop
 
-from tests.conftest import one_thread_only
+from tests.conftest import all_tasks_inside_one_thread, one_thread_only
 
 cvar = contextvars.ContextVar("cvar", default="unset")
 
@@ -451,6 +451,7 @@ def test_current_task_in_plain_callback_is_none(loop):
     assert seen == [None]
 
 
+@all_tasks_inside_one_thread
 def test_all_tasks(loop):
     async def sleeper():
         await asyncio.sleep(10)

@@ -492,19 +492,41 @@ class _SubprocessWaitsForTheEnd(unix_events._UnixSubprocessTransport):
         # behind it once the pipes are done too) while the task steps: a
         # wait() between the two would return with the process still held
         # (kill() then does not raise ProcessLookupError). On asyncio's one
-        # thread a task that waited before the exit wakes only in the second.
-        if self._returncode is not None and not (self._finished and self._exit_waiters is not None):
-            return self._returncode
-        waiter = self._loop.create_future()
-        self._exit_waiters.append(waiter)
-        return await waiter
+        # thread a task woken by the exit runs after that call: so here too.
+        if self._returncode is None:
+            waiter = self._loop.create_future()
+            waiters = self._exit_waiters
+            if isinstance(waiters, list):       # up to 3.13
+                waiters.append(waiter)
+                await waiter
+            else:                               # 3.14: a set, left when cancelled
+                waiters.add(waiter)
+                try:
+                    await waiter
+                finally:
+                    if self._exit_waiters is not None:
+                        self._exit_waiters.discard(waiter)
+        if self._finished and self._proc is not None:
+            lost = self._loop.create_future()
+            self.__dict__.setdefault("_tonio_lost_waiters", []).append(lost)
+            await lost
+        return self._returncode
+
+    def _call_connection_lost(self, exc):
+        try:
+            unix_events._UnixSubprocessTransport._call_connection_lost(self, exc)
+        finally:
+            for lost in self.__dict__.pop("_tonio_lost_waiters", ()):
+                if not lost.done():
+                    lost.set_result(None)
 
 
 for _name in ("_connect_pipes", "close", "_process_exited", "_pipe_connection_lost",
-              "_pipe_data_received", "_call_connection_lost"):
+              "_pipe_data_received"):
     setattr(_ThreadedSubprocessTransport, _name,
             _locked_method(unix_events._UnixSubprocessTransport, _name))
-_ThreadedSubprocessTransport._wait = _locked_method(_SubprocessWaitsForTheEnd, "_wait")
+for _name in ("_wait", "_call_connection_lost"):
+    setattr(_ThreadedSubprocessTransport, _name, _locked_method(_SubprocessWaitsForTheEnd, _name))
 del _name
 _ThreadedSubprocessTransport.__name__ = "_UnixSubprocessTransport"
 _ThreadedSubprocessTransport.__qualname__ = "_UnixSubprocessTransport"
