@@ -4,6 +4,7 @@
 #   make test         build, then run the whole test suite (also with threads=4)
 #   make test-threads the pytest suite on loops with 4 worker threads
 #   make conformance  CPython's own test_asyncio suites on tonio_loop
+#   make dist         the sdist and a manylinux wheel in dist/, both checked
 #   make tsan         the suite under ThreadSanitizer on a free-threaded CPython
 #   make PY=python3.12 test   the same on another interpreter
 #
@@ -27,7 +28,7 @@ TEST_DEPS := postgresql redis-server openssl libssl-dev
 BENCH_DEPS := wrk libssl-dev
 PYTEST_ARGS ?=
 
-.PHONY: all build deps test-deps bench-deps test test-threads conformance bench bench-full refcheck valgrind tsan clean check-python
+.PHONY: all build deps test-deps bench-deps test test-threads conformance bench bench-full refcheck valgrind tsan clean check-python dist
 
 all: build
 
@@ -64,6 +65,11 @@ test-threads: build
 
 conformance: build
 	$(VPY) -m tests.conformance
+
+# the sdist and a manylinux wheel in dist/, each checked as a user gets it
+# (tools/make-dist says how)
+dist: deps test-deps
+	tools/make-dist $(PYTHON)
 
 test-deps:
 	-@tools/install-system-deps $(TEST_DEPS) || echo "could not install $(TEST_DEPS): their integration tests will skip"
@@ -152,4 +158,4 @@ tsan: deps $(TSAN_VENV)/.installed
 	tools/tsan-summary $(TSAN_LOGS)/log.*
 
 clean:
-	rm -rf build tonio_loop/*.so .venv .venv-* *.egg-info
+	rm -rf build dist tonio_loop/*.so .venv .venv-* *.egg-info
