@@ -149,11 +149,12 @@ size_t tl_dispatch_backlog(tl_loop *loop);
 int tl_dispatch_native_begin(tl_loop *loop);
 void tl_dispatch_native_end(tl_loop *loop);
 /* Around a blocking wait inside an item (a task's step lock): the worker
- * does not count as running. resume: 0 when a native step runs alone now;
- * let go of what the wait took, tl_dispatch_wait_alone_over(), try again
- * (never wait for it holding a lock the lone step may want). */
-void tl_dispatch_item_pause(void);
-int tl_dispatch_item_resume(void);
+ * does not count as running. pause: 1 when it was inside an item (pass it
+ * to resume). resume: 0 when a native step runs alone now; let go of what
+ * the wait took, tl_dispatch_wait_alone_over(), try again (never wait for
+ * it holding a lock the lone step may want). */
+int tl_dispatch_item_pause(void);
+int tl_dispatch_item_resume(int paused);
 void tl_dispatch_wait_alone_over(void);
 #endif
 

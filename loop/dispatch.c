@@ -614,8 +614,8 @@ int tl_dispatch_native_begin(tl_loop *loop)
 {
     tl_worker *w = tl_self;
     tl_dispatch *d = loop->dispatch;
-    if (w == NULL || d == NULL || w->d != d)
-        return 0;               /* not on a worker: nothing runs beside us to wait for */
+    if (w == NULL || d == NULL || w->d != d || w->alone)
+        return 0;               /* not on a worker, or alone already (Handle._run() by hand) */
     int zero = 0;
     while (!atomic_compare_exchange_strong(&d->native_alone, &zero, 1)) {
         zero = 0;
@@ -641,18 +641,20 @@ void tl_dispatch_native_end(tl_loop *loop)
 /* A worker blocked inside its item (on a task's step lock) is not running
  * it: an item that runs alone need not wait for it, and may hold the very
  * lock it waits for. */
-void tl_dispatch_item_pause(void)
+int tl_dispatch_item_pause(void)
 {
     tl_worker *w = tl_self;
-    if (w != NULL)
-        atomic_store(&w->in_item, 0);
+    if (w == NULL || !atomic_load_explicit(&w->in_item, memory_order_relaxed))
+        return 0;
+    atomic_store(&w->in_item, 0);
+    return 1;
 }
 
-int tl_dispatch_item_resume(void)
+int tl_dispatch_item_resume(int paused)
 {
     tl_worker *w = tl_self;
-    if (w == NULL)
-        return 1;
+    if (!paused)
+        return 1;               /* not inside an item: nothing to check in */
     atomic_store(&w->in_item, 1);
     if (TL_LIKELY(!atomic_load(&w->d->native_alone)) || w->alone)
         return 1;

@@ -284,9 +284,9 @@ int tl_task_home_enter(PyObject *home, tl_task **saved)
         return 0;               /* its own step runs it (Handle._run() by hand) */
 #if PY_VERSION_HEX < 0x030E0000
     for (;;) {
-        tl_dispatch_item_pause();
+        int paused = tl_dispatch_item_pause();
         tl_mutex_lock(&task->mt->step_lock);
-        if (tl_dispatch_item_resume())
+        if (tl_dispatch_item_resume(paused))
             break;
         tl_mutex_unlock(&task->mt->step_lock);
         tl_dispatch_wait_alone_over();
