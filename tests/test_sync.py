@@ -337,3 +337,16 @@ def test_queues_are_generic(kind):
         alias = cls[int]
         assert alias.__origin__ is cls and alias.__args__ == (int,)
         assert isinstance(alias(), cls)
+
+
+async def test_queue_item_passes_on_from_a_cancelled_getter(prim):
+    """A getter woken for an item and cancelled before it ran: the item goes
+    to the next getter, as asyncio.Queue's does."""
+    q = prim.Queue()
+    g1 = asyncio.ensure_future(q.get())
+    g2 = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    q.put_nowait("x")
+    g1.cancel()
+    assert await asyncio.wait_for(g2, 1) == "x"
+    assert g1.cancelled()

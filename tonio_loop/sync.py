@@ -79,6 +79,25 @@ def _wake_all(woken):
         w.wake()
 
 
+def _line_up(waiters, loop):
+    """A new waiter at the end of the line (the primitive's mutex held)."""
+    w = _Waiter(loop)
+    waiters.append(w)
+    return w
+
+
+def _hand_to_first(waiters):
+    """What is being released goes straight to the first live waiter (the
+    primitive's mutex held): (waiter,) to wake, or () when none is left."""
+    while waiters:
+        w = waiters.popleft()
+        if w.cancelled():
+            continue
+        w.woken = True
+        return (w,)
+    return ()
+
+
 class _Primitive:
     def __init__(self):
         self._mutex = threading.Lock()
@@ -86,6 +105,7 @@ class _Primitive:
 
     def _wait_list(self):
         return len(self._waiters)
+
 
     async def _wait(self, waiter, on_cancel):
         """Await `waiter`; on cancellation (or any error) drop it, or call
@@ -169,23 +189,17 @@ class Lock(_ContextManagerMixin, _Primitive):
             if not self._locked and not self._waiters:
                 self._locked = True
                 return None
-            w = _Waiter(loop)
-            self._waiters.append(w)
-            return w
+            return _line_up(self._waiters, loop)
 
     def _pass_on(self):
         # we were given the lock but leave: give it to the next
         return self._release_locked()
 
     def _release_locked(self):
-        while self._waiters:
-            w = self._waiters.popleft()
-            if w.cancelled():
-                continue
-            w.woken = True      # the lock goes straight to it
-            return (w,)
-        self._locked = False
-        return ()
+        woken = _hand_to_first(self._waiters)   # the lock goes straight to it
+        if not woken:
+            self._locked = False
+        return woken
 
     def release(self):
         with self._mutex:
@@ -231,9 +245,7 @@ class Event(_Primitive):
         with self._mutex:
             if self._value:
                 return None
-            w = _Waiter(loop)
-            self._waiters.append(w)
-            return w
+            return _line_up(self._waiters, loop)
 
     async def wait(self):
         w = self._enqueue(_loop())
@@ -370,23 +382,17 @@ class Semaphore(_ContextManagerMixin, _Primitive):
             if self._value > 0 and not self._waiters:
                 self._value -= 1
                 return None
-            w = _Waiter(loop)
-            self._waiters.append(w)
-            return w
+            return _line_up(self._waiters, loop)
 
     def _pass_on(self):
         return self._give()
 
     def _give(self):
         # a permit goes straight to the first live waiter, or back
-        while self._waiters:
-            w = self._waiters.popleft()
-            if w.cancelled():
-                continue
-            w.woken = True
-            return (w,)
-        self._value += 1
-        return ()
+        woken = _hand_to_first(self._waiters)
+        if not woken:
+            self._value += 1
+        return woken
 
     def _check_release(self):
         pass
@@ -465,21 +471,11 @@ class Queue(_Primitive):
             return False
         return self.qsize() >= self._maxsize
 
-    @staticmethod
-    def _next(waiters):
-        while waiters:
-            w = waiters.popleft()
-            if w.cancelled():
-                continue
-            w.woken = True
-            return (w,)
-        return ()
-
     def _put_locked(self, item):
         self._put(item)
         self._unfinished_tasks += 1
         self._finished.clear()
-        return self._next(self._getters)
+        return _hand_to_first(self._getters)
 
     def put_nowait(self, item):
         with self._mutex:
@@ -493,7 +489,7 @@ class Queue(_Primitive):
             if self.empty():
                 raise QueueEmpty
             item = self._get()
-            woken = self._next(self._putters)
+            woken = _hand_to_first(self._putters)
         _wake_all(woken)
         return item
 
@@ -502,9 +498,7 @@ class Queue(_Primitive):
         waiter queued on `waiters`."""
         if ready():
             return None
-        w = _Waiter(loop)
-        waiters.append(w)
-        return w
+        return _line_up(waiters, loop)
 
     async def _wait_on(self, waiters, ready):
         loop = _loop()
@@ -518,7 +512,7 @@ class Queue(_Primitive):
             except BaseException:
                 with self._mutex:
                     if w.woken:
-                        woken = self._next(waiters) if ready() else ()
+                        woken = _hand_to_first(waiters) if ready() else ()
                     else:
                         woken = ()
                         try:
