@@ -87,6 +87,9 @@ int tl_handle_traverse_contents(tl_handle *h, visitproc visit, void *arg);
 void tl_handle_clear_refs(tl_handle *h);
 PyObject *tl_handle_repr_with(tl_handle *h, PyObject *when);
 
+/* TimerHandle's dealloc: Handle's, with its own free list. */
+void tl_timer_handle_dealloc(PyObject *t);
+
 /* The Python-visible members, shared with TimerHandle. */
 extern PyMethodDef tl_handle_methods[];
 extern PyGetSetDef tl_handle_getset[];

@@ -579,7 +579,9 @@ static int handle_clear(tl_handle *h)
     return 0;
 }
 
-static void handle_dealloc(tl_handle *h)
+/* Handle's and TimerHandle's dealloc: an object of the exact type goes back
+ * to that type's free list while it has room. */
+static inline void handle_dealloc_kind(tl_handle *h, int timer)
 {
     PyTypeObject *tp = Py_TYPE(h);
     PyObject_GC_UnTrack(h);
@@ -590,14 +592,30 @@ static void handle_dealloc(tl_handle *h)
 #endif
     tl_handle_clear_refs(h);
 #if TL_FREELIST_MAX
-    if (st != NULL && tp == st->handle_type && st->handle_nfree < TL_FREELIST_MAX) {
-        st->handle_free[st->handle_nfree++] = (PyObject *)h;
-        Py_DECREF(tp);
-        return;
+    if (st != NULL) {
+        PyObject **free = timer ? st->timer_free : st->handle_free;
+        int *nfree = timer ? &st->timer_nfree : &st->handle_nfree;
+        if (tp == (timer ? st->timer_handle_type : st->handle_type) && *nfree < TL_FREELIST_MAX) {
+            free[(*nfree)++] = (PyObject *)h;
+            Py_DECREF(tp);
+            return;
+        }
     }
+#else
+    TL_UNUSED(timer);
 #endif
     tp->tp_free(h);
     Py_DECREF(tp);
+}
+
+static void handle_dealloc(tl_handle *h)
+{
+    handle_dealloc_kind(h, 0);
+}
+
+void tl_timer_handle_dealloc(PyObject *t)
+{
+    handle_dealloc_kind((tl_handle *)t, 1);
 }
 
 static PyMemberDef handle_members[] = {

@@ -317,29 +317,8 @@ static int timer_clear(tl_timer_handle *t)
     return 0;
 }
 
-static void timer_dealloc(tl_timer_handle *t)
-{
-    PyTypeObject *tp = Py_TYPE(t);
-    PyObject_GC_UnTrack(t);
-    TL_CLEAR_WEAKREFS(t, t->base.weakreflist);
-#if TL_FREELIST_MAX
-    /* the loop knows the module state; asking the type costs more */
-    tl_state *st = t->base.loop ? t->base.loop->st : PyType_GetModuleState(tp);
-#endif
-    tl_handle_clear_refs(&t->base);
-#if TL_FREELIST_MAX
-    if (st != NULL && tp == st->timer_handle_type && st->timer_nfree < TL_FREELIST_MAX) {
-        st->timer_free[st->timer_nfree++] = (PyObject *)t;
-        Py_DECREF(tp);
-        return;
-    }
-#endif
-    tp->tp_free(t);
-    Py_DECREF(tp);
-}
-
 static PyType_Slot timer_slots[] = {
-    {Py_tp_dealloc, timer_dealloc},
+    {Py_tp_dealloc, tl_timer_handle_dealloc},
     {Py_tp_traverse, tl_handle_traverse},
     {Py_tp_clear, timer_clear},
     {Py_tp_repr, timer_repr},
