@@ -585,17 +585,22 @@ static void nap_without_gil(void)
     nanosleep(&ts, NULL);
 }
 
+/* Until the lone step is over; the caller does not count as inside an item. */
+static void wait_alone_over(tl_dispatch *d)
+{
+    Py_BEGIN_ALLOW_THREADS
+    while (atomic_load(&d->native_alone))
+        nap_without_gil();
+    Py_END_ALLOW_THREADS
+}
+
 static TL_NOINLINE void item_wait_alone(tl_worker *w)
 {
-    tl_dispatch *d = w->d;
     do {
         atomic_store(&w->in_item, 0);
-        Py_BEGIN_ALLOW_THREADS
-        while (atomic_load(&d->native_alone))
-            nap_without_gil();
-        Py_END_ALLOW_THREADS
+        wait_alone_over(w->d);
         atomic_store(&w->in_item, 1);
-    } while (atomic_load(&d->native_alone));
+    } while (atomic_load(&w->d->native_alone));
 }
 
 static inline void item_check_in(tl_worker *w)
@@ -665,12 +670,8 @@ int tl_dispatch_item_resume(int paused)
 void tl_dispatch_wait_alone_over(void)
 {
     tl_worker *w = tl_self;
-    if (w == NULL)
-        return;
-    Py_BEGIN_ALLOW_THREADS
-    while (atomic_load(&w->d->native_alone))
-        nap_without_gil();
-    Py_END_ALLOW_THREADS
+    if (w != NULL)
+        wait_alone_over(w->d);
 }
 #else
 static inline void item_check_in(tl_worker *w)

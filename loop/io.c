@@ -64,10 +64,10 @@ static void io_release(tl_io_watch *iw)
     Py_CLEAR(iw->fileobj);
 }
 
-/* Bring the ev_io in line with the reader/writer registered; free the slot
- * once nothing uses it. The fd is registered with epoll at once, as
- * asyncio's selector does: -1 (errno EBADF) when it is not open any more,
- * and the ev_io is left stopped. */
+/* Bring the ev_io in line with the reader/writer registered; let go of the
+ * file object once nothing uses the slot (io_release). The fd is registered
+ * with epoll at once, as asyncio's selector does: -1 (errno EBADF) when it
+ * is not open any more, and the ev_io is left stopped. */
 static int io_update(tl_loop *loop, tl_io_watch *iw)
 {
     int events = (iw->reader ? EV_READ : 0) | (iw->writer ? EV_WRITE : 0);
@@ -172,7 +172,8 @@ static int queued_line(const tl_io_queued *q)
     return (q->io.events & EV_WRITE) ? 1 : 0;
 }
 
-/* Take q out of its line; frees the slot when nothing else uses it. */
+/* Take q out of its line; the file object goes when nothing else uses the
+ * slot (io_release). */
 static void queue_unlink(tl_io_watch *iw, tl_io_queued *q)
 {
     int line = queued_line(q);
