@@ -148,15 +148,18 @@ size_t tl_dispatch_backlog(tl_loop *loop);
  * the step; 0: not on a worker, nothing to end. */
 int tl_dispatch_native_begin(tl_loop *loop);
 void tl_dispatch_native_end(tl_loop *loop);
-/* Around a blocking wait inside an item (a task's step lock): the worker
- * does not count as running. pause: 1 when it was inside an item (pass it
- * to resume). resume: 0 when a native step runs alone now; let go of what
- * the wait took, tl_dispatch_wait_alone_over(), try again (never wait for
- * it holding a lock the lone step may want). */
-int tl_dispatch_item_pause(void);
-int tl_dispatch_item_resume(int paused);
-void tl_dispatch_wait_alone_over(void);
 #endif
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000
+/* loop.is_running() was asked on a worker: the rest of its item runs alone,
+ * as an eager asyncio.Task's first step may follow (dispatch.c). */
+void tl_dispatch_alone_rest_of_item(tl_loop *loop);
+#endif
+
+/* Take m (a task's step lock, the loop lock) from any thread. Inside an
+ * item the wait does not count as running, and m is never held while a
+ * lone step runs on another worker (it may want m: it is let go, and taken
+ * again after). */
+void tl_dispatch_lock_in_item(tl_mutex *m);
 
 /* The key under which current_task() finds the task a worker of this loop
  * runs (borrowed), or NULL on any other thread. */

@@ -22,6 +22,15 @@ typedef PyMutex tl_mutex;
 
 static inline void tl_mutex_lock(tl_mutex *m) { PyMutex_Lock(m); }
 static inline void tl_mutex_unlock(tl_mutex *m) { PyMutex_Unlock(m); }
+
+/* What PyMutex_Lock's own inline fast path does (cpython/lock.h: bit 0 is
+ * "locked"); 1 when taken. */
+static inline int tl_mutex_trylock(tl_mutex *m)
+{
+    uint8_t unlocked = 0;
+    return __atomic_compare_exchange_n(&m->_bits, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
+                                       __ATOMIC_RELAXED);
+}
 #else
 #include <sched.h>
 
@@ -40,9 +49,14 @@ static inline void tl_mutex_lock_slow(tl_mutex *m)
         PyEval_RestoreThread(ts);
 }
 
+static inline int tl_mutex_trylock(tl_mutex *m)
+{
+    return !atomic_exchange_explicit(&m->held, 1, memory_order_acquire);
+}
+
 static inline void tl_mutex_lock(tl_mutex *m)
 {
-    if (TL_UNLIKELY(atomic_exchange_explicit(&m->held, 1, memory_order_acquire)))
+    if (TL_UNLIKELY(!tl_mutex_trylock(m)))
         tl_mutex_lock_slow(m);
 }
 

@@ -150,6 +150,9 @@ typedef struct tl_loop {
     _Atomic unsigned long ev_owner; /* thread holding ev_mutex, 0: none */
 } tl_loop;
 
+/* ev_mutex is held by another thread: wait for it (loop.c). */
+void tl_loop_ev_lock_wait(tl_loop *loop);
+
 /* Take ev_mutex unless this thread holds it already or the loop is not
  * shared; 1 when taken (hand it to tl_loop_ev_unlock). */
 static inline int tl_loop_ev_lock(tl_loop *loop)
@@ -159,7 +162,8 @@ static inline int tl_loop_ev_lock(tl_loop *loop)
     unsigned long me = PyThread_get_thread_ident();
     if (atomic_load_explicit(&loop->ev_owner, memory_order_relaxed) == me)
         return 0;
-    tl_mutex_lock(&loop->ev_mutex);
+    if (TL_UNLIKELY(!tl_mutex_trylock(&loop->ev_mutex)))
+        tl_loop_ev_lock_wait(loop);
     atomic_store_explicit(&loop->ev_owner, me, memory_order_relaxed);
     return 1;
 }

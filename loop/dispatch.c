@@ -139,6 +139,7 @@ typedef struct tl_worker {
      * that must run alone (tl_dispatch_native_begin) */
     _Atomic uint8_t in_item;
     uint8_t alone;              /* it is the one that runs alone */
+    uint8_t alone_item;         /* ... until its item ends (is_running()) */
     /* The same for strand items: queued when the item returns, those of one
      * strand at once. A task's done callbacks (a TaskGroup's, then the
      * user's) thus land in one batch of the loop's strand: the task woken by
@@ -643,23 +644,47 @@ void tl_dispatch_native_end(tl_loop *loop)
     atomic_store(&loop->dispatch->native_alone, 0);
 }
 
-/* A worker blocked inside its item (on a task's step lock) is not running
- * it: an item that runs alone need not wait for it, and may hold the very
- * lock it waits for. */
-int tl_dispatch_item_pause(void)
+#if PY_VERSION_HEX >= 0x030C0000
+/* asyncio's Task(coro, loop=loop, eager_start=True) asks loop.is_running()
+ * and then runs its first step at once, inside whatever item made it
+ * (aiohttp's connection_made), entered under the loop object like any
+ * native step but outside a step of its own that handle.c would see. Our
+ * tasks start eagerly without asking. */
+void tl_dispatch_alone_rest_of_item(tl_loop *loop)
 {
     tl_worker *w = tl_self;
+    if (w != NULL && atomic_load_explicit(&w->in_item, memory_order_relaxed) &&
+        tl_dispatch_native_begin(loop))
+        w->alone_item = 1;
+}
+#endif
+
+static inline void item_alone_end(tl_worker *w)
+{
+    if (TL_UNLIKELY(w->alone_item)) {
+        w->alone_item = 0;
+        tl_dispatch_native_end(w->d->loop);
+    }
+}
+
+/* A worker blocked inside its item (on a lock, on the loop thread) is not
+ * running it: an item that runs alone need not wait for it, and may hold
+ * the very lock it waits for. pause: 1 when it was inside an item. resume:
+ * 0 when a lone step runs elsewhere now; let go of what the wait took,
+ * wait_alone_over(), try again (never wait holding what the lone step may
+ * want). */
+static int item_pause(tl_worker *w)
+{
     if (w == NULL || !atomic_load_explicit(&w->in_item, memory_order_relaxed))
         return 0;
     atomic_store(&w->in_item, 0);
     return 1;
 }
 
-int tl_dispatch_item_resume(int paused)
+static int item_resume(tl_worker *w, int paused)
 {
-    tl_worker *w = tl_self;
     if (!paused)
-        return 1;               /* not inside an item: nothing to check in */
+        return 1;
     atomic_store(&w->in_item, 1);
     if (TL_LIKELY(!atomic_load(&w->d->native_alone)) || w->alone)
         return 1;
@@ -667,11 +692,17 @@ int tl_dispatch_item_resume(int paused)
     return 0;
 }
 
-void tl_dispatch_wait_alone_over(void)
+void tl_dispatch_lock_in_item(tl_mutex *m)
 {
     tl_worker *w = tl_self;
-    if (w != NULL)
+    for (;;) {
+        int paused = item_pause(w);
+        tl_mutex_lock(m);
+        if (item_resume(w, paused))
+            return;
+        tl_mutex_unlock(m);
         wait_alone_over(w->d);
+    }
 }
 #else
 static inline void item_check_in(tl_worker *w)
@@ -682,6 +713,34 @@ static inline void item_check_in(tl_worker *w)
 static inline void item_check_out(tl_worker *w)
 {
     TL_UNUSED(w);
+}
+
+static inline void item_alone_end(tl_worker *w)
+{
+    TL_UNUSED(w);
+}
+
+static int item_pause(tl_worker *w)
+{
+    TL_UNUSED(w);
+    return 0;
+}
+
+static int item_resume(tl_worker *w, int paused)
+{
+    TL_UNUSED(w);
+    TL_UNUSED(paused);
+    return 1;
+}
+
+static void wait_alone_over(tl_dispatch *d)
+{
+    TL_UNUSED(d);
+}
+
+void tl_dispatch_lock_in_item(tl_mutex *m)
+{
+    tl_mutex_lock(m);
 }
 #endif
 
@@ -697,6 +756,7 @@ static inline void run_item(tl_worker *w, tl_ready_item it)
     if (runq_publish(w))
         notify(w->d);
     tl_loop_unqueue(it.obj);
+    item_alone_end(w);
     item_check_out(w);
     if (TL_UNLIKELY(rc < 0))
         dispatch_fail(w->d);
@@ -1281,10 +1341,14 @@ PyObject *tl_dispatch_call_on_loop(tl_loop *loop, PyObject *(*fn)(tl_loop *, PyO
     d->rpc_tail = &r;
     tl_mutex_unlock(&d->rpc_lock);
     wake_loop_thread(d);
+    tl_worker *w = tl_self;
+    int paused = item_pause(w);     /* the loop thread may want the loop lock a lone item holds */
     Py_BEGIN_ALLOW_THREADS
     while (!atomic_load_explicit(&r.done, memory_order_acquire))
         parker_park(&r.parker);
     Py_END_ALLOW_THREADS
+    while (!item_resume(w, paused))
+        wait_alone_over(w->d);
     parker_destroy(&r.parker);
     if (r.result == NULL)
         PyErr_SetRaisedException(r.exc);

@@ -817,12 +817,26 @@ static PyObject *loop_stop(tl_loop *loop, PyObject *Py_UNUSED(ignored))
 
 static PyObject *loop_is_running(tl_loop *loop, PyObject *Py_UNUSED(ignored))
 {
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000
+    if (TL_UNLIKELY(loop->dispatch != NULL))
+        tl_dispatch_alone_rest_of_item(loop);   /* an eager asyncio.Task may follow */
+#endif
     return PyBool_FromLong(loop->thread_id != 0);
 }
 
 static PyObject *loop_is_closed(tl_loop *loop, PyObject *Py_UNUSED(ignored))
 {
     return PyBool_FromLong(loop->closed);
+}
+
+/* A worker inside an item does not count as running while it waits (an
+ * item that runs alone may hold the lock: dispatch.c). */
+void tl_loop_ev_lock_wait(tl_loop *loop)
+{
+    if (loop->dispatch != NULL)
+        tl_dispatch_lock_in_item(&loop->ev_mutex);
+    else
+        tl_mutex_lock(&loop->ev_mutex);
 }
 
 void tl_loop_link_add(tl_loop *loop, tl_loop_link *link)

@@ -282,18 +282,7 @@ int tl_task_home_enter(PyObject *home, tl_task **saved)
     *saved = task_running;
     if (task == task_running)
         return 0;               /* its own step runs it (Handle._run() by hand) */
-#if PY_VERSION_HEX < 0x030E0000
-    for (;;) {
-        int paused = tl_dispatch_item_pause();
-        tl_mutex_lock(&task->mt->step_lock);
-        if (tl_dispatch_item_resume(paused))
-            break;
-        tl_mutex_unlock(&task->mt->step_lock);
-        tl_dispatch_wait_alone_over();
-    }
-#else
-    tl_mutex_lock(&task->mt->step_lock);
-#endif
+    tl_dispatch_lock_in_item(&task->mt->step_lock);
     task_running = task;
     return 1;
 }

@@ -168,6 +168,68 @@ def test_current_task_beside_asyncios_own_tasks(tloop):
     assert wrong == []
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager_start is 3.12+")
+@pytest.mark.parametrize("where", ["callback", "connection_made"])
+def test_current_task_beside_eager_asyncio_tasks(tloop, where):
+    """asyncio.Task(coro, loop=loop, eager_start=True) runs its first step
+    inside whatever made it (aiohttp: its protocol's connection_made, which
+    holds the transport's locks), under the loop's entry in asyncio's table
+    like its later steps. Our tasks beside it still see themselves (the same
+    3,000 checks gave the eager task 2-9,000 wrong answers on 3.13)."""
+    mine = []
+    wrong = []
+    natives = []
+
+    async def asyncio_task():
+        for step in range(5):
+            t0 = time.perf_counter()
+            # the eager step outlasts the GIL's switch interval (5 ms)
+            while time.perf_counter() - t0 < (0.01 if step == 0 else 0.001):
+                pass
+            await asyncio.sleep(0)
+
+    def start_native():
+        natives.append(asyncio.Task(asyncio_task(), loop=tloop, eager_start=True))
+
+    class Starts(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            start_native()
+
+    async def ours(i):
+        await asyncio.sleep(0)
+        checks = 0
+        while checks < 1000 or len(natives) < 4 or not all(t.done() for t in natives):
+            if asyncio.current_task() is not mine[i]:
+                wrong.append(i)
+            checks += 1
+            await asyncio.sleep(0)
+
+    async def main():
+        mine.extend(asyncio.create_task(ours(i)) for i in range(3))
+        if where == "callback":
+            for _ in range(4):
+                tloop.call_soon(start_native)
+        else:
+            server = await tloop.create_server(Starts, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            clients = [await tloop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+                       for _ in range(4)]
+        await asyncio.gather(*mine)
+        while len(natives) < 4:
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*natives)
+        if where != "callback":
+            for transport, _ in clients:
+                transport.close()
+            server.close()
+            await server.wait_closed()
+        return [type(t).__module__ for t in natives]
+
+    assert tloop.run_until_complete(main()) == ["_asyncio"] * 4
+    assert wrong == []
+
+
 @pytest.mark.parametrize("factory", ["asyncio", "tonio", "tonio-threads"])
 def test_current_task_with_loops_on_several_threads(factory):
     """Loops of each kind stepping tasks at once on four threads: they share
