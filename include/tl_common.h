@@ -244,6 +244,8 @@ static inline const char *tl_type_name(PyTypeObject *tp)
 #include "structmember.h"
 #define Py_T_PYSSIZET T_PYSSIZET
 #define Py_T_DOUBLE T_DOUBLE
+#define Py_T_BOOL T_BOOL
+#define Py_T_INT T_INT
 #define Py_T_OBJECT_EX T_OBJECT_EX
 #define Py_READONLY READONLY
 static inline PyObject *PyErr_GetRaisedException(void)

@@ -11,7 +11,7 @@
  * watcher callback retries the operation and completes the future.
  *
  * Each operation is a kind: a try function and what it waits for. sendfile.c
- * adds one. An operation of several stages (tcp.c's create_connection)
+ * adds one. An operation of several stages (connect.c's create_connection)
  * may also wait for a future of its own: its try function or its `then`
  * hook hands one back, and `then` runs, in the awaiting task's context,
  * with each such future's result.

@@ -1,11 +1,16 @@
-/* tl_stream.h - the fd transport core: a connected socket (TCP or Unix) or
- * one end of a pipe (pipes, FIFOs, ttys, ptys, socketpairs).
+/* tl_stream.h - the fd transport core under every transport kind: a
+ * connected socket (TCP or Unix: socket.c), one end of a pipe (pipes, FIFOs,
+ * ttys, ptys, socketpairs: pipe.c), a datagram socket (datagram.c).
  *
- * A pipe is a one-directional stream, so all three kinds share one struct
- * and one implementation of reading, the write buffer, flow control and the
- * close/abort/connection_lost life cycle; only the few places where asyncio's
- * _SelectorSocketTransport, _UnixReadPipeTransport and
- * _UnixWritePipeTransport differ look at the kind.
+ * A pipe is a one-directional stream and a datagram socket a stream of
+ * messages, so the kinds share one struct and one implementation of
+ * reading, the write buffer, flow control and the close/abort/
+ * connection_lost life cycle (stream.c). A kind brings a const ops table
+ * (tl_stream_ops): its readiness handlers where it reads or writes for
+ * itself, its own state's life cycle, its error wording, and which of
+ * asyncio's transport classes it mirrors where those differ (the rules);
+ * its file also holds its Python type (tl_stream_add_type) and
+ * constructor. How to add one: docs/design.md, "Adding a transport".
  *
  * How it works:
  * - the transport owns two ev_io watchers on its fd; protocol callbacks run
@@ -37,15 +42,46 @@
 #include "tl_dispatch.h"
 #include <sys/socket.h>
 
-typedef enum {
-    TL_STREAM_SOCKET = 0,   /* both directions: asyncio's socket transport */
-    TL_STREAM_READ_PIPE,    /* asyncio's _UnixReadPipeTransport */
-    TL_STREAM_WRITE_PIPE,   /* asyncio's _UnixWritePipeTransport */
-    TL_STREAM_DATAGRAM,     /* asyncio's _SelectorDatagramTransport
-                               (datagram.c: reading and sendto) */
-} tl_stream_kind;
+struct tl_stream;
 
-struct tl_dgram;
+/* Where asyncio's transport classes differ, the stream follows the rules
+ * of the class a kind mirrors (its ops say which). */
+enum {
+    /* _SelectorTransport (sockets, datagrams): its repr and extra info, an
+     * OSError is a quiet fatal error, close() once the connection is lost */
+    TL_RULES_SELECTOR = 1 << 0,
+    /* _SelectorSocketTransport: write() refuses after write_eof() and
+     * during sendfile, write_eof() shuts the write side once the buffer is
+     * sent, a failed send leaves conn_lost alone, a failing data_received()
+     * is a fatal error; lock-free write() on threaded loops */
+    TL_RULES_SELECTOR_SOCKET = 1 << 1,
+    /* _UnixReadPipeTransport: the EOF closes the transport, only EIO is a
+     * quiet fatal error */
+    TL_RULES_UNIX_READ_PIPE = 1 << 2,
+    /* _UnixWritePipeTransport: close() is write_eof(), writes after it are
+     * dropped, a failed write counts as a lost connection, the read side
+     * only tells that the reader went away */
+    TL_RULES_UNIX_WRITE_PIPE = 1 << 3,
+};
+
+/* What a transport kind brings to the stream core (each kind's file has
+ * its table; stream.c calls nothing else of theirs). */
+typedef struct tl_stream_ops {
+    const char *read_error;     /* asyncio's _fatal_error wording */
+    const char *write_error;
+    unsigned rules;             /* TL_RULES_* */
+    /* readiness, where the kind reads or writes for itself (datagrams,
+     * the write pipe's peer-close check); NULL: the stream's own, which
+     * moves bytes to data_received() and from the write ring */
+    int (*read_ready)(struct tl_stream *t);
+    int (*write_ready)(struct tl_stream *t);
+    uint8_t read_calls_protocol; /* read_ready does: threaded loops run it
+                                    on the transport's strand */
+    /* the kind's own state (kind_state), any of them NULL */
+    int (*traverse)(struct tl_stream *t, visitproc visit, void *arg);
+    void (*clear)(struct tl_stream *t);
+    void (*free)(struct tl_stream *t);
+} tl_stream_ops;
 
 /* sockname and peername as the kernel gave them, converted on request */
 typedef struct tl_sockaddrs {
@@ -85,7 +121,9 @@ typedef struct tl_stream {
     PyObject *lost_exc;         /* argument of the scheduled connection_lost */
     tl_sockaddrs *addrs;        /* accepted sockets: addresses, raw */
     const tl_stream_sink *sink; /* the protocol reads through C (or NULL) */
-    struct tl_dgram *dgram;     /* datagram transports: their own state */
+    const tl_stream_ops *ops;   /* its kind */
+    int (*read)(struct tl_stream *t);   /* its reader, chosen with the protocol */
+    void *kind_state;           /* the kind's own (datagrams: queue, peer) */
     tl_loop_link link;          /* on the loop's ring while held */
     /* Threaded loops (tl_dispatch.h): the protocol's callbacks run on
      * workers, in this FIFO, one at a time; cb_thread is the worker running
@@ -107,7 +145,6 @@ typedef struct tl_stream {
     int fd;
     int conn_lost;              /* asyncio's counter (warns after 5 writes) */
     int32_t last_read;          /* size of the last read (tl_read_bytes) */
-    uint8_t kind;
     uint8_t closing;
     uint8_t paused;             /* pause_reading() */
     uint8_t eof;                /* write_eof() on a socket */
@@ -147,7 +184,7 @@ typedef struct tl_stream {
  * address). `extra` (may be NULL) is the creator's extra dict; `server`
  * (may be NULL) the asyncio.Server to attach to. NULL with an exception on
  * failure; the caller still owns `fd` then. */
-PyObject *tl_stream_new_socket(struct tl_loop *loop, int fd, PyObject *sock,
+PyObject *tl_socket_transport_new(struct tl_loop *loop, int fd, PyObject *sock,
                                PyObject *protocol, PyObject *waiter,
                                PyObject *extra, PyObject *server,
                                const struct sockaddr *peer, socklen_t peer_len);
@@ -206,9 +243,9 @@ int tl_flow_limits(PyObject *high, PyObject *low, long default_kb, Py_ssize_t *h
 PyObject *tl_datagram_transport_new(struct tl_loop *loop, PyObject *sock, PyObject *protocol,
                                     PyObject *address, PyObject *waiter, PyObject *extra);
 
-/* ---- for the kinds implemented outside stream.c (datagram.c) ----------
+/* ---- for the kinds' files and the layers above (TLS): the core's services ----
  * The life cycle (connection_made, close, abort, connection_lost, flow
- * control, errors) is stream.c's; a kind brings its reading and writing. */
+ * control, errors) is stream.c's; a kind brings what its ops say. */
 
 /* Threaded loops: the task running here becomes the home (tl_dispatch.h)
  * of `transport` when that is a socket transport: a TLS transport above it
@@ -242,21 +279,91 @@ static inline PyObject *tl_stream_wq_peek(tl_stream *t)
     return t->wq[t->wq_head];
 }
 
-/* datagram.c: the datagram kind's reading, writing and state */
-int tl_dgram_read_ready(tl_stream *t);
-int tl_dgram_write_ready(tl_stream *t);
-int tl_dgram_init(tl_stream *t, PyObject *address);
-int tl_dgram_traverse(tl_stream *t, visitproc visit, void *arg);
-void tl_dgram_clear(tl_stream *t);
-void tl_dgram_free(tl_stream *t);
-PyObject *tl_dgram_sendto(tl_stream *t, PyObject *const *args, Py_ssize_t nargs,
-                          PyObject *kwnames);
-PyObject *tl_dgram_get_address(tl_stream *t, void *closure);
+/* ---- for the kinds' files: making a transport ----------------------------
+ * tl_stream_alloc() makes the stream part (the kind's ops, the protocol:
+ * its reader is chosen then), or tl_stream_selector_new() for a socket kind
+ * (asyncio's _SelectorTransport: addresses and extra info too, *family
+ * set). The kind then sets up its own state, and tl_stream_start() attaches
+ * the server (may be NULL), takes the fd and queues connection_made().
+ * Both return NULL with an exception on failure, and so does start, which
+ * has let go of t then; tl_stream_abandon() lets go of one made but not
+ * started. The caller still owns fd and fileobj after a failure. */
+tl_stream *tl_stream_alloc(struct tl_loop *loop, PyTypeObject *tp, const tl_stream_ops *ops,
+                           int fd, PyObject *fileobj, PyObject *protocol, PyObject *waiter,
+                           PyObject *extra);
+tl_stream *tl_stream_selector_new(struct tl_loop *loop, PyTypeObject *tp,
+                                  const tl_stream_ops *ops, int fd, PyObject *sock,
+                                  PyObject *protocol, PyObject *waiter, PyObject *extra,
+                                  const struct sockaddr *peer, socklen_t peer_len,
+                                  int *family);
+PyObject *tl_stream_start(tl_stream *t, PyObject *server);
+void tl_stream_abandon(tl_stream *t);
 
-/* Type creation and the stdlib objects the transports use. */
+/* asyncio's _force_close(exc) (exc may be NULL) and its debug-mode log line
+ * (fmt has one %r for the transport). */
+int tl_stream_force_close(tl_stream *t, PyObject *exc);
+void tl_stream_debug_log(tl_stream *t, const char *level, const char *fmt);
+
+/* ---- for the kinds' files: their Python type ------------------------------ */
+
+/* The method groups a type joins: asyncio's transports have different
+ * subsets (a read pipe has no write(), a datagram transport has sendto()). */
+extern PyMethodDef tl_stream_methods_write[];       /* write */
+extern PyMethodDef tl_stream_methods_writelines[];
+extern PyMethodDef tl_stream_methods_write_eof[];   /* write_eof, can_write_eof */
+extern PyMethodDef tl_stream_methods_close[];       /* close, is_closing */
+extern PyMethodDef tl_stream_methods_abort[];
+extern PyMethodDef tl_stream_methods_reading[];     /* is_reading, pause/resume */
+extern PyMethodDef tl_stream_methods_write_buffer[]; /* limits, size */
+extern PyMethodDef tl_stream_methods_extra[];       /* get_extra_info, protocol */
+extern PyMethodDef tl_stream_methods_force_close[]; /* _force_close */
+extern PyMethodDef tl_stream_methods_sendfile[];    /* loop.sendfile()'s private calls */
+
+/* Getters for the attributes asyncio's code and tests read */
+PyObject *tl_stream_get_sock(tl_stream *t, void *closure);     /* _sock */
+PyObject *tl_stream_get_loop(tl_stream *t, void *closure);     /* _loop */
+PyObject *tl_stream_get_object_or_none(tl_stream *t, void *offset);
+#define TL_STREAM_OBJECT_OR_NONE(name, field)                                   \
+    {name, (getter)tl_stream_get_object_or_none, NULL, NULL,                   \
+     (void *)offsetof(tl_stream, field)}
+
+/* the state asyncio's transports keep in attributes, read-only */
+#define TL_STREAM_STATE_MEMBERS                                                         \
+    {"_extra", Py_T_OBJECT_EX, offsetof(tl_stream, extra), 0, NULL},                   \
+    {"_closing", Py_T_BOOL, offsetof(tl_stream, closing), Py_READONLY, NULL},          \
+    {"_paused", Py_T_BOOL, offsetof(tl_stream, paused), Py_READONLY, NULL},            \
+    {"_conn_lost", Py_T_INT, offsetof(tl_stream, conn_lost), Py_READONLY, NULL},       \
+    {"_protocol_paused", Py_T_BOOL, offsetof(tl_stream, protocol_paused), Py_READONLY, \
+     NULL},                                                                            \
+    {"_high_water", Py_T_PYSSIZET, offsetof(tl_stream, high_water), Py_READONLY, NULL}, \
+    {"_low_water", Py_T_PYSSIZET, offsetof(tl_stream, low_water), Py_READONLY, NULL},   \
+    {"__dictoffset__", Py_T_PYSSIZET, offsetof(tl_stream, dict), Py_READONLY, NULL},    \
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(tl_stream, weakreflist), Py_READONLY, \
+     NULL}
+
+/* A kind's type: bases are asyncio.transports classes (one, or two
+ * separated by a space), methods a NULL-ended list of tables to join
+ * (joined stays with the type). */
+typedef struct tl_stream_type {
+    const char *name;
+    const char *doc;
+    const char *bases;
+    PyMethodDef *const *methods;
+    PyGetSetDef *getset;
+    PyMemberDef *members;
+    PyMethodDef *joined;
+} tl_stream_type;
+
+int tl_stream_add_type(PyObject *module, PyTypeObject **slot, tl_stream_type *def);
+
+/* The stdlib objects and names the transports use. */
 int tl_stream_init_module(PyObject *module, tl_state *st);
 
-extern PyMethodDef tl_stream_loop_methods[];
-extern PyMethodDef tl_dgram_loop_methods[];   /* datagram.c */
+/* Each kind's type, and the loop methods that make one. */
+int tl_socket_init_module(PyObject *module, tl_state *st);     /* socket.c */
+int tl_pipe_init_module(PyObject *module, tl_state *st);       /* pipe.c */
+int tl_dgram_init_module(PyObject *module, tl_state *st);      /* datagram.c */
+extern PyMethodDef tl_socket_loop_methods[];
+extern PyMethodDef tl_dgram_loop_methods[];
 
 #endif

@@ -1,7 +1,8 @@
-/* datagram.c - the datagram kind of tl_stream: asyncio's
+/* datagram.c - the datagram transport kind: asyncio's
  * _SelectorDatagramTransport, its reading (recvfrom -> datagram_received,
- * errors -> error_received) and sendto(); the life cycle (connection_made,
- * close, abort, connection_lost, flow control) is stream.c's.
+ * errors -> error_received), sendto(), its type and constructor; the life
+ * cycle (connection_made, close, abort, connection_lost, flow control) is
+ * stream.c's, reached through this kind's ops.
  *
  * Fast paths: an exact socket.socket gets the system calls directly
  * (anything else has its own methods called, as asyncio calls them);
@@ -44,6 +45,8 @@ typedef struct tl_dgram {
     uint8_t direct;             /* an exact socket.socket */
 } tl_dgram;
 
+#define DGRAM(t) ((tl_dgram *)(t)->kind_state)
+
 static inline int is_exit_exception(void)
 {
     return PyErr_ExceptionMatches(PyExc_SystemExit) ||
@@ -52,14 +55,14 @@ static inline int is_exit_exception(void)
 
 /* ---- state ------------------------------------------------------------------- */
 
-int tl_dgram_init(tl_stream *t, PyObject *address)
+static int dgram_init(tl_stream *t, PyObject *address)
 {
     tl_dgram *d = PyMem_Calloc(1, sizeof(*d));
     if (d == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    t->dgram = d;
+    t->kind_state = d;
     d->address = (address && address != Py_None) ? Py_NewRef(address) : NULL;
     int has = d->address ? PyObject_IsTrue(d->address) : 0;
     if (has < 0)
@@ -80,30 +83,30 @@ int tl_dgram_init(tl_stream *t, PyObject *address)
     return 0;
 }
 
-int tl_dgram_traverse(tl_stream *t, visitproc visit, void *arg)
+static int dgram_traverse(tl_stream *t, visitproc visit, void *arg)
 {
-    Py_VISIT(t->dgram->address);
-    Py_VISIT(t->dgram->cache_obj);
+    Py_VISIT(DGRAM(t)->address);
+    Py_VISIT(DGRAM(t)->cache_obj);
     return 0;
 }
 
-void tl_dgram_clear(tl_stream *t)
+static void dgram_clear(tl_stream *t)
 {
-    Py_CLEAR(t->dgram->address);
-    Py_CLEAR(t->dgram->cache_obj);
+    Py_CLEAR(DGRAM(t)->address);
+    Py_CLEAR(DGRAM(t)->cache_obj);
 }
 
-void tl_dgram_free(tl_stream *t)
+static void dgram_free(tl_stream *t)
 {
-    tl_dgram_clear(t);
-    PyMem_Free(t->dgram);
-    t->dgram = NULL;
+    dgram_clear(t);
+    PyMem_Free(t->kind_state);
+    t->kind_state = NULL;
 }
 
-PyObject *tl_dgram_get_address(tl_stream *t, void *closure)
+static PyObject *dgram_get_address(tl_stream *t, void *closure)
 {
     TL_UNUSED(closure);
-    PyObject *a = t->dgram ? t->dgram->address : NULL;
+    PyObject *a = DGRAM(t) ? DGRAM(t)->address : NULL;
     return Py_NewRef(a ? a : Py_None);
 }
 
@@ -145,7 +148,7 @@ static int read_failed(tl_stream *t)
  * -1 error set. */
 static int recv_direct(tl_stream *t, PyObject **data, PyObject **addr)
 {
-    tl_dgram *d = t->dgram;
+    tl_dgram *d = DGRAM(t);
     char *buf = tl_stream_read_buffer(t->loop);
     if (buf == NULL)
         return -1;
@@ -203,14 +206,14 @@ static int recv_method(tl_stream *t, PyObject **data, PyObject **addr)
     return 1;
 }
 
-int tl_dgram_read_ready(tl_stream *t)
+static int dgram_read_ready(tl_stream *t)
 {
     tl_state *st = t->loop->st;
     for (int i = 0; i < TL_DGRAM_READS; i++) {
         if (t->conn_lost || t->closing || t->paused || t->protocol == NULL)
             return 0;
         PyObject *data = NULL, *addr = NULL;
-        int got = t->dgram->direct ? recv_direct(t, &data, &addr) : recv_method(t, &data, &addr);
+        int got = DGRAM(t)->direct ? recv_direct(t, &data, &addr) : recv_method(t, &data, &addr);
         if (got <= 0)
             return got == 0 ? 0 : read_failed(t);
         PyObject *proto = Py_NewRef(t->protocol);
@@ -222,7 +225,7 @@ int tl_dgram_read_ready(tl_stream *t)
             rc = tl_stream_report_callback_error(t, proto, "datagram_received");
         Py_XDECREF(r);
         Py_DECREF(proto);
-        if (rc < 0 || !t->dgram->direct)
+        if (rc < 0 || !DGRAM(t)->direct)
             return rc;
     }
     return 0;
@@ -298,7 +301,7 @@ static socklen_t numeric_sockaddr(tl_dgram *d, PyObject *addr, struct sockaddr_s
 static int send_one(tl_stream *t, PyObject *data, const void *buf, Py_ssize_t len,
                     PyObject *addr)
 {
-    tl_dgram *d = t->dgram;
+    tl_dgram *d = DGRAM(t);
     if (t->fileobj == NULL) {
         /* asyncio's _sock is None once connection_lost() ran */
         PyErr_Format(PyExc_AttributeError, "'NoneType' object has no attribute '%s'",
@@ -366,7 +369,7 @@ static Py_ssize_t data_len(PyObject *data, Py_ssize_t nbytes)
     return PyMemoryView_Check(data) ? PyObject_Size(data) : nbytes;
 }
 
-int tl_dgram_write_ready(tl_stream *t)
+static int dgram_write_ready(tl_stream *t)
 {
     while (t->wq_len) {
         PyObject *item = tl_stream_wq_peek(t);
@@ -440,7 +443,7 @@ static int parse_sendto(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
 }
 
 /* sendto(data, addr=None), selector_events._SelectorDatagramTransport's */
-PyObject *tl_dgram_sendto(tl_stream *t, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *dgram_sendto(tl_stream *t, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames)
 {
     PyObject *data, *addr;
@@ -460,7 +463,7 @@ PyObject *tl_dgram_sendto(tl_stream *t, PyObject *const *args, Py_ssize_t nargs,
     if (view.len == 0)      /* only 3.13 sends empty datagrams */
         goto done;
 #endif
-    tl_dgram *d = t->dgram;
+    tl_dgram *d = DGRAM(t);
     if (d->has_address) {
         int ok = addr == Py_None || addr == d->address;
         if (!ok && (ok = PyObject_RichCompareBool(Py_None, addr, Py_EQ)) == 0)
@@ -512,6 +515,38 @@ fail:
     return result;
 }
 
+/* ---- the kind ------------------------------------------------------------------ */
+
+static const tl_stream_ops dgram_ops = {
+    .read_error = "Fatal read error on datagram transport",
+    .write_error = "Fatal write error on datagram transport",
+    .rules = TL_RULES_SELECTOR,
+    .read_ready = dgram_read_ready,
+    .write_ready = dgram_write_ready,
+    .read_calls_protocol = 1,
+    .traverse = dgram_traverse,
+    .clear = dgram_clear,
+    .free = dgram_free,
+};
+
+PyObject *tl_datagram_transport_new(tl_loop *loop, PyObject *sock, PyObject *protocol,
+                                    PyObject *address, PyObject *waiter, PyObject *extra)
+{
+    int fd = tl_io_fileobj_to_fd(sock);
+    if (fd < 0)
+        return NULL;
+    int family;
+    tl_stream *t = tl_stream_selector_new(loop, loop->st->datagram_transport_type, &dgram_ops,
+                                          fd, sock, protocol, waiter, extra, NULL, 0, &family);
+    if (t == NULL)
+        return NULL;
+    if (dgram_init(t, address) < 0) {
+        tl_stream_abandon(t);
+        return NULL;
+    }
+    return tl_stream_start(t, NULL);
+}
+
 /* ---- the loop's factory ---------------------------------------------------------- */
 
 /* loop._make_datagram_transport(sock, protocol, address=None, waiter=None,
@@ -537,3 +572,51 @@ PyMethodDef tl_dgram_loop_methods[] = {
      "A transport for a non-blocking datagram socket."},
     {NULL, NULL, 0, NULL},
 };
+
+/* ---- the type ------------------------------------------------------------------ */
+
+TL_LOCKED_FASTCALL_KW(dgram_sendto_locked, dgram_sendto, tl_stream, self->loop)
+
+static PyMethodDef dgram_own_methods[] = {
+    {"sendto", (PyCFunction)(void (*)(void))dgram_sendto_locked, METH_FASTCALL | METH_KEYWORDS,
+     "Send data to addr (the connected peer by default); buffers only what the kernel "
+     "refuses."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef *const dgram_methods[] = {
+    dgram_own_methods, tl_stream_methods_close, tl_stream_methods_abort,
+    tl_stream_methods_reading, tl_stream_methods_write_buffer, tl_stream_methods_extra,
+    tl_stream_methods_force_close, NULL,
+};
+
+static PyGetSetDef dgram_getset[] = {
+    {"_sock", (getter)tl_stream_get_sock, NULL, NULL, NULL},
+    {"_loop", (getter)tl_stream_get_loop, NULL, NULL, NULL},
+    TL_STREAM_OBJECT_OR_NONE("_protocol", protocol),
+    {"_address", (getter)dgram_get_address, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef dgram_members[] = {
+    TL_STREAM_STATE_MEMBERS,
+    {"_sock_fd", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
+    {"_buffer_size", Py_T_PYSSIZET, offsetof(tl_stream, wsize), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static tl_stream_type dgram_type = {
+    .name = "tonio_loop._core.DatagramTransport",
+    .doc = "A UDP or Unix datagram socket transport (asyncio's _SelectorDatagramTransport).",
+    /* asyncio 3.11's own lacks the DatagramTransport base (added in 3.12);
+     * isinstance(t, DatagramTransport) holds on every version */
+    .bases = "_FlowControlMixin DatagramTransport",
+    .methods = dgram_methods,
+    .getset = dgram_getset,
+    .members = dgram_members,
+};
+
+int tl_dgram_init_module(PyObject *module, tl_state *st)
+{
+    return tl_stream_add_type(module, &st->datagram_transport_type, &dgram_type);
+}

@@ -22,7 +22,7 @@
 #include "tl_sock.h"
 #include "tl_pipe.h"
 #include "tl_dns.h"
-#include "tl_tcp.h"
+#include "tl_connect.h"
 #include "tl_tls.h"
 
 /* asyncio's MAXIMUM_SELECT_TIMEOUT: never sleep longer than a day at once */
@@ -1603,10 +1603,10 @@ static void loop_join_methods(void)
 {
     PyMethodDef *const tables[] = {tl_loop_core_methods, tl_timer_loop_methods,
                                    tl_io_loop_methods, tl_signal_loop_methods,
-                                   tl_stream_loop_methods, tl_server_loop_methods,
+                                   tl_socket_loop_methods, tl_server_loop_methods,
                                    tl_sock_loop_methods, tl_sendfile_loop_methods,
                                    tl_pipe_loop_methods, tl_dns_loop_methods,
-                                   tl_tcp_loop_methods, tl_tls_loop_methods,
+                                   tl_connect_loop_methods, tl_tls_loop_methods,
                                    tl_dgram_loop_methods, NULL};
     loop_all_methods = tl_join_methods(tables);
 }

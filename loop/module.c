@@ -319,7 +319,9 @@ static int core_exec(PyObject *module)
         intern(&st->str_FINISHED, "FINISHED") < 0)
         return -1;
 
-    if (tl_stream_init_module(module, st) < 0 || tl_server_init_module(module, st) < 0 ||
+    if (tl_stream_init_module(module, st) < 0 || tl_socket_init_module(module, st) < 0 ||
+        tl_pipe_init_module(module, st) < 0 || tl_dgram_init_module(module, st) < 0 ||
+        tl_server_init_module(module, st) < 0 ||
         tl_sock_init_module(module, st) < 0 || tl_tls_init_module(module, st) < 0)
         return -1;
 

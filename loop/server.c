@@ -163,7 +163,7 @@ static int listener_accept_here(tl_listener *l, int fd, const struct sockaddr *s
             return rc;
         }
     }
-    PyObject *t = tl_stream_new_socket(l->loop, fd, NULL, proto, NULL, NULL, l->server,
+    PyObject *t = tl_socket_transport_new(l->loop, fd, NULL, proto, NULL, NULL, l->server,
                                        sa, sl);
     if (tls)
         Py_DECREF(proto);

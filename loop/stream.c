@@ -1,9 +1,14 @@
-/* stream.c - the fd transport core shared by socket and pipe transports.
+/* stream.c - the fd transport core: what socket, pipe and datagram
+ * transports share (reading, the write ring, flow control, closing, the
+ * protocol's callbacks, extra info, their Python type's plumbing).
  *
  * Semantics follow asyncio's selector_events._SelectorSocketTransport and
  * unix_events._UnixReadPipeTransport/_UnixWritePipeTransport line by line
- * (same checks in the same order, same messages); where those three differ
- * the code looks at t->kind. See tl_stream.h for the design.
+ * (same checks in the same order, same messages); where those classes
+ * differ the code asks the rules of the class the kind mirrors
+ * (t->ops->rules). A kind's file (socket.c, pipe.c, datagram.c) brings its
+ * ops, its type and its constructor; nothing here calls into one.
+ * See tl_stream.h and docs/design.md.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -43,7 +48,7 @@ static int run_in_context(tl_stream *t, int (*step)(tl_stream *));
 /* socket and datagram transports: asyncio's _SelectorTransport */
 static inline int is_selector(tl_stream *t)
 {
-    return t->kind == TL_STREAM_SOCKET || t->kind == TL_STREAM_DATAGRAM;
+    return t->ops->rules & TL_RULES_SELECTOR;
 }
 
 static inline int is_exit_exception(void)
@@ -123,7 +128,7 @@ static void wfast_update(tl_stream *t)
     if (!wfast_possible(t))
         return;
     tl_mutex_lock(&t->wlock);
-    uint8_t idle = t->kind == TL_STREAM_SOCKET && t->is_socket && t->fd >= 0 &&
+    uint8_t idle = (t->ops->rules & TL_RULES_SELECTOR_SOCKET) && t->is_socket && t->fd >= 0 &&
                    t->wq_len == 0 && !ev_is_active(&t->wio) && !t->closing && !t->eof &&
                    !t->conn_lost && !t->lost_scheduled && t->empty_waiter == NULL;
     atomic_store_explicit(&t->wfast, idle, memory_order_relaxed);
@@ -158,7 +163,8 @@ static void stream_start_reading(tl_stream *t)
 {
     /* (after an EOF a threaded loop's reader never starts again: the EOF
      * may wait in the strand, and a second one would be read) */
-    if (t->made && stream_is_reading(t) && t->kind != TL_STREAM_WRITE_PIPE && !t->eof_read)
+    if (t->made && stream_is_reading(t) && !(t->ops->rules & TL_RULES_UNIX_WRITE_PIPE) &&
+        !t->eof_read)
         watch_start(t, &t->rio);
 }
 
@@ -343,7 +349,7 @@ static int stream_fatal(tl_stream *t, const char *message, int loud)
         return -1;
     PyObject *exc = PyErr_GetRaisedException();
     int quiet = !loud && PyErr_GivenExceptionMatches(exc, PyExc_OSError);
-    if (quiet && t->kind == TL_STREAM_READ_PIPE) {
+    if (quiet && (t->ops->rules & TL_RULES_UNIX_READ_PIPE)) {
         /* a pty's reader gets EIO when the other side closes: only that
          * stays quiet on read pipes */
         PyObject *eno = tl_getattr(exc, "errno");
@@ -432,9 +438,6 @@ static void stream_step(tl_stream *t, int (*step)(tl_stream *), const char *what
     Py_DECREF(t);
 }
 
-static const char *read_error_message(tl_stream *t);
-static const char *write_error_message(tl_stream *t);
-
 /* EV_ERROR: libev found the fd closed when it registered it (someone
  * closed the transport's fd under it) and stopped the watcher. No read or
  * write: the number may name another file by now. The error goes to the
@@ -449,12 +452,12 @@ static int stream_fd_closed(tl_stream *t, const char *message)
 
 static int stream_read_fd_closed(tl_stream *t)
 {
-    return stream_fd_closed(t, read_error_message(t));
+    return stream_fd_closed(t, t->ops->read_error);
 }
 
 static int stream_write_fd_closed(tl_stream *t)
 {
-    return stream_fd_closed(t, write_error_message(t));
+    return stream_fd_closed(t, t->ops->write_error);
 }
 
 /* The poll reported the fd while callbacks queued before it wait
@@ -663,12 +666,6 @@ static inline int would_block(int err)
     return err == EAGAIN || err == EWOULDBLOCK || err == EINTR;
 }
 
-static const char *read_error_message(tl_stream *t)
-{
-    return t->kind == TL_STREAM_SOCKET     ? "Fatal read error on socket transport"
-           : t->kind == TL_STREAM_DATAGRAM ? "Fatal read error on datagram transport"
-                                           : "Fatal read error on pipe transport";
-}
 
 static int eof_then_lost_fn(tl_loop *loop, PyObject *obj);
 static int eof_fn(tl_loop *loop, PyObject *obj);
@@ -680,9 +677,9 @@ static int stream_on_eof(tl_stream *t)
          * calls still waiting on the strand */
         t->eof_read = 1;
         watch_stop(t, &t->rio);
-        return stream_push(t, eof_fn) < 0 ? stream_fatal_error(t, read_error_message(t)) : 0;
+        return stream_push(t, eof_fn) < 0 ? stream_fatal_error(t, t->ops->read_error) : 0;
     }
-    if (t->kind == TL_STREAM_READ_PIPE) {
+    if (t->ops->rules & TL_RULES_UNIX_READ_PIPE) {
         /* _UnixReadPipeTransport: eof_received() and connection_lost(None)
          * on the next iteration; the return value does not matter */
         debug_log(t, "info", "%r was closed by peer");
@@ -690,7 +687,7 @@ static int stream_on_eof(tl_stream *t)
         t->lost_scheduled = 1;
         watch_stop(t, &t->rio);
         return stream_push(t, eof_then_lost_fn) < 0
-                   ? stream_fatal_error(t, read_error_message(t)) : 0;
+                   ? stream_fatal_error(t, t->ops->read_error) : 0;
     }
     debug_log(t, "debug", "%r received EOF");
     PyObject *r = call_protocol(t, t->loop->st->str_eof_received, NULL);
@@ -710,6 +707,8 @@ static int stream_on_eof(tl_stream *t)
 
 static int stream_read_into_protocol(tl_stream *t)
 {
+    if (t->conn_lost)
+        return 0;
     tl_state *st = t->loop->st;
     PyObject *minus_one = PyLong_FromLong(-1);
     PyObject *buf = minus_one ? call_protocol(t, st->str_get_buffer, minus_one) : NULL;
@@ -726,7 +725,7 @@ static int stream_read_into_protocol(tl_stream *t)
     Py_buffer view;
     if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
         Py_DECREF(buf);
-        return stream_fatal_error(t, read_error_message(t));
+        return stream_fatal_error(t, t->ops->read_error);
     }
     ssize_t n = read(t->fd, view.buf, (size_t)view.len);
     int err = errno;
@@ -736,7 +735,7 @@ static int stream_read_into_protocol(tl_stream *t)
         if (would_block(err))
             return 0;
         errno = err;
-        return stream_fatal_errno(t, read_error_message(t));
+        return stream_fatal_errno(t, t->ops->read_error);
     }
     if (n == 0)
         return stream_on_eof(t);
@@ -752,14 +751,16 @@ static int stream_read_into_protocol(tl_stream *t)
 /* A protocol written in C reads what came without a Python call. */
 static int stream_read_into_sink(tl_stream *t)
 {
+    if (t->conn_lost)
+        return 0;
     char *buf = loop_read_buffer(t->loop);
     if (buf == NULL)
-        return stream_fatal_error(t, read_error_message(t));
+        return stream_fatal_error(t, t->ops->read_error);
     ssize_t n = read(t->fd, buf, TL_READ_MAX);
     if (n < 0) {
         if (would_block(errno))
             return 0;
-        return stream_fatal_errno(t, read_error_message(t));
+        return stream_fatal_errno(t, t->ops->read_error);
     }
     if (n == 0)
         return stream_on_eof(t);
@@ -775,7 +776,7 @@ static int data_received_done(tl_stream *t, PyObject *proto, PyObject *r)
         Py_DECREF(r);
         return 0;
     }
-    if (t->kind == TL_STREAM_SOCKET)
+    if (t->ops->rules & TL_RULES_SELECTOR_SOCKET)
         return stream_fatal_error(t, "Fatal error: protocol.data_received() call failed.");
     /* a read pipe lets the error escape to its handle: reported, and the
      * transport stays open */
@@ -847,11 +848,11 @@ static int stream_inbox_put(tl_stream *t, PyObject *data)
 {
     if (t->inbox.cap == 0 && tl_ready_grow_from(&t->inbox, 4) < 0) {
         Py_DECREF(data);
-        return stream_fatal_error(t, read_error_message(t));
+        return stream_fatal_error(t, t->ops->read_error);
     }
     t->inbox_size += PyBytes_GET_SIZE(data);
     if (tl_ready_push(&t->inbox, NULL, data) < 0 || stream_deliver_soon(t) < 0)
-        return stream_fatal_error(t, read_error_message(t));
+        return stream_fatal_error(t, t->ops->read_error);
     if (t->inbox_size > TL_INBOX_MAX) {
         watch_stop(t, &t->rio);
         t->inbox_full = 1;
@@ -864,9 +865,13 @@ static int stream_inbox_put(tl_stream *t, PyObject *data)
  * strand like the others, beside no step of its home task: the loop thread
  * only hands the readiness over, and the strand reads and then watches
  * again. */
+static int stream_read_data(tl_stream *t);
+
 static inline int stream_reads_on_strand(tl_stream *t)
 {
-    return t->kind == TL_STREAM_DATAGRAM || t->sink != NULL || t->buffered;
+    if (t->read == t->ops->read_ready)
+        return t->ops->read_calls_protocol;
+    return t->read != stream_read_data;     /* into a buffer or a C protocol */
 }
 
 static int stream_read_now(tl_stream *t);
@@ -891,34 +896,17 @@ static int stream_read_ready(tl_stream *t)
         if (t->read_queued)
             return 0;
         t->read_queued = 1;
-        return stream_push(t, strand_read_fn) < 0 ? stream_fatal_error(t, read_error_message(t))
+        return stream_push(t, strand_read_fn) < 0 ? stream_fatal_error(t, t->ops->read_error)
                                                   : 0;
     }
     return stream_read_now(t);
 }
 
-static int stream_read_now(tl_stream *t)
+/* The stream's own reader: bytes to data_received() */
+static int stream_read_data(tl_stream *t)
 {
-    if (t->kind == TL_STREAM_DATAGRAM)
-        return tl_dgram_read_ready(t);
-    if (t->kind == TL_STREAM_WRITE_PIPE) {
-        /* the read end went away (asyncio's _UnixWritePipeTransport._read_ready) */
-        debug_log(t, "info", "%r was closed by peer");
-        if (t->wsize) {
-            PyErr_SetNone(PyExc_BrokenPipeError);
-            PyObject *exc = PyErr_GetRaisedException();
-            int rc = stream_force_close(t, exc);
-            Py_DECREF(exc);
-            return rc;
-        }
-        return stream_force_close(t, NULL);
-    }
     if (t->conn_lost)
         return 0;
-    if (t->sink != NULL)
-        return stream_read_into_sink(t);
-    if (t->buffered)
-        return stream_read_into_protocol(t);
     PyObject *data = NULL;
     ssize_t n = tl_read_bytes(t->loop, t->fd, TL_READ_MAX, 0, &t->last_read, &data);
     if (n < 0) {
@@ -927,7 +915,7 @@ static int stream_read_now(tl_stream *t)
                 return 0;
             PyErr_SetFromErrno(PyExc_OSError);
         }
-        return stream_fatal_error(t, read_error_message(t));
+        return stream_fatal_error(t, t->ops->read_error);
     }
     if (n == 0)
         return stream_on_eof(t);
@@ -939,6 +927,11 @@ static int stream_read_now(tl_stream *t)
     int rc = data_received_done(t, proto, r);
     Py_DECREF(proto);
     return rc;
+}
+
+static int stream_read_now(tl_stream *t)
+{
+    return t->read(t);
 }
 
 /* ---- the write buffer ---------------------------------------------------- */
@@ -1046,13 +1039,6 @@ static ssize_t fd_sendv(tl_stream *t, struct iovec *iov, int cnt)
         return sendmsg(t->fd, &msg, MSG_NOSIGNAL);
     }
     return writev(t->fd, iov, cnt);
-}
-
-static const char *write_error_message(tl_stream *t)
-{
-    return t->kind == TL_STREAM_SOCKET     ? "Fatal write error on socket transport"
-           : t->kind == TL_STREAM_DATAGRAM ? "Fatal write error on datagram transport"
-                                           : "Fatal write error on pipe transport";
 }
 
 /* ---- flow control (transports._FlowControlMixin) ------------------------ */
@@ -1264,7 +1250,7 @@ static int stream_lost_after_flush(tl_stream *t)
 static int stream_write_done(tl_stream *t)
 {
     tl_state *st = t->loop->st;
-    if (t->kind != TL_STREAM_SOCKET) {
+    if (!(t->ops->rules & TL_RULES_SELECTOR_SOCKET)) {
         watch_stop(t, &t->wio);
         if (stream_maybe_resume_protocol(t) < 0)
             return -1;
@@ -1293,9 +1279,9 @@ static int stream_write_done(tl_stream *t)
 
 static int stream_write_ready(tl_stream *t)
 {
-    if (t->kind == TL_STREAM_DATAGRAM)
-        return tl_dgram_write_ready(t);
-    if (t->conn_lost && t->kind == TL_STREAM_SOCKET)
+    if (t->ops->write_ready != NULL)
+        return t->ops->write_ready(t);
+    if (t->conn_lost && (t->ops->rules & TL_RULES_SELECTOR_SOCKET))
         return 0;
     if (t->wq_len == 0) {
         watch_stop(t, &t->wio);
@@ -1317,11 +1303,11 @@ static int stream_write_ready(tl_stream *t)
         PyErr_SetFromErrno(PyExc_OSError);
         watch_stop(t, &t->wio);
         wq_clear(t);
-        if (t->kind != TL_STREAM_SOCKET)
+        if (!(t->ops->rules & TL_RULES_SELECTOR_SOCKET))
             t->conn_lost++;
         PyObject *exc = PyErr_GetRaisedException();
         PyErr_SetRaisedException(Py_NewRef(exc));
-        int rc = stream_fatal_error(t, write_error_message(t));
+        int rc = stream_fatal_error(t, t->ops->write_error);
         if (rc == 0 && t->empty_waiter != NULL &&
             set_future_exception(t->loop->st, t->empty_waiter, exc) < 0)
             rc = report_callback_error(t, Py_None, "_write_ready");
@@ -1329,7 +1315,7 @@ static int stream_write_ready(tl_stream *t)
         return rc;
     }
     wq_consume(t, n);
-    if (t->kind != TL_STREAM_SOCKET && t->wsize)
+    if (!(t->ops->rules & TL_RULES_SELECTOR_SOCKET) && t->wsize)
         return 0;
     return stream_write_done(t);
 }
@@ -1338,7 +1324,7 @@ static int check_bytes_like(tl_stream *t, PyObject *data)
 {
     if (PyBytes_Check(data) || PyByteArray_Check(data) || PyMemoryView_Check(data))
         return 0;
-    if (t->kind == TL_STREAM_SOCKET) {
+    if (t->ops->rules & TL_RULES_SELECTOR_SOCKET) {
         PyErr_Format(PyExc_TypeError,
 #if PY_VERSION_HEX >= 0x030E0000
                      "data argument must be a bytes, bytearray, or memoryview object, "
@@ -1375,9 +1361,9 @@ static void warn_lost_writes(tl_stream *t)
 static int stream_write_failed(tl_stream *t)
 {
     PyErr_SetFromErrno(PyExc_OSError);
-    if (t->kind != TL_STREAM_SOCKET)
+    if (!(t->ops->rules & TL_RULES_SELECTOR_SOCKET))
         t->conn_lost++;
-    return stream_fatal_error(t, write_error_message(t));
+    return stream_fatal_error(t, t->ops->write_error);
 }
 
 /* Something is buffered: watch for room to flush it (asyncio's
@@ -1417,7 +1403,7 @@ static PyObject *stream_write(tl_stream *t, PyObject *data)
 {
     if (check_bytes_like(t, data) < 0)
         return NULL;
-    if (t->kind == TL_STREAM_SOCKET) {
+    if (t->ops->rules & TL_RULES_SELECTOR_SOCKET) {
         if (t->eof) {
             PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
             return NULL;
@@ -1449,7 +1435,7 @@ static PyObject *stream_write(tl_stream *t, PyObject *data)
     PyObject *r;
     if (view.len == 0) {
         r = Py_NewRef(Py_None);
-    } else if (t->conn_lost || (t->closing && t->kind == TL_STREAM_WRITE_PIPE)) {
+    } else if (t->conn_lost || (t->closing && (t->ops->rules & TL_RULES_UNIX_WRITE_PIPE))) {
         warn_lost_writes(t);
         r = Py_NewRef(Py_None);
     } else {
@@ -1539,7 +1525,7 @@ fail:
 
 static PyObject *stream_write_eof(tl_stream *t, PyObject *Py_UNUSED(ignored))
 {
-    if (t->kind == TL_STREAM_WRITE_PIPE) {
+    if (t->ops->rules & TL_RULES_UNIX_WRITE_PIPE) {
         if (t->closing)
             Py_RETURN_NONE;
         t->closing = 1;
@@ -1596,7 +1582,7 @@ static int stream_force_close(tl_stream *t, PyObject *exc)
 /* close(): stop reading; connection_lost(None) once the buffer is flushed */
 static int stream_close_impl(tl_stream *t)
 {
-    if (t->kind == TL_STREAM_WRITE_PIPE) {
+    if (t->ops->rules & TL_RULES_UNIX_WRITE_PIPE) {
         if (t->lost_done || t->closing)
             return 0;
         PyObject *r = stream_write_eof(t, NULL);
@@ -1845,7 +1831,7 @@ static int made_step(tl_stream *t)
     }
     call_step(t, st->str_connection_made, (PyObject *)t, "connection_made", &pending);
     if (!t->lost_scheduled) {
-        if (t->kind == TL_STREAM_WRITE_PIPE) {
+        if (t->ops->rules & TL_RULES_UNIX_WRITE_PIPE) {
             if (t->watch_close)
                 watch_start(t, &t->rio);
         } else {
@@ -1908,9 +1894,13 @@ static PyObject *stream_resume_reading(tl_stream *t, PyObject *Py_UNUSED(ignored
 
 /* ---- protocol ---------------------------------------------------------------- */
 
+/* The reader is chosen here, once: the kind's own, or the stream's into a
+ * C protocol (TLS), a BufferedProtocol's buffer, or bytes. */
 static int stream_set_protocol_impl(tl_stream *t, PyObject *protocol)
 {
-    if (t->kind == TL_STREAM_SOCKET || t->kind == TL_STREAM_READ_PIPE) {
+    if (t->ops->read_ready != NULL) {
+        t->read = t->ops->read_ready;
+    } else {
         tl_state *st = t->loop->st;
         t->sink = (st->tls_type != NULL && Py_IS_TYPE(protocol, st->tls_type)) ? st->tls_sink
                                                                                 : NULL;
@@ -1918,6 +1908,8 @@ static int stream_set_protocol_impl(tl_stream *t, PyObject *protocol)
         if (b < 0)
             return -1;
         t->buffered = (uint8_t)b;
+        t->read = t->sink ? stream_read_into_sink
+                          : b ? stream_read_into_protocol : stream_read_data;
     }
     Py_XSETREF(t->protocol, Py_NewRef(protocol));
     return 0;
@@ -2111,16 +2103,16 @@ static PyObject *stream_repr(tl_stream *t)
         return PyUnicode_FromFormat("<%s%s fd=%d closed>", name, state, t->fd);
     if (!alive)
         return PyUnicode_FromFormat("<%s%s fd=%d open>", name, state, t->fd);
-    if (t->kind == TL_STREAM_READ_PIPE)
+    if (t->ops->rules & TL_RULES_UNIX_READ_PIPE)
         return PyUnicode_FromFormat("<%s%s fd=%d %s>", name, state, t->fd,
                                     ev_is_active(&t->rio) ? "polling" : "idle");
     return PyUnicode_FromFormat("<%s%s fd=%d %s bufsize=%zd>", name, state, t->fd,
                                 ev_is_active(&t->wio) ? "polling" : "idle", wq_size(t));
 }
 
-/* ---- attributes asyncio's own code and tests read ----------------------------- */
+/* ---- attributes asyncio's own code and tests read (tl_stream.h) ------------ */
 
-static PyObject *get_sock(tl_stream *t, void *c)
+PyObject *tl_stream_get_sock(tl_stream *t, void *c)
 {
     TL_UNUSED(c);
     if (t->lost_done)
@@ -2128,28 +2120,7 @@ static PyObject *get_sock(tl_stream *t, void *c)
     return stream_socket_object(t);
 }
 
-static PyObject *get_pipe(tl_stream *t, void *c)
-{
-    TL_UNUSED(c);
-    if (t->lost_done || t->fileobj == NULL)
-        Py_RETURN_NONE;
-    return Py_NewRef(t->fileobj);
-}
-
-static int set_pipe(tl_stream *t, PyObject *v, void *c)
-{
-    TL_UNUSED(c);
-    if (v != NULL && v != Py_None) {
-        PyErr_SetString(PyExc_AttributeError, "_pipe can only be cleared");
-        return -1;
-    }
-    /* the owner closed it already: forget it without closing again */
-    Py_CLEAR(t->fileobj);
-    t->lost_done = 1;
-    return 0;
-}
-
-static PyObject *get_loop(tl_stream *t, void *c)
+PyObject *tl_stream_get_loop(tl_stream *t, void *c)
 {
     TL_UNUSED(c);
     if (t->lost_done)
@@ -2157,78 +2128,11 @@ static PyObject *get_loop(tl_stream *t, void *c)
     return Py_NewRef((PyObject *)t->loop);
 }
 
-/* an object field, None when unset (closure: its offset) */
-static PyObject *get_object_or_none(tl_stream *t, void *offset)
+PyObject *tl_stream_get_object_or_none(tl_stream *t, void *offset)
 {
     PyObject *v = *(PyObject **)((char *)t + (Py_ssize_t)offset);
     return Py_NewRef(v ? v : Py_None);
 }
-
-#define OBJECT_OR_NONE(name, field) \
-    {name, (getter)get_object_or_none, NULL, NULL, (void *)offsetof(tl_stream, field)}
-
-static PyGetSetDef socket_getset[] = {
-    {"_sock", (getter)get_sock, NULL, NULL, NULL},
-    {"_loop", (getter)get_loop, NULL, NULL, NULL},
-    OBJECT_OR_NONE("_protocol", protocol),
-    OBJECT_OR_NONE("_server", server),
-    OBJECT_OR_NONE("_empty_waiter", empty_waiter),
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyGetSetDef pipe_getset[] = {
-    {"_pipe", (getter)get_pipe, (setter)set_pipe, NULL, NULL},
-    {"_loop", (getter)get_loop, NULL, NULL, NULL},
-    OBJECT_OR_NONE("_protocol", protocol),
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-#if PY_VERSION_HEX < 0x030C0000
-#define Py_T_BOOL T_BOOL
-#define Py_T_INT T_INT
-#endif
-
-/* the state asyncio's transports keep in attributes, read-only */
-#define STREAM_STATE_MEMBERS                                                            \
-    {"_extra", Py_T_OBJECT_EX, offsetof(tl_stream, extra), 0, NULL},                   \
-    {"_closing", Py_T_BOOL, offsetof(tl_stream, closing), Py_READONLY, NULL},          \
-    {"_paused", Py_T_BOOL, offsetof(tl_stream, paused), Py_READONLY, NULL},            \
-    {"_conn_lost", Py_T_INT, offsetof(tl_stream, conn_lost), Py_READONLY, NULL},       \
-    {"_protocol_paused", Py_T_BOOL, offsetof(tl_stream, protocol_paused), Py_READONLY, \
-     NULL},                                                                            \
-    {"_high_water", Py_T_PYSSIZET, offsetof(tl_stream, high_water), Py_READONLY, NULL}, \
-    {"_low_water", Py_T_PYSSIZET, offsetof(tl_stream, low_water), Py_READONLY, NULL},   \
-    {"__dictoffset__", Py_T_PYSSIZET, offsetof(tl_stream, dict), Py_READONLY, NULL},    \
-    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(tl_stream, weakreflist), Py_READONLY, \
-     NULL}
-
-static PyMemberDef socket_members[] = {
-    STREAM_STATE_MEMBERS,
-    {"_sock_fd", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
-    {"_eof", Py_T_BOOL, offsetof(tl_stream, eof), Py_READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyGetSetDef datagram_getset[] = {
-    {"_sock", (getter)get_sock, NULL, NULL, NULL},
-    {"_loop", (getter)get_loop, NULL, NULL, NULL},
-    OBJECT_OR_NONE("_protocol", protocol),
-    {"_address", (getter)tl_dgram_get_address, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyMemberDef datagram_members[] = {
-    STREAM_STATE_MEMBERS,
-    {"_sock_fd", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
-    {"_buffer_size", Py_T_PYSSIZET, offsetof(tl_stream, wsize), Py_READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyMemberDef pipe_members[] = {
-    STREAM_STATE_MEMBERS,
-    {"_fileno", Py_T_INT, offsetof(tl_stream, fd), Py_READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
 
 /* ---- life cycle ---------------------------------------------------------------- */
 
@@ -2249,7 +2153,7 @@ static int stream_traverse(tl_stream *t, visitproc visit, void *arg)
     int r = tl_strand_traverse(&t->strand, visit, arg);
     if (r)
         return r;
-    return t->dgram ? tl_dgram_traverse(t, visit, arg) : 0;
+    return t->ops->traverse != NULL ? t->ops->traverse(t, visit, arg) : 0;
 }
 
 static int stream_clear(tl_stream *t)
@@ -2266,8 +2170,8 @@ static int stream_clear(tl_stream *t)
     tl_strand_clear(&t->strand);
     tl_ready_clear(&t->inbox);
     t->inbox_size = 0;
-    if (t->dgram)
-        tl_dgram_clear(t);
+    if (t->ops->clear != NULL)
+        t->ops->clear(t);
     return 0;
 }
 
@@ -2303,8 +2207,8 @@ static void stream_dealloc(tl_stream *t)
     stream_clear(t);
     wq_clear(t);
     PyMem_Free(t->addrs);
-    if (t->dgram)
-        tl_dgram_free(t);
+    if (t->ops->free != NULL)
+        t->ops->free(t);
     if (t->fileobj != NULL) {
         /* a socket object we made around an accepted fd owns it */
         Py_CLEAR(t->fileobj);
@@ -2315,16 +2219,15 @@ static void stream_dealloc(tl_stream *t)
     Py_DECREF(tp);
 }
 
-/* Everything three kinds share; the caller fills in the rest. */
-static tl_stream *stream_alloc(tl_loop *loop, PyTypeObject *tp, int kind, int fd,
-                               PyObject *fileobj, PyObject *protocol, PyObject *waiter,
-                               PyObject *extra)
+tl_stream *tl_stream_alloc(tl_loop *loop, PyTypeObject *tp, const tl_stream_ops *ops, int fd,
+                           PyObject *fileobj, PyObject *protocol, PyObject *waiter,
+                           PyObject *extra)
 {
     tl_stream *t = (tl_stream *)tp->tp_alloc(tp, 0);
     if (t == NULL)
         return NULL;
     t->loop = (tl_loop *)Py_NewRef((PyObject *)loop);
-    t->kind = (uint8_t)kind;
+    t->ops = ops;
     t->fd = fd;
     t->high_water = 64 * 1024;
     t->low_water = 16 * 1024;
@@ -2427,24 +2330,24 @@ static int sock_extra_from_object(tl_stream *t, PyObject *sock)
     return 0;
 }
 
-/* A socket or datagram transport (asyncio's _SelectorTransport.__init__);
- * `address` is the datagram kind's peer. */
-static PyObject *selector_new(tl_loop *loop, PyTypeObject *tp, int kind, int fd, PyObject *sock,
-                              PyObject *protocol, PyObject *waiter, PyObject *extra,
-                              PyObject *server, const struct sockaddr *peer,
-                              socklen_t peer_len, PyObject *address)
+/* asyncio's _SelectorTransport.__init__ for a socket or datagram kind: the
+ * addresses and the extra info; the kind's own set-up comes next, then
+ * tl_stream_start(). */
+tl_stream *tl_stream_selector_new(tl_loop *loop, PyTypeObject *tp, const tl_stream_ops *ops,
+                                  int fd, PyObject *sock, PyObject *protocol, PyObject *waiter,
+                                  PyObject *extra, const struct sockaddr *peer,
+                                  socklen_t peer_len, int *family)
 {
-    tl_state *st = loop->st;
-    tl_stream *t = stream_alloc(loop, tp, kind, fd, sock, protocol, waiter, extra);
+    tl_stream *t = tl_stream_alloc(loop, tp, ops, fd, sock, protocol, waiter, extra);
     if (t == NULL)
         return NULL;
     t->is_socket = 1;
     /* the kernel's addresses, converted on request; families whose
      * Python form we do not build ourselves ask the socket object */
-    int family = sock_addresses(t, peer, peer_len);
-    if (family < 0)
+    *family = sock_addresses(t, peer, peer_len);
+    if (*family < 0)
         goto fail;
-    if (sock != NULL && family != AF_INET && family != AF_INET6 && family != AF_UNIX) {
+    if (sock != NULL && *family != AF_INET && *family != AF_INET6 && *family != AF_UNIX) {
         PyMem_Free(t->addrs);
         t->addrs = NULL;
         if (sock_extra_from_object(t, sock) < 0)
@@ -2461,26 +2364,35 @@ static PyObject *selector_new(tl_loop *loop, PyTypeObject *tp, int kind, int fd,
             PyErr_Clear();
         Py_SETREF(t->extra, copy);
     }
-    if (kind == TL_STREAM_DATAGRAM && tl_dgram_init(t, address) < 0)
-        goto fail;
-    if (kind == TL_STREAM_SOCKET && (family == AF_INET || family == AF_INET6)) {
-        /* small writes go out at once, without waiting for ACKs */
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    }
+    return t;
+fail:
+    tl_stream_abandon(t);
+    return NULL;
+}
+
+PyObject *tl_stream_start(tl_stream *t, PyObject *server)
+{
     if (server != NULL && server != Py_None) {
         t->server = Py_NewRef(server);
-        PyObject *r = call_server(t, server, st->str_attach);
+        PyObject *r = call_server(t, server, t->loop->st->str_attach);
         if (r == NULL)
             goto fail;
         Py_DECREF(r);
     }
-    if (tl_io_set_owner(loop, fd, (PyObject *)t) < 0 || stream_schedule_made(t) < 0)
+    if ((t->is_socket && tl_io_set_owner(t->loop, t->fd, (PyObject *)t) < 0) ||
+        stream_schedule_made(t) < 0)
         goto fail;
     return (PyObject *)t;
 fail:
-    /* the caller still owns the fd and its socket object */
-    tl_io_set_owner(loop, fd, NULL);
+    tl_stream_abandon(t);
+    return NULL;
+}
+
+void tl_stream_abandon(tl_stream *t)
+{
+    tl_state *st = t->loop->st;
+    if (t->is_socket)
+        tl_io_set_owner(t->loop, t->fd, NULL);
     Py_CLEAR(t->fileobj);
     t->lost_done = 1;
     if (t->server != NULL && st->server_attach_takes_transport) {
@@ -2490,25 +2402,6 @@ fail:
         PyErr_SetRaisedException(exc);
     }
     Py_DECREF(t);
-    return NULL;
-}
-
-PyObject *tl_stream_new_socket(tl_loop *loop, int fd, PyObject *sock, PyObject *protocol,
-                               PyObject *waiter, PyObject *extra, PyObject *server,
-                               const struct sockaddr *peer, socklen_t peer_len)
-{
-    return selector_new(loop, loop->st->socket_transport_type, TL_STREAM_SOCKET, fd, sock,
-                        protocol, waiter, extra, server, peer, peer_len, NULL);
-}
-
-PyObject *tl_datagram_transport_new(tl_loop *loop, PyObject *sock, PyObject *protocol,
-                                    PyObject *address, PyObject *waiter, PyObject *extra)
-{
-    int fd = tl_io_fileobj_to_fd(sock);
-    if (fd < 0)
-        return NULL;
-    return selector_new(loop, loop->st->datagram_transport_type, TL_STREAM_DATAGRAM, fd, sock,
-                        protocol, waiter, extra, NULL, NULL, 0, address);
 }
 
 int tl_stream_check_context(PyObject *context)
@@ -2526,76 +2419,10 @@ void tl_stream_use_context(PyObject *transport, PyObject *context)
         Py_XSETREF(((tl_stream *)transport)->context, Py_NewRef(context));
 }
 
-/* loop._make_socket_transport(sock, protocol, waiter=None, *, extra=None,
- * server=None, context=None) */
-static PyObject *loop_make_socket_transport(tl_loop *loop, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"sock", "protocol", "waiter", "extra", "server", "context", NULL};
-    PyObject *sock, *protocol, *waiter = Py_None, *extra = Py_None, *server = Py_None;
-    PyObject *context = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O$OOO:_make_socket_transport", kwlist,
-                                     &sock, &protocol, &waiter, &extra, &server, &context))
-        return NULL;
-    int fd = tl_stream_check_context(context) < 0 ? -1 : tl_io_fileobj_to_fd(sock);
-    if (fd < 0 || tl_io_ensure_no_transport(loop, sock, fd) < 0)
-        return NULL;
-    PyObject *t = tl_stream_new_socket(loop, fd, sock, protocol, waiter, extra, server, NULL, 0);
-    if (t != NULL)
-        tl_stream_use_context(t, context);
-    return t;
-}
-
-/* ---- pipe transports ------------------------------------------------------------------ */
-
-PyObject *tl_pipe_transport_new(tl_loop *loop, int fd, PyObject *fileobj, PyObject *protocol,
-                                PyObject *waiter, PyObject *extra, int writable)
-{
-    tl_state *st = loop->st;
-    struct stat sb;
-    if (fstat(fd, &sb) < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    int is_char = S_ISCHR(sb.st_mode), is_fifo = S_ISFIFO(sb.st_mode);
-    int is_sock = S_ISSOCK(sb.st_mode);
-    if (!(is_char || is_fifo || is_sock)) {
-        PyErr_SetString(PyExc_ValueError,
-                        writable ? "Pipe transport is only for pipes, sockets and character devices"
-                                 : "Pipe transport is for pipes/sockets only.");
-        return NULL;
-    }
-    PyObject *pipe_extra = extra && extra != Py_None ? PyDict_Copy(extra) : PyDict_New();
-    if (pipe_extra == NULL ||
-        PyDict_SetItemString(pipe_extra, "pipe", fileobj ? fileobj : Py_None) < 0) {
-        Py_XDECREF(pipe_extra);
-        return NULL;
-    }
-    tl_stream *t = stream_alloc(loop, writable ? st->write_pipe_type : st->read_pipe_type,
-                                writable ? TL_STREAM_WRITE_PIPE : TL_STREAM_READ_PIPE, fd,
-                                fileobj, protocol, waiter, pipe_extra);
-    Py_DECREF(pipe_extra);
-    if (t == NULL)
-        return NULL;
-    /* on AIX only sockets tell the writer that the reader went away */
-    t->watch_close = writable && (is_sock || is_fifo);
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto fail;
-    }
-    if (stream_schedule_made(t) < 0)
-        goto fail;
-    return (PyObject *)t;
-fail:
-    Py_CLEAR(t->fileobj);
-    t->lost_done = 1;
-    Py_DECREF(t);
-    return NULL;
-}
-
 /* ---- types ------------------------------------------------------------------------- */
 
 
 /* Entry points that workers of a threaded loop may call (tl_loop.h). */
-TL_LOCKED_FASTCALL_KW(tl_dgram_sendto_locked, tl_dgram_sendto, tl_stream, self->loop)
 /* Shared loops: the part of write() that ran under wlock alone (the write
  * side was idle) left n bytes of data unsent (-1: the send failed with
  * errno): the rest is buffered already; with the loop lock now, watch for
@@ -2718,35 +2545,65 @@ TL_LOCKED_METHOD(stream_repr_locked, stream_repr, tl_stream, self->loop, (tl_str
 
 #define M_NOARGS(name, fn) {name, (PyCFunction)(fn), METH_NOARGS, NULL}
 
-/* Groups of methods that several transport kinds share */
-#define M_READING                                                   \
-    M_NOARGS("is_reading", stream_is_reading_py),                   \
-    M_NOARGS("pause_reading", stream_pause_reading_locked),                \
-    M_NOARGS("resume_reading", stream_resume_reading_locked)
-#define M_WRITE_BUFFER                                              \
-    {"set_write_buffer_limits",                                     \
-     (PyCFunction)(void (*)(void))stream_set_write_buffer_limits_locked,   \
-     METH_VARARGS | METH_KEYWORDS, NULL},                           \
-    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits), \
-    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size_locked)
-#define M_EXTRA_AND_PROTOCOL                                        \
-    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info, \
-     METH_FASTCALL | METH_KEYWORDS, NULL},                          \
-    {"set_protocol", (PyCFunction)stream_set_protocol_locked, METH_O, NULL}, \
-    M_NOARGS("get_protocol", stream_get_protocol)
+/* The method groups a kind's type joins (tl_stream.h) */
+PyMethodDef tl_stream_methods_write[] = {
+    {"write", (PyCFunction)stream_write_locked, METH_O,
+     "Write data; buffers what the kernel refuses."},
+    {NULL, NULL, 0, NULL},
+};
 
-static PyMethodDef socket_methods[] = {
-    {"write", (PyCFunction)stream_write_locked, METH_O, "Write data; buffers what the kernel refuses."},
+PyMethodDef tl_stream_methods_writelines[] = {
     {"writelines", (PyCFunction)stream_writelines_locked, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+PyMethodDef tl_stream_methods_write_eof[] = {
     M_NOARGS("write_eof", stream_write_eof_locked),
     M_NOARGS("can_write_eof", stream_can_write_eof),
+    {NULL, NULL, 0, NULL},
+};
+
+PyMethodDef tl_stream_methods_close[] = {
     M_NOARGS("close", stream_close_locked),
-    M_NOARGS("abort", stream_abort_locked),
     M_NOARGS("is_closing", stream_is_closing),
-    M_READING,
-    M_WRITE_BUFFER,
-    M_EXTRA_AND_PROTOCOL,
+    {NULL, NULL, 0, NULL},
+};
+
+PyMethodDef tl_stream_methods_abort[] = {
+    M_NOARGS("abort", stream_abort_locked),
+    {NULL, NULL, 0, NULL},
+};
+
+PyMethodDef tl_stream_methods_reading[] = {
+    M_NOARGS("is_reading", stream_is_reading_py),
+    M_NOARGS("pause_reading", stream_pause_reading_locked),
+    M_NOARGS("resume_reading", stream_resume_reading_locked),
+    {NULL, NULL, 0, NULL},
+};
+
+PyMethodDef tl_stream_methods_write_buffer[] = {
+    {"set_write_buffer_limits",
+     (PyCFunction)(void (*)(void))stream_set_write_buffer_limits_locked,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    M_NOARGS("get_write_buffer_limits", stream_get_write_buffer_limits),
+    M_NOARGS("get_write_buffer_size", stream_get_write_buffer_size_locked),
+    {NULL, NULL, 0, NULL},
+};
+
+PyMethodDef tl_stream_methods_extra[] = {
+    {"get_extra_info", (PyCFunction)(void (*)(void))stream_get_extra_info,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"set_protocol", (PyCFunction)stream_set_protocol_locked, METH_O, NULL},
+    M_NOARGS("get_protocol", stream_get_protocol),
+    {NULL, NULL, 0, NULL},
+};
+
+PyMethodDef tl_stream_methods_force_close[] = {
     {"_force_close", (PyCFunction)stream_force_close_py_locked, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+PyMethodDef tl_stream_methods_sendfile[] = {
     M_NOARGS("_make_empty_waiter", stream_make_empty_waiter_locked),
     M_NOARGS("_reset_empty_waiter", stream_reset_empty_waiter_locked),
     M_NOARGS("_release_fd", stream_release_fd_locked),
@@ -2754,95 +2611,55 @@ static PyMethodDef socket_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMethodDef read_pipe_methods[] = {
-    M_NOARGS("close", stream_close_locked),
-    M_NOARGS("is_closing", stream_is_closing),
-    M_READING,
-    M_EXTRA_AND_PROTOCOL,
-    {NULL, NULL, 0, NULL},
-};
-
-static PyMethodDef write_pipe_methods[] = {
-    {"write", (PyCFunction)stream_write_locked, METH_O, NULL},
-    M_NOARGS("write_eof", stream_write_eof_locked),
-    M_NOARGS("can_write_eof", stream_can_write_eof),
-    M_NOARGS("close", stream_close_locked),
-    M_NOARGS("abort", stream_abort_locked),
-    M_NOARGS("is_closing", stream_is_closing),
-    M_WRITE_BUFFER,
-    M_EXTRA_AND_PROTOCOL,
-    {NULL, NULL, 0, NULL},
-};
-
-static PyMethodDef datagram_methods[] = {
-    {"sendto", (PyCFunction)(void (*)(void))tl_dgram_sendto_locked, METH_FASTCALL | METH_KEYWORDS,
-     "Send data to addr (the connected peer by default); buffers only what the kernel "
-     "refuses."},
-    M_NOARGS("close", stream_close_locked),
-    M_NOARGS("abort", stream_abort_locked),
-    M_NOARGS("is_closing", stream_is_closing),
-    M_READING,
-    M_WRITE_BUFFER,
-    M_EXTRA_AND_PROTOCOL,
-    {"_force_close", (PyCFunction)stream_force_close_py_locked, METH_O, NULL},
-    {NULL, NULL, 0, NULL},
-};
-
-#define STREAM_SLOTS(methods, getset, members, doc)             \
-    {                                                          \
-        {Py_tp_dealloc, stream_dealloc},                       \
-        {Py_tp_finalize, stream_finalize},                     \
-        {Py_tp_traverse, stream_traverse},                     \
-        {Py_tp_clear, stream_clear},                           \
-        {Py_tp_repr, stream_repr_locked},                      \
-        {Py_tp_methods, methods},                              \
-        {Py_tp_getset, getset},                                \
-        {Py_tp_members, members},                              \
-        {Py_tp_doc, doc},                                      \
-        {0, NULL},                                             \
-    }
-
-static PyType_Slot socket_slots[] = STREAM_SLOTS(
-    socket_methods, socket_getset, socket_members,
-    "A TCP or Unix stream socket transport (asyncio's _SelectorSocketTransport).");
-static PyType_Slot datagram_slots[] = STREAM_SLOTS(
-    datagram_methods, datagram_getset, datagram_members,
-    "A UDP or Unix datagram socket transport (asyncio's _SelectorDatagramTransport).");
-static PyType_Slot read_pipe_slots[] = STREAM_SLOTS(
-    read_pipe_methods, pipe_getset, pipe_members,
-    "The read end of a pipe, FIFO, tty or socket (asyncio's _UnixReadPipeTransport).");
-static PyType_Slot write_pipe_slots[] = STREAM_SLOTS(
-    write_pipe_methods, pipe_getset, pipe_members,
-    "The write end of a pipe, FIFO, tty or socket (asyncio's _UnixWritePipeTransport).");
-
 #define STREAM_FLAGS (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC)
 
-static PyType_Spec socket_spec = {"tonio_loop._core.SocketTransport", sizeof(tl_stream), 0,
-                                  STREAM_FLAGS, socket_slots};
-static PyType_Spec datagram_spec = {"tonio_loop._core.DatagramTransport", sizeof(tl_stream),
-                                    0, STREAM_FLAGS, datagram_slots};
-static PyType_Spec read_pipe_spec = {"tonio_loop._core.ReadPipeTransport", sizeof(tl_stream), 0,
-                                     STREAM_FLAGS, read_pipe_slots};
-static PyType_Spec write_pipe_spec = {"tonio_loop._core.WritePipeTransport", sizeof(tl_stream),
-                                      0, STREAM_FLAGS, write_pipe_slots};
-
-/* base_name: one class of asyncio.transports, or two separated by a space */
-static int add_stream_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
-                           const char *base_name)
+/* def->bases: one class of asyncio.transports, or two separated by a space */
+static PyObject *stream_type_bases(const char *bases)
 {
     char first[64];
-    const char *space = strchr(base_name, ' ');
-    size_t n = space ? (size_t)(space - base_name) : strlen(base_name);
-    PyOS_snprintf(first, sizeof(first), "%.*s", (int)n, base_name);
+    const char *space = strchr(bases, ' ');
+    size_t n = space ? (size_t)(space - bases) : strlen(bases);
+    PyOS_snprintf(first, sizeof(first), "%.*s", (int)n, bases);
     PyObject *base = tl_import_attr("asyncio.transports", first);
     if (base != NULL && space != NULL) {
         PyObject *second = tl_import_attr("asyncio.transports", space + 1);
         Py_SETREF(base, second ? PyTuple_Pack(2, base, second) : NULL);
         Py_XDECREF(second);
     }
+    return base;
+}
+
+/* A kind's method tables are joined once per process (the type keeps the
+ * joined table); module inits of several interpreters may race for it. */
+static pthread_mutex_t type_join_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int tl_stream_add_type(PyObject *module, PyTypeObject **slot, tl_stream_type *def)
+{
+    pthread_mutex_lock(&type_join_lock);
+    if (def->joined == NULL)
+        def->joined = tl_join_methods(def->methods);
+    pthread_mutex_unlock(&type_join_lock);
+    if (def->joined == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyType_Slot slots[] = {
+        {Py_tp_dealloc, stream_dealloc},
+        {Py_tp_finalize, stream_finalize},
+        {Py_tp_traverse, stream_traverse},
+        {Py_tp_clear, stream_clear},
+        {Py_tp_repr, stream_repr_locked},
+        {Py_tp_methods, def->joined},
+        {Py_tp_getset, def->getset},
+        {Py_tp_members, def->members},
+        {Py_tp_doc, (void *)def->doc},
+        {0, NULL},
+    };
+    PyType_Spec spec = {def->name, sizeof(tl_stream), 0, STREAM_FLAGS, slots};
+    PyObject *base = stream_type_bases(def->bases);
     if (base == NULL)
         return -1;
-    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, base);
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, &spec, base);
     Py_DECREF(base);
     if (*slot == NULL)
         return -1;
@@ -2857,18 +2674,7 @@ static int add_stream_type(PyObject *module, PyTypeObject **slot, PyType_Spec *s
 
 int tl_stream_init_module(PyObject *module, tl_state *st)
 {
-    /* the bases asyncio's own transports have: code checks isinstance() */
-    if (add_stream_type(module, &st->socket_transport_type, &socket_spec,
-                        "_FlowControlMixin") < 0 ||
-        add_stream_type(module, &st->read_pipe_type, &read_pipe_spec, "ReadTransport") < 0 ||
-        add_stream_type(module, &st->write_pipe_type, &write_pipe_spec,
-                        "_FlowControlMixin") < 0 ||
-        /* asyncio 3.11's own lacks the DatagramTransport base (added in
-         * 3.12); isinstance(t, DatagramTransport) holds on every version */
-        add_stream_type(module, &st->datagram_transport_type, &datagram_spec,
-                        "_FlowControlMixin DatagramTransport") < 0)
-        return -1;
-
+    TL_UNUSED(module);
     struct { PyObject **slot; const char *module, *name; } imports[] = {
         {&st->buffered_protocol_cls, "asyncio.protocols", "BufferedProtocol"},
         {&st->transport_socket_cls, "asyncio.trsock", "TransportSocket"},
@@ -2931,19 +2737,17 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
     return 0;
 }
 
-/* workers of a threaded loop call it too (tl_loop.h) */
-TL_LOCKED_VARARGS_KW(loop_make_socket_transport_locked, loop_make_socket_transport, tl_loop, self)
-
-PyMethodDef tl_stream_loop_methods[] = {
-    {"_make_socket_transport", (PyCFunction)(void (*)(void))loop_make_socket_transport_locked,
-     METH_VARARGS | METH_KEYWORDS,
-     "_make_socket_transport(sock, protocol, waiter=None, *, extra=None, server=None, "
-     "context=None)\n--\n\n"
-     "A transport for a connected, non-blocking stream socket."},
-    {NULL, NULL, 0, NULL},
-};
-
 /* ---- for the kinds outside this file (tl_stream.h) ----------------------------- */
+
+int tl_stream_force_close(tl_stream *t, PyObject *exc)
+{
+    return stream_force_close(t, exc);
+}
+
+void tl_stream_debug_log(tl_stream *t, const char *level, const char *fmt)
+{
+    debug_log(t, level, fmt);
+}
 
 void tl_stream_home_here(tl_state *st, PyObject *transport)
 {

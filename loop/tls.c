@@ -1640,11 +1640,6 @@ static PyGetSetDef tls_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-#if PY_VERSION_HEX < 0x030C0000
-#define Py_T_BOOL T_BOOL
-#define Py_T_INT T_INT
-#endif
-
 static PyMemberDef tls_members[] = {
     {"_extra", Py_T_OBJECT_EX, offsetof(tl_tls, extra), Py_READONLY, NULL},
     {"_closed", Py_T_BOOL, offsetof(tl_tls, closed), Py_READONLY, NULL},
@@ -2026,7 +2021,7 @@ static PyObject *loop_make_ssl_transport(tl_loop *loop, PyObject *args, PyObject
     PyObject *tls = tl_tls_new(loop, proto, ctx, waiter, server_side, hostname, 1, hs, sd, 0);
     if (tls == NULL)
         return NULL;
-    PyObject *t = tl_stream_new_socket(loop, fd, sock, tls, NULL, extra, server, NULL, 0);
+    PyObject *t = tl_socket_transport_new(loop, fd, sock, tls, NULL, extra, server, NULL, 0);
     if (t == NULL) {
         Py_DECREF(tls);
         return NULL;

@@ -1,4 +1,4 @@
-/* tcp.c - loop.create_connection() to a numeric address, in C.
+/* connect.c - loop.create_connection() to a numeric address, in C.
  *
  * Most connections are made to an address that needs no resolver and with
  * none of create_connection's options: for those, one SockOp of several
@@ -62,7 +62,8 @@ static int conn_made(tl_sockop *op, PyObject **result)
         Py_DECREF(protocol);
         return -1;
     }
-    PyObject *t = tl_stream_new_socket(loop, op->fd, NULL, protocol, waiter, NULL, NULL, NULL, 0);
+    PyObject *t = tl_socket_transport_new(loop, op->fd, NULL, protocol, waiter, NULL, NULL, NULL,
+                                          0);
     if (t == NULL) {
         Py_DECREF(protocol);
         Py_DECREF(waiter);
@@ -218,7 +219,7 @@ static PyObject *loop_create_connection(tl_loop *loop, PyObject *const *args, Py
     return r;
 }
 
-PyMethodDef tl_tcp_loop_methods[] = {
+PyMethodDef tl_connect_loop_methods[] = {
     {"create_connection", (PyCFunction)(void (*)(void))loop_create_connection,
      METH_FASTCALL | METH_KEYWORDS,
      "create_connection(protocol_factory, host=None, port=None, *, ssl=None, family=0,\n"
