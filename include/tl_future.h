@@ -155,11 +155,21 @@ PyObject *tl_cancelled_error_new(tl_state *st, PyObject *msg);
  * CancelledError included). Marks the exception retrieved. -1 on error. */
 int tl_future_outcome(tl_future *fut, PyObject **result);
 
-/* Run fn(*args) soon on `loop` in `ctx` (NULL: a copy of the current
- * context): loop.call_soon(fn, *args, context=ctx), in C for our loops. */
-int tl_call_soon(tl_state *st, PyObject *loop, struct tl_loop *tloop,
-                 PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *ctx);
+/* What a future asks the task layer (task.c registers it when the module
+ * is made, so futures need not know tasks): about a waiter of kind
+ * TL_WAITER_TASK, the task that owns it and its context (borrowed, the
+ * context may be NULL); a task's wake-up callable, what asyncio shows in
+ * a future's _callbacks (new reference); the task whose step this thread
+ * runs (new reference or NULL: a threaded loop's callback keeps it as its
+ * home). */
+typedef struct tl_task_hooks {
+    PyObject *(*waiter_task)(tl_waiter *w);
+    PyObject *(*waiter_context)(tl_waiter *w);
+    PyObject *(*wakeup_method)(PyObject *task);
+    PyObject *(*running_ref)(void);
+} tl_task_hooks;
+
+void tl_future_set_task_hooks(const tl_task_hooks *hooks);
 
 /* Queue one of our Tasks on the future (tl_task.h owns the waiter); 1 when
  * the future is done already (not queued). */

@@ -234,6 +234,12 @@ static inline int tl_loop_io_start(tl_loop *loop, ev_io *w)
 /* The Loop type's spec, with the method tables of every file joined. */
 PyType_Spec *tl_loop_spec_ready(void);
 
+/* Run fn(*args) soon on `loop` in `ctx` (NULL: a copy of the current
+ * context): loop.call_soon(fn, *args, context=ctx), in C for our loops. */
+int tl_call_soon(tl_state *st, PyObject *loop, struct tl_loop *tloop,
+                 PyObject *fn, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *ctx);
+
 /* Append to the ready queue; steals the reference to obj (also on error). */
 int tl_loop_push_ready(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 

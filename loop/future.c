@@ -9,7 +9,14 @@
 #include "tl_future.h"
 #include "tl_handle.h"
 #include "tl_loop.h"
-#include "tl_task.h"
+
+/* the task layer, registered when the module is made (tl_future.h) */
+static const tl_task_hooks *task_hooks;
+
+void tl_future_set_task_hooks(const tl_task_hooks *hooks)
+{
+    task_hooks = hooks;
+}
 
 #define NOT_INITIALIZED "Future object is not initialized."
 
@@ -81,36 +88,6 @@ tl_loop *tl_loop_if_fast(tl_state *st, PyObject *loop)
     return call_soon_patched(st, (tl_loop *)loop) ? NULL : (tl_loop *)loop;
 }
 
-int tl_call_soon(tl_state *st, PyObject *loop, tl_loop *tloop, PyObject *fn,
-                 PyObject *const *args, Py_ssize_t nargs, PyObject *ctx)
-{
-    if (tloop != NULL) {
-        if (tl_loop_check_closed(tloop) < 0)
-            return -1;
-        tl_handle *h = tl_handle_new(tloop, fn, args, nargs, ctx);
-        if (h == NULL)
-            return -1;
-        return tl_loop_push_ready_threadsafe(tloop, tl_handle_ready_fn, (PyObject *)h);
-    }
-    PyObject *argv[5];
-    assert(nargs <= 2);
-    argv[0] = loop;
-    argv[1] = fn;
-    for (Py_ssize_t i = 0; i < nargs; i++)
-        argv[2 + i] = args[i];
-    size_t n = 2 + (size_t)nargs;
-    PyObject *kwnames = NULL;
-    if (ctx != NULL) {
-        argv[n] = ctx;
-        kwnames = st->context_kwnames;
-    }
-    PyObject *r = PyObject_VectorcallMethod(st->str_call_soon, argv, n, kwnames);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
-}
-
 /* ---- done callbacks: Waiters that carry (fn, context) ------------------- */
 
 typedef struct {
@@ -142,7 +119,8 @@ static callback_node *callback_new(tl_state *st, tl_future *fut, PyObject *fn, P
     n->fn = Py_NewRef(fn);
     n->ctx = Py_NewRef(ctx);
     tl_loop *tloop = tl_future_tloop(fut);
-    n->home = tloop != NULL && TL_UNLIKELY(tloop->dispatch != NULL) ? tl_task_running_ref() : NULL;
+    n->home = tloop != NULL && TL_UNLIKELY(tloop->dispatch != NULL) ? task_hooks->running_ref()
+                                                                     : NULL;
     return n;
 }
 
@@ -193,7 +171,7 @@ static void waiter_dispose(tl_state *st, tl_waiter *w, PyObject *source)
         callback_free(st, (callback_node *)w);
         break;
     case TL_WAITER_TASK:
-        Py_DECREF(tl_task_of_waiter(w));
+        Py_DECREF(task_hooks->waiter_task(w));
         break;
     default:
         /* a waiting thread must not sleep forever: let it go */
@@ -286,9 +264,8 @@ static snapshot_item *future_snapshot(tl_future *fut, Py_ssize_t *count)
                     it->obj = Py_NewRef(((callback_node *)w)->fn);
                     it->ctx = Py_NewRef(((callback_node *)w)->ctx);
                 } else if (w->kind == TL_WAITER_TASK) {
-                    tl_task *task = tl_task_of_waiter(w);
-                    it->obj = Py_NewRef((PyObject *)task);
-                    it->ctx = Py_XNewRef(task->context);
+                    it->obj = Py_NewRef(task_hooks->waiter_task(w));
+                    it->ctx = Py_XNewRef(task_hooks->waiter_context(w));
                 } else {
                     continue;
                 }
@@ -328,7 +305,7 @@ static void snapshot_free(snapshot_item *items, Py_ssize_t n)
 static PyObject *snapshot_callable(snapshot_item *it)
 {
     if (it->kind == TL_WAITER_TASK)
-        return tl_task_wakeup_method((tl_task *)it->obj);
+        return task_hooks->wakeup_method(it->obj);
     return Py_NewRef(it->obj);
 }
 
@@ -1372,7 +1349,7 @@ int tl_future_traverse(tl_future *fut, visitproc visit, void *arg)
             Py_VISIT(((callback_node *)w)->ctx);
             Py_VISIT(((callback_node *)w)->home);
         } else if (w->kind == TL_WAITER_TASK) {
-            Py_VISIT((PyObject *)tl_task_of_waiter(w));
+            Py_VISIT(task_hooks->waiter_task(w));
         }
     }
     return 0;

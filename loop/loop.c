@@ -829,6 +829,38 @@ static PyObject *loop_is_closed(tl_loop *loop, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(loop->closed);
 }
 
+/* The one door to a loop's ready queue for the layers below it (futures,
+ * tasks): ours in C, any other loop through its call_soon(). */
+int tl_call_soon(tl_state *st, PyObject *loop, tl_loop *tloop, PyObject *fn,
+                 PyObject *const *args, Py_ssize_t nargs, PyObject *ctx)
+{
+    if (tloop != NULL) {
+        if (tl_loop_check_closed(tloop) < 0)
+            return -1;
+        tl_handle *h = tl_handle_new(tloop, fn, args, nargs, ctx);
+        if (h == NULL)
+            return -1;
+        return tl_loop_push_ready_threadsafe(tloop, tl_handle_ready_fn, (PyObject *)h);
+    }
+    PyObject *argv[5];
+    assert(nargs <= 2);
+    argv[0] = loop;
+    argv[1] = fn;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        argv[2 + i] = args[i];
+    size_t n = 2 + (size_t)nargs;
+    PyObject *kwnames = NULL;
+    if (ctx != NULL) {
+        argv[n] = ctx;
+        kwnames = st->context_kwnames;
+    }
+    PyObject *r = PyObject_VectorcallMethod(st->str_call_soon, argv, n, kwnames);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* A worker inside an item does not count as running while it waits (an
  * item that runs alone may hold the lock: dispatch.c). */
 void tl_loop_ev_lock_wait(tl_loop *loop)

@@ -1736,8 +1736,33 @@ static pthread_once_t task_spec_once = PTHREAD_ONCE_INIT;
 static PyMethodDef *task_all_methods;
 static PyGetSetDef *task_all_getset;
 
+/* ---- what futures ask of tasks (tl_future.h) ---------------------------- */
+
+static PyObject *hook_waiter_task(tl_waiter *w)
+{
+    return (PyObject *)tl_task_of_waiter(w);
+}
+
+static PyObject *hook_waiter_context(tl_waiter *w)
+{
+    return tl_task_of_waiter(w)->context;
+}
+
+static PyObject *hook_wakeup_method(PyObject *task)
+{
+    return tl_task_wakeup_method((tl_task *)task);
+}
+
+static const tl_task_hooks task_hooks = {
+    .waiter_task = hook_waiter_task,
+    .waiter_context = hook_waiter_context,
+    .wakeup_method = hook_wakeup_method,
+    .running_ref = tl_task_running_ref,
+};
+
 static void task_spec_fill(void)
 {
+    tl_future_set_task_hooks(&task_hooks);
     PyMethodDef *const methods[] = {task_methods, tl_future_methods, NULL};
     PyGetSetDef *const getset[] = {task_getset, tl_future_getset, NULL};
     task_all_methods = tl_join_methods(methods);
