@@ -1821,7 +1821,7 @@ static int made_step(tl_stream *t)
     PyObject *pending = NULL;
     t->made = 1;
     if (TL_UNLIKELY(t->loop->dispatch != NULL) && t->protocol != NULL) {
-        /* tonio_loop/_loop.py: asyncio's StreamReader made safe to feed
+        /* tonio_loop/_threaded.py: asyncio's StreamReader made safe to feed
          * here while a task reads it on another worker */
         PyObject *r = tl_call_method((PyObject *)t->loop, "_thread_safe_protocol", "O",
                                      t->protocol);
