@@ -574,24 +574,39 @@ static int on_handshake_complete(tl_tls *s, PyObject *handshake_exc)
     return do_read(s);
 }
 
-static int do_handshake(tl_tls *s)
+/* One step of the engine's handshake or shutdown, as asyncio's
+ * _do_handshake/_do_shutdown take it: 1 when the engine is done with it;
+ * 0 when it is not done, with *rc the result of what came instead: the
+ * engine waits for the peer (what it wrote goes out) or it failed with an
+ * SSL error, which complete(s, exc) takes; -1 on any other error. */
+static int engine_step(tl_tls *s, int op, int (*complete)(tl_tls *, PyObject *), int *rc)
 {
-    PyObject *r = engine_call(s, OP_DO_HANDSHAKE, NULL, NULL, 0);
+    PyObject *r = engine_call(s, op, NULL, NULL, 0);
     if (r != NULL) {
         Py_DECREF(r);
-        return on_handshake_complete(s, NULL);
+        return 1;
     }
     if (again_error(s)) {
         PyErr_Clear();
-        return process_outgoing(s);
+        *rc = process_outgoing(s);
+        return 0;
     }
     if (PyErr_ExceptionMatches(s->T->ssl_error)) {
         PyObject *exc = PyErr_GetRaisedException();
-        int rc = on_handshake_complete(s, exc);
+        *rc = complete(s, exc);
         Py_DECREF(exc);
-        return rc;
+        return 0;
     }
     return -1;
+}
+
+static int do_handshake(tl_tls *s)
+{
+    int rc = 0;
+    int done = engine_step(s, OP_DO_HANDSHAKE, on_handshake_complete, &rc);
+    if (done <= 0)
+        return done < 0 ? -1 : rc;
+    return on_handshake_complete(s, NULL);
 }
 
 static int start_handshake(tl_tls *s)
@@ -649,21 +664,10 @@ static int on_shutdown_complete(tl_tls *s, PyObject *shutdown_exc)
 static int do_shutdown(tl_tls *s)
 {
     if (!s->eof_received) {
-        PyObject *r = engine_call(s, OP_SHUTDOWN, NULL, NULL, 0);
-        if (r == NULL) {
-            if (again_error(s)) {
-                PyErr_Clear();
-                return process_outgoing(s);
-            }
-            if (PyErr_ExceptionMatches(s->T->ssl_error)) {
-                PyObject *exc = PyErr_GetRaisedException();
-                int rc = on_shutdown_complete(s, exc);
-                Py_DECREF(exc);
-                return rc;
-            }
-            return -1;
-        }
-        Py_DECREF(r);
+        int rc = 0;
+        int done = engine_step(s, OP_SHUTDOWN, on_shutdown_complete, &rc);
+        if (done <= 0)
+            return done < 0 ? -1 : rc;
     }
     if (process_outgoing(s) < 0 || call_eof_received(s) < 0)
         return -1;
