@@ -122,6 +122,8 @@ typedef struct tl_stream {
     tl_sockaddrs *addrs;        /* accepted sockets: addresses, raw */
     const tl_stream_sink *sink; /* the protocol reads through C (or NULL) */
     const tl_stream_ops *ops;   /* its kind */
+    const struct tl_stream_mt *mt;  /* the threaded side (tl_stream_threads.h):
+                                       NULL on a classic loop */
     int (*read)(struct tl_stream *t);   /* its reader, chosen with the protocol */
     void *kind_state;           /* the kind's own (datagrams: queue, peer) */
     tl_loop_link link;          /* on the loop's ring while held */
@@ -157,7 +159,9 @@ typedef struct tl_stream {
     uint8_t is_socket;          /* fd is a socket: send() with MSG_NOSIGNAL */
     uint8_t watch_close;        /* write pipe: read readiness = peer closed */
     uint8_t inbox_queued;       /* its delivery is on the strand */
-    uint8_t read_queued;        /* a read for the protocol is (stream.c) */
+    uint8_t read_queued;        /* a read for the protocol is (stream_threads.c) */
+    uint8_t reader_calls_protocol;  /* not bytes to data_received(): a threaded
+                                       loop reads on the strand */
     uint8_t home_entered;       /* home_held: its step lock taken by us */
     PyObject *home_held;        /* the home task the running strand item holds */
     struct tl_task *home_saved; /* what tl_task_home_enter() replaced */

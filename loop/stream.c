@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "tl_stream.h"
+#include "tl_stream_threads.h"
 #include "tl_io.h"
 #include "tl_sockaddr.h"
 #include "tl_task.h"
@@ -103,36 +104,43 @@ static void watch_stop(tl_stream *t, ev_io *w)
     stream_hold_update(t);
 }
 
-/* ---- write() without the loop lock (tl_stream.h: wfast) ---------------- */
+/* ---- the threaded side's doors (tl_stream_threads.h) ------------------- */
 
-static inline int wfast_possible(tl_stream *t)
+static inline void wfast_off(tl_stream *t)
 {
-    return t->loop != NULL && t->loop->shared;
+    if (TL_UNLIKELY(t->mt != NULL))
+        t->mt->wfast_off(t);
 }
 
-/* Before the write side or the fd changes, and before the write buffer is
- * read: waits for a send in flight, and (taking wlock even when the fast
- * path is off) sees what a fast write that sent in part has buffered. */
-static void wfast_off(tl_stream *t)
+static inline void wfast_update(tl_stream *t)
 {
-    if (!wfast_possible(t))
-        return;
-    tl_mutex_lock(&t->wlock);
-    atomic_store_explicit(&t->wfast, 0, memory_order_relaxed);
-    tl_mutex_unlock(&t->wlock);
+    if (TL_UNLIKELY(t->mt != NULL))
+        t->mt->wfast_update(t);
 }
 
-/* With the loop lock, after a write or a flush: is the write side idle? */
-static void wfast_update(tl_stream *t)
+/* The task running here (a step or a callback it scheduled) becomes the
+ * transport's home on a threaded loop: it paused or resumed the transport. */
+static inline void stream_home_here(tl_stream *t)
 {
-    if (!wfast_possible(t))
-        return;
-    tl_mutex_lock(&t->wlock);
-    uint8_t idle = (t->ops->rules & TL_RULES_SELECTOR_SOCKET) && t->is_socket && t->fd >= 0 &&
-                   t->wq_len == 0 && !ev_is_active(&t->wio) && !t->closing && !t->eof &&
-                   !t->conn_lost && !t->lost_scheduled && t->empty_waiter == NULL;
-    atomic_store_explicit(&t->wfast, idle, memory_order_relaxed);
-    tl_mutex_unlock(&t->wlock);
+    if (TL_UNLIKELY(t->loop->dispatch != NULL))
+        t->mt->home_here(t);
+}
+
+/* Does this thread run the transport's home task (or is there none)? Its
+ * protocol must not be called beside that task's steps. */
+static inline int stream_home_is_here(tl_stream *t)
+{
+    return TL_LIKELY(t->loop->dispatch == NULL) || t->mt->home_is_here(t);
+}
+
+/* May the protocol be called right here (the loop lock held)? Its other
+ * callbacks run with the lock too, all but data_received() on a threaded
+ * loop: while that runs, only the worker running it may call the protocol;
+ * others (a task writing from another worker, the loop thread flushing)
+ * queue the call on the transport's strand, behind it. */
+static inline int stream_in_strand(tl_stream *t)
+{
+    return TL_LIKELY(!t->in_data_received) || t->mt->in_strand(t);
 }
 
 /* asyncio's _add_reader/_add_writer refuse once the loop is closed */
@@ -155,7 +163,7 @@ static void stream_on_loop_close(tl_loop_link *link)
 
 static inline int stream_is_reading(tl_stream *t)
 {
-    return !t->closing && !t->paused;
+    return tl_stream_is_reading(t);
 }
 
 /* The reader runs once connection_made() did and while reading is wanted. */
@@ -168,105 +176,15 @@ static void stream_start_reading(tl_stream *t)
         watch_start(t, &t->rio);
 }
 
-/* ---- threaded loops: the transport's strand ------------------------------ */
-
-/* The strand's item on the workers: what is queued for this transport, with
- * the worker marked as the one running its callbacks. */
-static int stream_strand_ready(tl_loop *loop, PyObject *obj)
-{
-    tl_stream *t = (tl_stream *)obj;
-    tl_strand *adopting = tl_strand_adopting(&t->strand);
-    atomic_store_explicit(&t->cb_thread, PyThread_get_thread_ident(), memory_order_relaxed);
-    int rc = tl_strand_run(loop, &t->strand, stream_strand_ready, obj);
-    atomic_store_explicit(&t->cb_thread, 0, memory_order_relaxed);
-    tl_strand_adopting(adopting);
-    return rc;
-}
-
-/* A strand item's locks: the home task's step lock (tl_dispatch.h), then
- * the loop lock, and the home must still be the home once both are held (a
- * task that resumed reading while the item waited for the loop lock is the
- * one it must keep apart from). */
-static int stream_lock_homed(tl_stream *t)
-{
-    for (;;) {
-        PyObject *home = tl_strand_home_ref(&t->strand);
-        int entered = home != NULL ? tl_task_home_enter(home, &t->home_saved) : 0;
-        int locked = tl_loop_ev_lock(t->loop);
-        PyObject *now = tl_strand_home_ref(&t->strand);
-        Py_XDECREF(now);
-        if (now == home) {
-            t->home_held = home;
-            t->home_entered = (uint8_t)entered;
-            return locked;
-        }
-        tl_loop_ev_unlock(t->loop, locked);
-        if (home != NULL) {
-            tl_task_home_leave(home, t->home_saved, entered);
-            Py_DECREF(home);
-        }
-    }
-}
-
-static void stream_unlock_homed(tl_stream *t, int locked)
-{
-    PyObject *home = t->home_held;
-    t->home_held = NULL;
-    tl_loop_ev_unlock(t->loop, locked);
-    if (home != NULL) {
-        tl_task_home_leave(home, t->home_saved, t->home_entered);
-        if (tl_future_state((tl_future *)home) != TL_FUT_PENDING)
-            tl_strand_drop_home(&t->strand, home);  /* no steps left to keep apart */
-        Py_DECREF(home);
-    }
-}
-
-/* Has the home changed since the item took its lock? (a task its callback
- * created, or one that resumed reading while data_received() ran) */
-static int stream_home_moved(tl_stream *t)
-{
-    if (TL_LIKELY(t->loop->dispatch == NULL))
-        return 0;
-    PyObject *now = tl_strand_home_ref(&t->strand);
-    Py_XDECREF(now);
-    return now != t->home_held;
-}
-
-/* The task running here (a step or a callback it scheduled) becomes the
- * transport's home: it paused or resumed the transport. */
-static void stream_home_here(tl_stream *t)
-{
-    if (TL_LIKELY(t->loop->dispatch == NULL))
-        return;
-    PyObject *task = tl_task_running_ref();
-    if (task != NULL) {
-        tl_strand_set_home(&t->strand, task);
-        Py_DECREF(task);
-    }
-}
-
 /* Queue fn(t) where the protocol's callbacks run: the ready queue, or on a
  * threaded loop the transport's strand (in order, one at a time, on
  * workers). Takes its own reference to t. */
 static int stream_push(tl_stream *t, tl_ready_fn fn)
 {
+    if (TL_UNLIKELY(t->loop->dispatch != NULL))
+        return t->mt->push(t, fn);
     Py_INCREF(t);
-    if (TL_LIKELY(t->loop->dispatch == NULL))
-        return tl_loop_push_ready(t->loop, fn, (PyObject *)t);
-    return tl_strand_push(t->loop, &t->strand, stream_strand_ready, (PyObject *)t, fn,
-                          (PyObject *)t);
-}
-
-/* May the protocol be called right here (the loop lock held)? Its other
- * callbacks run with the lock too, all but data_received() on a threaded
- * loop: while that runs, only the worker running it may call the protocol;
- * others (a task writing from another worker, the loop thread flushing)
- * queue the call on the transport's strand, behind it. */
-static inline int stream_in_strand(tl_stream *t)
-{
-    return TL_LIKELY(!t->in_data_received) ||
-           atomic_load_explicit(&t->cb_thread, memory_order_relaxed) ==
-               PyThread_get_thread_ident();
+    return tl_loop_push_ready(t->loop, fn, (PyObject *)t);
 }
 
 /* ---- calling the protocol ---------------------------------------------- */
@@ -663,22 +581,16 @@ ssize_t tl_read_bytes(tl_loop *loop, int fd, Py_ssize_t max, int use_recv, int32
 
 static inline int would_block(int err)
 {
-    return err == EAGAIN || err == EWOULDBLOCK || err == EINTR;
+    return tl_stream_would_block(err);
 }
 
 
 static int eof_then_lost_fn(tl_loop *loop, PyObject *obj);
-static int eof_fn(tl_loop *loop, PyObject *obj);
 
 static int stream_on_eof(tl_stream *t)
 {
-    if (TL_UNLIKELY(t->loop->dispatch != NULL) && !tl_dispatch_on_worker(t->loop)) {
-        /* the loop thread read it: the EOF comes after the data_received()
-         * calls still waiting on the strand */
-        t->eof_read = 1;
-        watch_stop(t, &t->rio);
-        return stream_push(t, eof_fn) < 0 ? stream_fatal_error(t, t->ops->read_error) : 0;
-    }
+    if (TL_UNLIKELY(t->loop->dispatch != NULL) && !tl_dispatch_on_worker(t->loop))
+        return t->mt->eof_read(t);     /* behind the data still on the strand */
     if (t->ops->rules & TL_RULES_UNIX_READ_PIPE) {
         /* _UnixReadPipeTransport: eof_received() and connection_lost(None)
          * on the next iteration; the return value does not matter */
@@ -783,123 +695,11 @@ static int data_received_done(tl_stream *t, PyObject *proto, PyObject *r)
     return report_callback_error(t, proto, "data_received");
 }
 
-/* ---- threaded loops: data_received() on workers --------------------------
- * The loop thread reads (the poll is level-triggered: it must), the bytes
- * wait in the transport's inbox, and one item on its strand hands them to
- * data_received() in order, without the loop lock: that is the protocol
- * code that runs in parallel. The reader keeps going unless the inbox holds
- * more than TL_INBOX_MAX bytes: then it waits for the protocol. */
-
-#define TL_INBOX_MAX (256 * 1024)
-
-static int eof_step(tl_stream *t);
-static int stream_deliver_soon(tl_stream *t);
-
-static int stream_deliver_step(tl_stream *t)
-{
-    tl_loop *loop = t->loop;
-    int rc = 0;
-    /* Everything read reaches the protocol before the EOF or error that
-     * followed it (they queue behind), except once reading paused (it
-     * waits for resume_reading) or the protocol's side closed the
-     * transport: asyncio's protocol hears nothing after close()/abort(). */
-    while (rc == 0 && t->inbox.len && !t->paused && !t->user_closed && t->protocol != NULL &&
-           !stream_home_moved(t)) {
-        PyObject *data = tl_ready_pop(&t->inbox).obj;
-        t->inbox_size -= PyBytes_GET_SIZE(data);
-        PyObject *proto = Py_NewRef(t->protocol);
-        PyObject *stack[3] = {NULL, proto, data};
-        t->in_data_received = 1;
-        tl_loop_ev_unlock(loop, 1);
-        PyObject *r = PyObject_VectorcallMethod(loop->st->str_data_received, stack + 1,
-                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        Py_DECREF(data);
-        tl_loop_ev_lock(loop);
-        t->in_data_received = 0;
-        rc = data_received_done(t, proto, r);
-        Py_DECREF(proto);
-    }
-    t->inbox_queued = 0;
-    if (t->inbox_full && t->inbox_size < TL_INBOX_MAX / 2) {
-        t->inbox_full = 0;
-        stream_start_reading(t);
-    }
-    if (rc == 0 && stream_home_moved(t))
-        return stream_deliver_soon(t);      /* the rest beside the new home */
-    if (rc == 0 && t->eof_waiting && t->inbox.len == 0 && !t->paused) {
-        t->eof_waiting = 0;
-        rc = eof_step(t);
-    }
-    return rc;
-}
-
-STREAM_STEP_FN(stream_deliver_fn, stream_deliver_step)
-
-/* Queue the inbox's delivery on the strand unless it is queued already */
-static int stream_deliver_soon(tl_stream *t)
-{
-    if (t->inbox_queued || (t->inbox.len == 0 && !t->eof_waiting))
-        return 0;
-    t->inbox_queued = 1;
-    return stream_push(t, stream_deliver_fn);
-}
-
-static int stream_inbox_put(tl_stream *t, PyObject *data)
-{
-    if (t->inbox.cap == 0 && tl_ready_grow_from(&t->inbox, 4) < 0) {
-        Py_DECREF(data);
-        return stream_fatal_error(t, t->ops->read_error);
-    }
-    t->inbox_size += PyBytes_GET_SIZE(data);
-    if (tl_ready_push(&t->inbox, NULL, data) < 0 || stream_deliver_soon(t) < 0)
-        return stream_fatal_error(t, t->ops->read_error);
-    if (t->inbox_size > TL_INBOX_MAX) {
-        watch_stop(t, &t->rio);
-        t->inbox_full = 1;
-    }
-    return 0;
-}
-
-/* Threaded loops: a protocol that reads for itself (datagram_received(),
- * BufferedProtocol's get_buffer(), TLS) is called from the transport's
- * strand like the others, beside no step of its home task: the loop thread
- * only hands the readiness over, and the strand reads and then watches
- * again. */
-static int stream_read_data(tl_stream *t);
-
-static inline int stream_reads_on_strand(tl_stream *t)
-{
-    if (t->read == t->ops->read_ready)
-        return t->ops->read_calls_protocol;
-    return t->read != stream_read_data;     /* into a buffer or a C protocol */
-}
-
-static int stream_read_now(tl_stream *t);
-
-static int strand_read_step(tl_stream *t)
-{
-    t->read_queued = 0;
-    if (t->conn_lost || !stream_is_reading(t) || t->protocol == NULL)
-        return 0;           /* resume_reading() watches again */
-    int rc = stream_read_now(t);
-    stream_start_reading(t);
-    return rc;
-}
-
-STREAM_STEP_FN(strand_read_fn, strand_read_step)
-
 static int stream_read_ready(tl_stream *t)
 {
-    if (TL_UNLIKELY(t->loop->dispatch != NULL) && stream_reads_on_strand(t) &&
-        !tl_dispatch_on_worker(t->loop)) {
-        watch_stop(t, &t->rio);
-        if (t->read_queued)
-            return 0;
-        t->read_queued = 1;
-        return stream_push(t, strand_read_fn) < 0 ? stream_fatal_error(t, t->ops->read_error)
-                                                  : 0;
-    }
-    return stream_read_now(t);
+    if (TL_UNLIKELY(t->loop->dispatch != NULL))
+        return t->mt->read_ready(t);   /* maybe on the strand */
+    return t->read(t);
 }
 
 /* The stream's own reader: bytes to data_received() */
@@ -920,18 +720,13 @@ static int stream_read_data(tl_stream *t)
     if (n == 0)
         return stream_on_eof(t);
     if (TL_UNLIKELY(t->loop->dispatch != NULL))
-        return stream_inbox_put(t, data);
+        return t->mt->data_read(t, data);  /* the inbox, for the strand */
     PyObject *proto = Py_NewRef(t->protocol);
     PyObject *r = call_protocol(t, t->loop->st->str_data_received, data);
     tl_read_recycle(t->loop, data);
     int rc = data_received_done(t, proto, r);
     Py_DECREF(proto);
     return rc;
-}
-
-static int stream_read_now(tl_stream *t)
-{
-    return t->read(t);
 }
 
 /* ---- the write buffer ---------------------------------------------------- */
@@ -1061,22 +856,6 @@ STREAM_STEP_FN(pause_writing_fn, pause_writing_step)
 
 STREAM_STEP_FN(resume_writing_fn, resume_writing_step)
 
-/* Does this thread run the transport's home task (or is there none)? Its
- * protocol must not be called beside that task's steps. */
-static int stream_home_is_here(tl_stream *t)
-{
-    if (TL_LIKELY(t->loop->dispatch == NULL))
-        return 1;
-    PyObject *home = tl_strand_home_ref(&t->strand);
-    if (home == NULL)
-        return 1;
-    PyObject *me = tl_task_running_ref();
-    int here = me == home;
-    Py_XDECREF(me);
-    Py_DECREF(home);
-    return here;
-}
-
 /* protocol.pause_writing()/resume_writing(): right away from the write()
  * or flush that decided it, as asyncio does, or on a threaded loop from the
  * transport's strand when that is not where we are */
@@ -1199,12 +978,9 @@ static PyObject *stream_get_write_buffer_limits(tl_stream *t, PyObject *Py_UNUSE
 /* The write buffer's size, also while a fast write is buffering its rest */
 static Py_ssize_t wq_size(tl_stream *t)
 {
-    if (!wfast_possible(t))
+    if (TL_LIKELY(t->mt == NULL))
         return t->wsize;
-    tl_mutex_lock(&t->wlock);
-    Py_ssize_t n = t->wsize;
-    tl_mutex_unlock(&t->wlock);
-    return n;
+    return t->mt->wq_size(t);
 }
 
 static PyObject *stream_get_write_buffer_size(tl_stream *t, PyObject *Py_UNUSED(ignored))
@@ -1720,7 +1496,7 @@ static int call_connection_lost(tl_stream *t, PyObject *exc)
 static int run_in_context(tl_stream *t, int (*step)(tl_stream *))
 {
     int locked = TL_LIKELY(t->loop->dispatch == NULL) ? tl_loop_ev_lock(t->loop)
-                                                      : stream_lock_homed(t);
+                                                      : t->mt->lock(t);
     PyObject *ctx = t->context;
     int rc = -1;
     if (ctx == NULL) {  /* cleared by the GC */
@@ -1737,7 +1513,7 @@ static int run_in_context(tl_stream *t, int (*step)(tl_stream *))
     if (TL_LIKELY(t->loop->dispatch == NULL))
         tl_loop_ev_unlock(t->loop, locked);
     else
-        stream_unlock_homed(t, locked);
+        t->mt->unlock(t, locked);
     return rc;
 }
 
@@ -1793,26 +1569,6 @@ static int eof_then_lost_step(tl_stream *t)
 
 STREAM_STEP_FN(eof_then_lost_fn, eof_then_lost_step)
 
-/* A threaded loop's EOF on the transport's strand (stream_on_eof) */
-static int eof_step(tl_stream *t)
-{
-    if (t->lost_scheduled || t->protocol == NULL)
-        return 0;
-    if (t->inbox.len > 0 || (t->paused && t->sink == NULL && !t->buffered)) {
-        /* read before the protocol paused reading (asyncio would not have
-         * read it yet): the EOF waits for resume_reading(), behind the
-         * bytes still in the inbox (stream_deliver_step). TLS and buffered
-         * reads go to the protocol as they come (no inbox): their EOF too. */
-        t->eof_waiting = 1;
-        return 0;
-    }
-    int rc = stream_on_eof(t);
-    stream_hold_update(t);
-    return rc;
-}
-
-STREAM_STEP_FN(eof_fn, eof_step)
-
 /* connection_made(), then the reader, then the waiter: the three call_soon
  * of asyncio's constructors, in their order. */
 static int made_step(tl_stream *t)
@@ -1821,13 +1577,7 @@ static int made_step(tl_stream *t)
     PyObject *pending = NULL;
     t->made = 1;
     if (TL_UNLIKELY(t->loop->dispatch != NULL) && t->protocol != NULL) {
-        /* tonio_loop/_threaded.py: asyncio's StreamReader made safe to feed
-         * here while a task reads it on another worker */
-        PyObject *r = tl_call_method((PyObject *)t->loop, "_thread_safe_protocol", "O",
-                                     t->protocol);
-        if (r == NULL)
-            PyErr_WriteUnraisable((PyObject *)t);
-        Py_XDECREF(r);
+        t->mt->made(t);
     }
     call_step(t, st->str_connection_made, (PyObject *)t, "connection_made", &pending);
     if (!t->lost_scheduled) {
@@ -1886,8 +1636,8 @@ static PyObject *stream_resume_reading(tl_stream *t, PyObject *Py_UNUSED(ignored
         return NULL;
     t->paused = 0;
     stream_start_reading(t);
-    if (stream_deliver_soon(t) < 0)     /* threaded loop: what waited */
-        return NULL;
+    if (TL_UNLIKELY(t->loop->dispatch != NULL) && t->mt->resume(t) < 0)
+        return NULL;    /* what waited in the inbox */
     debug_log(t, "debug", "%r resumes reading");
     Py_RETURN_NONE;
 }
@@ -1900,6 +1650,7 @@ static int stream_set_protocol_impl(tl_stream *t, PyObject *protocol)
 {
     if (t->ops->read_ready != NULL) {
         t->read = t->ops->read_ready;
+        t->reader_calls_protocol = t->ops->read_calls_protocol;
     } else {
         tl_state *st = t->loop->st;
         t->sink = (st->tls_type != NULL && Py_IS_TYPE(protocol, st->tls_type)) ? st->tls_sink
@@ -1910,6 +1661,7 @@ static int stream_set_protocol_impl(tl_stream *t, PyObject *protocol)
         t->buffered = (uint8_t)b;
         t->read = t->sink ? stream_read_into_sink
                           : b ? stream_read_into_protocol : stream_read_data;
+        t->reader_calls_protocol = (uint8_t)b;   /* into a buffer or a C protocol */
     }
     Py_XSETREF(t->protocol, Py_NewRef(protocol));
     return 0;
@@ -2150,7 +1902,7 @@ static int stream_traverse(tl_stream *t, visitproc visit, void *arg)
     Py_VISIT(t->waiter);
     Py_VISIT(t->empty_waiter);
     Py_VISIT(t->lost_exc);
-    int r = tl_strand_traverse(&t->strand, visit, arg);
+    int r = t->mt != NULL ? t->mt->traverse(t, visit, arg) : 0;
     if (r)
         return r;
     return t->ops->traverse != NULL ? t->ops->traverse(t, visit, arg) : 0;
@@ -2167,9 +1919,8 @@ static int stream_clear(tl_stream *t)
     Py_CLEAR(t->waiter);
     Py_CLEAR(t->empty_waiter);
     Py_CLEAR(t->lost_exc);
-    tl_strand_clear(&t->strand);
-    tl_ready_clear(&t->inbox);
-    t->inbox_size = 0;
+    if (t->mt != NULL)
+        t->mt->clear(t);
     if (t->ops->clear != NULL)
         t->ops->clear(t);
     return 0;
@@ -2228,6 +1979,7 @@ tl_stream *tl_stream_alloc(tl_loop *loop, PyTypeObject *tp, const tl_stream_ops 
         return NULL;
     t->loop = (tl_loop *)Py_NewRef((PyObject *)loop);
     t->ops = ops;
+    t->mt = loop->shared ? &tl_stream_threaded : NULL;
     t->fd = fd;
     t->high_water = 64 * 1024;
     t->low_water = 16 * 1024;
@@ -2423,103 +2175,19 @@ void tl_stream_use_context(PyObject *transport, PyObject *context)
 
 
 /* Entry points that workers of a threaded loop may call (tl_loop.h). */
-/* Shared loops: the part of write() that ran under wlock alone (the write
- * side was idle) left n bytes of data unsent (-1: the send failed with
- * errno): the rest is buffered already; with the loop lock now, watch for
- * room, or fail the transport. */
-static int stream_write_fast_rest(tl_stream *t, ssize_t n)
-{
-    int err = errno;
-    int locked = tl_loop_ev_lock(t->loop);
-    int rc = 0;
-    Py_INCREF(t);
-    if (n < 0) {
-        errno = err;
-        rc = stream_write_failed(t);
-    } else if (t->wq_len && !t->conn_lost) {
-        /* close() meanwhile waits for this flush; abort() emptied it */
-        rc = stream_start_flush(t);
-        if (rc == 0) {
-            rc = stream_maybe_pause_protocol(t);
-        } else if (!ev_is_active(&t->wio)) {
-            /* a closed loop: asyncio's write() raises before it buffers
-             * (add_writer refuses), and so does the slow path: drop the rest */
-            tl_mutex_lock(&t->wlock);
-            wq_clear(t);
-            tl_mutex_unlock(&t->wlock);
-            wfast_update(t);
-        }
-    }
-    Py_DECREF(t);
-    tl_loop_ev_unlock(t->loop, locked);
-    return rc;
-}
-
-/* write(bytes) while the write side is idle: send under wlock, without the
- * loop lock (workers writing their responses while the loop thread reads).
- * 0 when that state was gone: take the locked path. */
-static int stream_write_fast(tl_stream *t, PyObject *data, PyObject **result)
-{
-    Py_ssize_t len = PyBytes_GET_SIZE(data);
-    tl_mutex_lock(&t->wlock);
-    if (!atomic_load_explicit(&t->wfast, memory_order_relaxed)) {
-        tl_mutex_unlock(&t->wlock);
-        return 0;
-    }
-    ssize_t n = fd_send(t, PyBytes_AS_STRING(data), (size_t)len);
-    if (n == len) {
-        tl_mutex_unlock(&t->wlock);
-        *result = Py_NewRef(Py_None);
-        return 1;
-    }
-    /* busy from here: what is left is buffered before anyone can send
-     * behind it (no allocation: data is kept as it is) */
-    int err = errno;
-    atomic_store_explicit(&t->wfast, 0, memory_order_relaxed);
-    if (n < 0 && would_block(err))
-        n = 0;
-    int rc = 0;
-    if (n >= 0) {
-        Py_buffer view = {.buf = PyBytes_AS_STRING(data), .len = len};
-        rc = wq_append(t, data, &view, n);
-    }
-    tl_mutex_unlock(&t->wlock);
-    errno = err;
-    if (rc == 0)
-        rc = stream_write_fast_rest(t, n);
-    *result = rc < 0 ? NULL : Py_NewRef(Py_None);
-    return 1;
-}
-
-/* write() and writelines() on a shared loop: the loop lock, the write
- * side's fast path off meanwhile, and on again if it is idle after. */
-static TL_NOINLINE PyObject *stream_write_shared(tl_stream *t, PyObject *arg,
-                                                 PyObject *(*fn)(tl_stream *, PyObject *))
-{
-    PyObject *r;
-    if (fn == stream_write && PyBytes_CheckExact(arg) && PyBytes_GET_SIZE(arg) &&
-        atomic_load_explicit(&t->wfast, memory_order_relaxed) && stream_write_fast(t, arg, &r))
-        return r;
-    int locked = tl_loop_ev_lock(t->loop);
-    wfast_off(t);
-    r = fn(t, arg);
-    wfast_update(t);
-    tl_loop_ev_unlock(t->loop, locked);
-    return r;
-}
-
+/* Entry points that workers of a threaded loop may call (tl_loop.h). */
 static PyObject *stream_write_locked(tl_stream *t, PyObject *data)
 {
-    if (TL_LIKELY(!wfast_possible(t)))
+    if (TL_LIKELY(t->mt == NULL))
         return stream_write(t, data);
-    return stream_write_shared(t, data, stream_write);
+    return t->mt->write(t, data, stream_write, 1);
 }
 
 static PyObject *stream_writelines_locked(tl_stream *t, PyObject *lines)
 {
-    if (TL_LIKELY(!wfast_possible(t)))
+    if (TL_LIKELY(t->mt == NULL))
         return stream_writelines(t, lines);
-    return stream_write_shared(t, lines, stream_writelines);
+    return t->mt->write(t, lines, stream_writelines, 0);
 }
 TL_LOCKED_NOARGS(stream_write_eof_locked, stream_write_eof, tl_stream, self->loop)
 TL_LOCKED_NOARGS(stream_close_locked, stream_close, tl_stream, self->loop)
@@ -2735,6 +2403,58 @@ int tl_stream_init_module(PyObject *module, tl_state *st)
     st->server_attach_takes_transport = PyLong_AsLong(argc) >= 2;
     Py_DECREF(argc);
     return 0;
+}
+
+/* ---- for the threaded side (tl_stream_threads.h) ------------------------------ */
+
+int tl_stream_run_step(tl_stream *t, int (*step)(tl_stream *))
+{
+    return run_in_context(t, step);
+}
+
+int tl_stream_data_received_done(tl_stream *t, PyObject *proto, PyObject *r)
+{
+    return data_received_done(t, proto, r);
+}
+
+void tl_stream_start_reading(tl_stream *t)
+{
+    stream_start_reading(t);
+}
+
+int tl_stream_on_eof(tl_stream *t)
+{
+    return stream_on_eof(t);
+}
+
+void tl_stream_hold_update(tl_stream *t)
+{
+    stream_hold_update(t);
+}
+
+ssize_t tl_stream_send(tl_stream *t, const void *buf, size_t len)
+{
+    return fd_send(t, buf, len);
+}
+
+int tl_stream_wq_append(tl_stream *t, PyObject *data, const Py_buffer *view, Py_ssize_t off)
+{
+    return wq_append(t, data, view, off);
+}
+
+void tl_stream_wq_clear(tl_stream *t)
+{
+    wq_clear(t);
+}
+
+int tl_stream_write_failed(tl_stream *t)
+{
+    return stream_write_failed(t);
+}
+
+int tl_stream_start_flush(tl_stream *t)
+{
+    return stream_start_flush(t);
 }
 
 /* ---- for the kinds outside this file (tl_stream.h) ----------------------------- */
