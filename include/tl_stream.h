@@ -32,7 +32,8 @@
  * nothing is buffered (wfast), everything else under the loop lock; what
  * the loop thread reads waits in the transport's inbox, and its protocol
  * callbacks run on the transport's strand on a worker, never beside a step
- * of its home task (README, "Worker threads").
+ * of its home task (README, "Worker threads"). That side is
+ * stream_threads.c, reached through t->mt (tl_stream_threads.h).
  */
 #ifndef TL_STREAM_H
 #define TL_STREAM_H
@@ -175,7 +176,7 @@ typedef struct tl_stream {
      * wlock alone, without the loop lock. Turned on only under the loop
      * lock, by the code that found the write side idle; turned off (under
      * wlock too, which waits for a send in flight) before anything changes
-     * that (stream.c: wfast_off, wfast_update). */
+     * that (stream_threads.c: wfast_off, wfast_update). */
     _Atomic uint8_t wfast;
     tl_mutex wlock;
 } tl_stream;
