@@ -695,8 +695,11 @@ static int item_resume(tl_worker *w, int paused)
 void tl_dispatch_lock_in_item(tl_mutex *m)
 {
     tl_worker *w = tl_self;
+    /* once: after a try that let go, the worker is still out of its item
+     * (asking again would find it out and leave it out for the rest of the
+     * item, where a lone step would then not wait for it) */
+    int paused = item_pause(w);
     for (;;) {
-        int paused = item_pause(w);
         tl_mutex_lock(m);
         if (item_resume(w, paused))
             return;
