@@ -161,17 +161,12 @@ static void stream_on_loop_close(tl_loop_link *link)
     }
 }
 
-static inline int stream_is_reading(tl_stream *t)
-{
-    return tl_stream_is_reading(t);
-}
-
 /* The reader runs once connection_made() did and while reading is wanted. */
 static void stream_start_reading(tl_stream *t)
 {
     /* (after an EOF a threaded loop's reader never starts again: the EOF
      * may wait in the strand, and a second one would be read) */
-    if (t->made && stream_is_reading(t) && !(t->ops->rules & TL_RULES_UNIX_WRITE_PIPE) &&
+    if (t->made && tl_stream_is_reading(t) && !(t->ops->rules & TL_RULES_UNIX_WRITE_PIPE) &&
         !t->eof_read)
         watch_start(t, &t->rio);
 }
@@ -579,11 +574,6 @@ ssize_t tl_read_bytes(tl_loop *loop, int fd, Py_ssize_t max, int use_recv, int32
     return joined ? n : -2;
 }
 
-static inline int would_block(int err)
-{
-    return tl_stream_would_block(err);
-}
-
 
 static int eof_then_lost_fn(tl_loop *loop, PyObject *obj);
 
@@ -644,7 +634,7 @@ static int stream_read_into_protocol(tl_stream *t)
     PyBuffer_Release(&view);
     Py_DECREF(buf);
     if (n < 0) {
-        if (would_block(err))
+        if (tl_stream_would_block(err))
             return 0;
         errno = err;
         return stream_fatal_errno(t, t->ops->read_error);
@@ -670,7 +660,7 @@ static int stream_read_into_sink(tl_stream *t)
         return stream_fatal_error(t, t->ops->read_error);
     ssize_t n = read(t->fd, buf, TL_READ_MAX);
     if (n < 0) {
-        if (would_block(errno))
+        if (tl_stream_would_block(errno))
             return 0;
         return stream_fatal_errno(t, t->ops->read_error);
     }
@@ -711,7 +701,7 @@ static int stream_read_data(tl_stream *t)
     ssize_t n = tl_read_bytes(t->loop, t->fd, TL_READ_MAX, 0, &t->last_read, &data);
     if (n < 0) {
         if (n == -1) {
-            if (would_block(errno))
+            if (tl_stream_would_block(errno))
                 return 0;
             PyErr_SetFromErrno(PyExc_OSError);
         }
@@ -1074,7 +1064,7 @@ static int stream_write_ready(tl_stream *t)
     }
     ssize_t n = cnt == 1 ? fd_send(t, iov[0].iov_base, iov[0].iov_len) : fd_sendv(t, iov, cnt);
     if (n < 0) {
-        if (would_block(errno))
+        if (tl_stream_would_block(errno))
             return 0;
         PyErr_SetFromErrno(PyExc_OSError);
         watch_stop(t, &t->wio);
@@ -1159,7 +1149,7 @@ static PyObject *stream_write_data(tl_stream *t, PyObject *data, Py_buffer *view
     if (t->wq_len == 0) {
         n = fd_send(t, view->buf, (size_t)view->len);
         if (n < 0) {
-            if (!would_block(errno))
+            if (!tl_stream_would_block(errno))
                 return stream_write_failed(t) < 0 ? NULL : Py_NewRef(Py_None);
             n = 0;
         }
@@ -1611,13 +1601,13 @@ STREAM_STEP_FN(made_fn, made_step)
 
 static PyObject *stream_is_reading_py(tl_stream *t, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(stream_is_reading(t));
+    return PyBool_FromLong(tl_stream_is_reading(t));
 }
 
 static PyObject *stream_pause_reading(tl_stream *t, PyObject *Py_UNUSED(ignored))
 {
     stream_home_here(t);
-    if (!stream_is_reading(t))
+    if (!tl_stream_is_reading(t))
         Py_RETURN_NONE;
     t->paused = 1;
     Py_INCREF(t);
