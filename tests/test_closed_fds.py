@@ -225,6 +225,7 @@ async def test_transport_fd_closed_before_its_reader_starts():
     await _iterations()
 
 
+@one_thread_only     # workers: aclose() can land between the receiver's recv() and add_reader()
 async def test_anyio_unix_stream_closed_while_another_task_receives():
     """anyio: one task in receive() on a UNIX socket stream while another
     calls aclose() in the same iteration (this killed the process)."""
