@@ -595,13 +595,44 @@ static void wait_alone_over(tl_dispatch *d)
     Py_END_ALLOW_THREADS
 }
 
+/* The loop lock, when this worker holds it: let go of it, 1. */
+static int loop_lock_drop(tl_loop *loop)
+{
+    if (!loop->shared || atomic_load_explicit(&loop->ev_owner, memory_order_relaxed) !=
+                             PyThread_get_thread_ident())
+        return 0;
+    tl_loop_ev_unlock(loop, 1);
+    return 1;
+}
+
+static void loop_lock_take(tl_loop *loop)
+{
+    tl_mutex_lock(&loop->ev_mutex);
+    atomic_store_explicit(&loop->ev_owner, PyThread_get_thread_ident(), memory_order_relaxed);
+}
+
+/* Another worker's step runs alone, or is about to: it waits for this one to
+ * leave its item, and it may want the loop lock, which this item may hold
+ * (a strand's connection_made() holds it when aiohttp starts an eager
+ * asyncio task there, and asks loop.is_running() while a task step on
+ * another worker does the same: the one that lost the race waited holding
+ * the lock the winner's transport.write() wanted). So the lock goes for the
+ * wait and is taken back out of the item, as tl_dispatch_lock_in_item does. */
 static TL_NOINLINE void item_wait_alone(tl_worker *w)
 {
-    do {
+    tl_loop *loop = w->d->loop;
+    int held = loop_lock_drop(loop);
+    for (;;) {
         atomic_store(&w->in_item, 0);
         wait_alone_over(w->d);
+        if (held)
+            loop_lock_take(loop);
         atomic_store(&w->in_item, 1);
-    } while (atomic_load(&w->d->native_alone));
+        if (!atomic_load(&w->d->native_alone))
+            return;
+        if (held)
+            tl_loop_ev_unlock(loop, 1);
+    }
 }
 
 static inline void item_check_in(tl_worker *w)
@@ -704,7 +735,11 @@ void tl_dispatch_lock_in_item(tl_mutex *m)
         if (item_resume(w, paused))
             return;
         tl_mutex_unlock(m);
+        /* a step lock's waiter may hold the loop lock: item_wait_alone */
+        int held = loop_lock_drop(w->d->loop);
         wait_alone_over(w->d);
+        if (held)
+            loop_lock_take(w->d->loop);
     }
 }
 #else

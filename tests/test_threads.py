@@ -230,6 +230,70 @@ def test_current_task_beside_eager_asyncio_tasks(tloop, where):
     assert wrong == []
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager_start is 3.12+")
+def test_eager_asyncio_tasks_started_at_once_from_two_places(tloop):
+    """Two items start an eager asyncio task at the same moment, as aiohttp's
+    server does: a connection's connection_made() (it holds the loop lock)
+    and a request task's step whose eager first step writes to a transport
+    (it wants that lock). On 3.12/3.13 threaded loops both ask to run alone;
+    the one that lost waited holding the lock the winner wanted, and the
+    loop hung: this test 7 runs of 30 on 3.12, aiohttp's suite under a
+    10 us switch interval 1 run in 70."""
+    payload = b"x" * 64
+    conns, writes = 100, 10
+    got = {"server": 0, "client": 0}
+    done = tloop.create_future()
+
+    async def answer(transport):
+        transport.write(payload)
+
+    def count(side, n):
+        got[side] += n
+        if got == {"server": conns * writes * len(payload),
+                   "client": conns * len(payload)} and not done.done():
+            done.set_result(None)
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport):
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.0002:    # aiohttp sets up meanwhile
+                pass
+            asyncio.Task(answer(transport), loop=tloop, eager_start=True)
+
+        def data_received(self, data):
+            count("server", len(data))
+
+    class Client(asyncio.Protocol):
+        def data_received(self, data):
+            count("client", len(data))
+
+    async def one(port):
+        transport, _ = await tloop.create_connection(Client, "127.0.0.1", port)
+        for _ in range(writes):
+            # an eager asyncio task started from our task's step, writing at once
+            await asyncio.Task(answer(transport), loop=tloop, eager_start=True)
+        return transport
+
+    async def main():
+        server = await tloop.create_server(Server, "127.0.0.1", 0, backlog=conns)
+        port = server.sockets[0].getsockname()[1]
+        transports = await asyncio.gather(*[one(port) for _ in range(conns)])
+        await asyncio.wait_for(done, 20)
+        for transport in transports:
+            transport.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)     # threads take turns often: the race shows
+    try:
+        assert tloop.run_until_complete(main()) == {"server": conns * writes * len(payload),
+                                                    "client": conns * len(payload)}
+    finally:
+        sys.setswitchinterval(old)
+
+
 @pytest.mark.parametrize("factory", ["asyncio", "tonio", "tonio-threads"])
 def test_current_task_with_loops_on_several_threads(factory):
     """Loops of each kind stepping tasks at once on four threads: they share
