@@ -126,6 +126,10 @@ void tl_dispatch_publish_held(tl_loop *loop);
 /* Plain callbacks: the loop's strand. */
 int tl_dispatch_push_callback(tl_loop *loop, tl_ready_fn fn, PyObject *obj);
 
+/* 1 when the item this worker runs has pushed onto the loop's strand: a
+ * task's next step queued now goes behind those callbacks (tl_task). */
+int tl_dispatch_item_queued_callback(tl_loop *loop);
+
 /* run_forever()'s body on the loop thread: poll, fire timers, keep the
  * workers going until stop() or an error. `poll` is one poll of the loop
  * (blocking when `block`); returns -1 with the exception that stopped it. */

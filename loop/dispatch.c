@@ -148,6 +148,7 @@ typedef struct tl_worker {
      * the wake-up first). */
     uint32_t ndefer;
     tl_deferred defer[TL_DEFER];
+    uint8_t queued_callback;    /* this item pushed onto the loop's strand */
 } tl_worker;
 
 typedef struct tl_rpc {
@@ -788,6 +789,7 @@ static inline void run_item(tl_worker *w, tl_ready_item it)
     item_check_in(w);
     w->held_tail = atomic_load_explicit(&w->tail, memory_order_relaxed);
     w->holding = 1;
+    w->queued_callback = 0;
     int rc = it.fn(loop, it.obj);
     flush_before_release(loop, rc);     /* what is left of its strand pushes */
     w->holding = 0;
@@ -1123,6 +1125,8 @@ int tl_strand_push(tl_loop *loop, tl_strand *s, tl_ready_fn run, PyObject *owner
                    tl_ready_fn fn, PyObject *obj)
 {
     tl_worker *w = tl_self;
+    if (w != NULL && s == &loop->dispatch->strand)
+        w->queued_callback = 1;
     if (w != NULL && w->holding && w->d == loop->dispatch) {
         if (w->ndefer == TL_DEFER)
             strand_flush(w);        /* order kept; only the batching is lost */
@@ -1332,6 +1336,12 @@ int tl_dispatch_push_callback(tl_loop *loop, tl_ready_fn fn, PyObject *obj)
 {
     return tl_strand_push(loop, &loop->dispatch->strand, loop_strand_run, (PyObject *)loop,
                           fn, obj);
+}
+
+int tl_dispatch_item_queued_callback(tl_loop *loop)
+{
+    tl_worker *w = tl_self;
+    return w != NULL && w->d == loop->dispatch && w->queued_callback;
 }
 
 void tl_dispatch_stop(tl_loop *loop)

@@ -473,6 +473,13 @@ static PyObject *task_take_step_exc(tl_task *task)
     return exc;
 }
 
+/* A threaded loop's next step that came behind callbacks its step queued:
+ * from the loop's strand, after them. */
+static int task_step_behind_ready(tl_loop *loop, PyObject *obj)
+{
+    return task_push(loop, task_step_ready, (tl_task *)obj, 0);
+}
+
 /* call_soon(step, exc) in the task's context. */
 static int task_schedule_step(tl_task *task, PyObject *exc)
 {
@@ -492,6 +499,16 @@ static int task_schedule_step(tl_task *task, PyObject *exc)
             PyObject_GC_IsTracked((PyObject *)task))
             PyObject_GC_UnTrack(task);
 #endif
+        /* asyncio's FIFO runs what this step queued with call_soon before
+         * its next step; on a threaded loop those wait on the loop's strand
+         * (behind others, maybe for this task's step lock) while a worker
+         * could start the step at once: so it goes there too, behind them
+         * (anyio's cancel scope with a deadline in the past cancels at the
+         * first checkpoint through such a callback) */
+        if (TL_UNLIKELY(tloop->dispatch != NULL) && tl_dispatch_item_queued_callback(tloop)) {
+            Py_INCREF(task);
+            return tl_dispatch_push_callback(tloop, task_step_behind_ready, (PyObject *)task);
+        }
         return task_push(tloop, task_step_ready, task, 0);
     }
     PyObject *step = PyCFunction_New(&task_step_def, (PyObject *)task);
