@@ -273,6 +273,7 @@ def test_eager_asyncio_tasks_started_at_once_from_two_places(tloop):
     payload = b"x" * 64
     conns, writes = 100, 10
     got = {"server": 0, "client": 0}
+    want = {"server": conns * writes * len(payload), "client": conns * len(payload)}
     done = tloop.create_future()
 
     async def answer(transport):
@@ -280,8 +281,7 @@ def test_eager_asyncio_tasks_started_at_once_from_two_places(tloop):
 
     def count(side, n):
         got[side] += n
-        if got == {"server": conns * writes * len(payload),
-                   "client": conns * len(payload)} and not done.done():
+        if got == want and not done.done():
             done.set_result(None)
 
     class Server(asyncio.Protocol):
@@ -319,8 +319,7 @@ def test_eager_asyncio_tasks_started_at_once_from_two_places(tloop):
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)     # threads take turns often: the race shows
     try:
-        assert tloop.run_until_complete(main()) == {"server": conns * writes * len(payload),
-                                                    "client": conns * len(payload)}
+        assert tloop.run_until_complete(main()) == want
     finally:
         sys.setswitchinterval(old)
 
